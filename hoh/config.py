@@ -1,0 +1,273 @@
+"""The one typed configuration of a hoh pipeline run.
+
+Everything a user can change lives here, with its default and its meaning; `create_pipeline`
+takes these values as parameters, the YAML files under `hoh/configs/` only override them, and
+the CLI's `--set section.key=value` overrides those. Validation happens once, at load time, so a
+typo or a bad value is reported with the file and the key instead of failing deep inside a
+Beam worker twenty minutes later.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from hoh.errors import HohError
+
+
+class ConfigError(HohError, ValueError):
+    """A configuration file or override is unusable; the message names the input and the key."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors: a misspelt option silently ignored is the worst kind of bug.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    root: Optional[str] = Field(
+        None,
+        description="Span directory written by `hoh data import` (DIR/span-N/{train,eval}). "
+        "null = the built-in demo set, generated on first use.",
+    )
+    span: Optional[int] = Field(
+        None, ge=0, description="Span to train on; null = the latest span in `root`."
+    )
+
+
+class SchemaConfig(_Section):
+    path: str = Field(
+        "auto",
+        description="'auto' = the curated schemas/schema.pbtxt shipped with hoh (ImportSchemaGen); "
+        "'infer' = SchemaGen infers one from the statistics; or a path to a schema.pbtxt.",
+    )
+
+
+class TransformConfig(_Section):
+    image_size: int = Field(224, ge=32, le=1024, description="Images are resized to this square size.")
+    materialize: bool = Field(
+        False,
+        description="Write transformed examples (~0.6 MB per 224px image) instead of transforming "
+        "on the fly in the Trainer with the same transform graph. Off by default: see "
+        "docs/BENCHMARKS.md.",
+    )
+
+
+class ModelConfig(_Section):
+    alpha: float = Field(1.0, description="MobileNetV2 width multiplier.")
+    weights: str = Field(
+        "imagenet",
+        description="'imagenet' (Keras cache ~/.keras/models or download), 'none' (random init), "
+        "or a path to an .h5 backbone weights file.",
+    )
+    hidden_units: list[int] = Field(default_factory=list, description="Dense layers of the head.")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    augment: bool = Field(False, description="Random flip/rotation/zoom while training only.")
+    class_weights: Literal["none", "balanced"] = "none"
+    batch_norm_momentum: Optional[float] = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="Override the backbone's BatchNorm momentum (0.999). A lower value lets a "
+        "from-scratch backbone settle its statistics in a few dozen steps on tiny data.",
+    )
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha_known(cls, v: float) -> float:
+        allowed = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
+        if v not in allowed:
+            raise ValueError(f"MobileNetV2 alpha must be one of {allowed}, got {v}")
+        return v
+
+
+class TrainingConfig(_Section):
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    fine_tune_layers: int = Field(
+        0, ge=0, description="Unfreeze the top N backbone layers for a second phase (0 = off)."
+    )
+    fine_tune_epochs: int = Field(0, ge=0)
+    fine_tune_learning_rate: float = Field(1e-5, gt=0)
+    seed: int = 42
+
+
+class EvaluationConfig(_Section):
+    min_auc: float = Field(0.9, ge=0.0, le=1.0, description="Binary: AUC must be at least this.")
+    min_accuracy: float = Field(
+        0.0, ge=0.0, le=1.0, description="Binary accuracy / multi-class accuracy lower bound."
+    )
+    max_regression: float = Field(
+        0.0,
+        ge=0.0,
+        description="How much AUC (binary) or accuracy (multi-class) may drop against the last "
+        "blessed model; 0 = must not get worse.",
+    )
+
+
+class PushConfig(_Section):
+    enabled: bool = True
+    model_repository: Optional[str] = Field(
+        None, description="Triton model repository; null = OUTPUT/model_repository."
+    )
+    model_name: str = "hoh"
+    max_batch_size: int = Field(32, ge=1)
+    preferred_batch_sizes: list[int] = Field(default_factory=lambda: [8, 16, 32])
+    max_queue_delay_us: int = Field(2000, ge=0)
+    instance_count: int = Field(1, ge=1)
+    versions_to_keep: int = Field(2, ge=1)
+
+    @field_validator("model_name")
+    @classmethod
+    def _model_name_is_a_directory(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", v) or v in (".", ".."):
+            raise ValueError(f"model_name {v!r} must be a plain directory name [A-Za-z0-9_.-]")
+        return v
+
+
+class BeamConfig(_Section):
+    args: list[str] = Field(
+        default_factory=list,
+        description="Beam pipeline args. Empty locally on purpose: any value makes TFX package "
+        "itself for every Beam step (5-7 s each).",
+    )
+
+
+class HohConfig(_Section):
+    pipeline_name: str = "hoh"
+    output_dir: str = Field("hoh-output", description="Pipeline root, MLMD and repository live here.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    schema_: SchemaConfig = Field(default_factory=SchemaConfig, alias="schema")
+    transform: TransformConfig = Field(default_factory=TransformConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    push: PushConfig = Field(default_factory=PushConfig)
+    beam: BeamConfig = Field(default_factory=BeamConfig)
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    @field_validator("pipeline_name")
+    @classmethod
+    def _kfp_safe_name(cls, v: str) -> str:
+        # Kubeflow accepts only this; refusing it locally too keeps one config valid everywhere.
+        if not re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?", v):
+            raise ValueError(f"pipeline_name {v!r} must match [a-z0-9-] (a Kubeflow requirement)")
+        return v
+
+    @model_validator(mode="after")
+    def _fine_tune_consistent(self) -> "HohConfig":
+        t = self.training
+        if (t.fine_tune_layers > 0) != (t.fine_tune_epochs > 0):
+            raise ValueError(
+                "training.fine_tune_layers and training.fine_tune_epochs must both be set (>0) "
+                "to fine-tune, or both be 0"
+            )
+        if t.fine_tune_layers and self.model.weights == "none":
+            raise ValueError("fine-tuning a backbone with weights: none makes no sense; train it")
+        return self
+
+    # Paths derived from output_dir, so every runner agrees on them.
+    @property
+    def pipeline_root(self) -> str:
+        return str(Path(self.output_dir) / "pipeline_root")
+
+    @property
+    def metadata_path(self) -> str:
+        return str(Path(self.output_dir) / "metadata.sqlite")
+
+    @property
+    def model_repository(self) -> str:
+        return self.push.model_repository or str(Path(self.output_dir) / "model_repository")
+
+    @property
+    def demo_data_dir(self) -> str:
+        return str(Path(self.output_dir) / "demo-data")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(by_alias=True), sort_keys=False)
+
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+def builtin_config_path(name: str) -> Path:
+    """Path of a profile shipped with hoh (`demo`, `tiny`, `real`)."""
+    path = CONFIG_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise ConfigError(f"no built-in config named {name!r}; known: {', '.join(known)}")
+    return path
+
+
+def _parse_scalar(text: str) -> Any:
+    """`--set` values are YAML scalars/lists, so `epochs=3`, `weights=none`, `units=[64,32]` work."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set value {text!r} is not valid YAML: {exc}") from None
+
+
+def _set_dotted(data: dict, dotted: str, value: Any, what: str) -> None:
+    keys = dotted.strip().split(".")
+    node = data
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{what}: {key!r} is not a section")
+    node[keys[-1]] = value
+
+
+def _apply_override(data: dict, override: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"--set {override!r}: expected section.key=value")
+    dotted, value = override.split("=", 1)
+    _set_dotted(data, dotted, _parse_scalar(value), f"--set {override!r}")
+
+
+def _format_validation_error(source: str, exc: ValidationError) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {where}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(
+    path: Optional[str | Path] = None, overrides: Optional[list[str]] = None, **fields: Any
+) -> HohConfig:
+    """Build a config from an optional YAML file, `section.key=value` overrides and keyword fields.
+
+    Keyword fields (used by the CLI's dedicated flags such as `--data`) are dotted like overrides:
+    `load_config(**{"data.root": "/x"})`.
+    """
+    data: dict = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping, got {type(loaded).__name__}")
+        data = loaded
+    for override in overrides or []:
+        _apply_override(data, override)
+        source += f" + --set {override}"
+    for dotted, value in fields.items():
+        if value is not None:
+            _set_dotted(data, dotted, value, dotted)
+    try:
+        return HohConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(source, exc)) from None

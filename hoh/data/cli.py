@@ -1,0 +1,5 @@
+"""Command-line commands of this package (placeholder until implemented)."""
+
+
+def register(subparsers) -> None:
+    pass

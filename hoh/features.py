@@ -1,0 +1,49 @@
+"""The on-disk contract between `hoh data import`, the schema, Transform, Trainer and serving.
+
+Examples are gzip TFRecords of `tf.train.Example` laid out as a data lake of spans:
+`ROOT/span-{N}/{train,eval}/*.tfrecord.gz`, so that a scheduled run appends span N+1 without
+touching older spans and ImportExampleGen can select spans with its `{SPAN}` pattern.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+IMAGE_KEY = "image_raw"  # bytes: the original encoded file, untouched (PNG/JPEG/BMP/GIF)
+LABEL_KEY = "label"  # bytes: class name (folder name); absent in an unlabeled pool
+ID_KEY = "id"  # bytes: sha256 hex of IMAGE_KEY; stable across re-imports
+SOURCE_KEY = "source"  # bytes: path of the file relative to the import source
+WIDTH_KEY = "width"  # int64
+HEIGHT_KEY = "height"  # int64
+
+# Transformed feature names (outputs of hoh.transforms.preprocessing.preprocessing_fn).
+IMAGE_XF = "image_xf"  # float32 [size, size, 3] in [0, 1]
+LABEL_XF = "label_xf"  # int64 class id from the TFT vocabulary
+LABEL_VOCAB_NAME = "label_vocab"
+
+SPLITS = ("train", "eval")
+SPAN_PREFIX = "span-"
+_SPAN_RE = re.compile(rf"^{SPAN_PREFIX}(\d+)$")
+TFRECORD_SUFFIX = ".tfrecord.gz"  # ImportExampleGen detects gzip from the .gz extension
+
+
+def span_dir(root: str | Path, span: int) -> Path:
+    return Path(root) / f"{SPAN_PREFIX}{span}"
+
+
+def list_spans(root: str | Path) -> list[int]:
+    """Span numbers present under `root`, ascending; [] when there are none."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    spans = []
+    for child in root.iterdir():
+        m = _SPAN_RE.match(child.name)
+        if m and child.is_dir():
+            spans.append(int(m.group(1)))
+    return sorted(spans)
+
+
+def split_pattern(split: str) -> str:
+    """ImportExampleGen input pattern for one split, relative to the data root."""
+    return f"{SPAN_PREFIX}{{SPAN}}/{split}/*{TFRECORD_SUFFIX}"

@@ -6,12 +6,12 @@ A top-level `import pipeline` would collide with other projects in a shared imag
 paths such as `hoh.trainer.task.run_fn` are also what the compiled Kubeflow pipeline references,
 so they must resolve inside the container image exactly as they do in a checkout.
 """
+import os
+
 from setuptools import setup
 
 _FOLDERS = {
     "hoh": "hoh",
-    "hoh.data": "hoh/data",
-    "hoh.configs": "hoh/configs",
     "hoh.pipeline": "pipeline",
     "hoh.components": "components",
     "hoh.transforms": "transforms",
@@ -19,6 +19,20 @@ _FOLDERS = {
     "hoh.schemas": "schemas",
     "hoh.serving": "serving",
 }
+
+
+def _packages():
+    """Every folder with an __init__.py below the mapped roots, as a dotted `hoh.*` name.
+
+    Listing subpackages by hand is how a container image ends up without one of them while the
+    editable checkout still works.
+    """
+    for name, folder in _FOLDERS.items():
+        for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames[:] = [d for d in dirnames if not d.startswith((".", "__"))]
+            if "__init__.py" in filenames:
+                yield name + dirpath[len(folder):].replace(os.sep, ".")
+
 
 setup(
     name="hoh",
@@ -29,7 +43,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11,<3.12",
     package_dir=_FOLDERS,
-    packages=list(_FOLDERS),
+    packages=sorted(set(_packages())),
     package_data={
         "hoh.configs": ["*.yaml"],
         "hoh.schemas": ["*.pbtxt"],

@@ -36,6 +36,12 @@ class DataConfig(_Section):
     span: Optional[int] = Field(
         None, ge=0, description="Span to train on; null = the latest span in `root`."
     )
+    num_classes: Optional[int] = Field(
+        None,
+        ge=2,
+        description="null = read from the span's import_report.json. Needed when the data is not "
+        "readable where the pipeline is built (e.g. compiling for Kubeflow).",
+    )
 
 
 class SchemaConfig(_Section):
@@ -43,6 +49,12 @@ class SchemaConfig(_Section):
         "auto",
         description="'auto' = the curated schemas/schema.pbtxt shipped with hoh (ImportSchemaGen); "
         "'infer' = SchemaGen infers one from the statistics; or a path to a schema.pbtxt.",
+    )
+
+
+class ValidationConfig(_Section):
+    fail_on_anomalies: bool = Field(
+        True, description="Stop the run when ExampleValidator finds anomalies (else only record them)."
     )
 
 
@@ -142,6 +154,7 @@ class HohConfig(_Section):
     output_dir: str = Field("hoh-output", description="Pipeline root, MLMD and repository live here.")
     data: DataConfig = Field(default_factory=DataConfig)
     schema_: SchemaConfig = Field(default_factory=SchemaConfig, alias="schema")
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
     transform: TransformConfig = Field(default_factory=TransformConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)

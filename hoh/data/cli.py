@@ -1,5 +1,129 @@
-"""Command-line commands of this package (placeholder until implemented)."""
+"""`hoh data import` and `hoh data demo`: argument parsing and printing only.
+
+The work happens in hoh.data.importer and hoh.data.demo, which tests call directly; the modules
+imported here load neither TensorFlow nor TFX, so `hoh --help` stays instant.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from hoh.data import demo, importer
+from hoh.data.images import DEFAULT_MAX_PIXELS
 
 
-def register(subparsers) -> None:
-    pass
+class _Progress:
+    """Reports long imports on stderr at most every few seconds; silent for quick ones."""
+
+    def __init__(self, every_seconds: float = 5.0):
+        self._every = every_seconds
+        self._last = time.monotonic()
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self._last >= self._every:
+            self._last = now
+            print(f"{stage}: {done}/{total} files", file=sys.stderr, flush=True)
+
+
+def _run_import(args: argparse.Namespace) -> int:
+    report = importer.import_images(
+        args.src,
+        args.out,
+        span=args.span,
+        eval_ratio=args.eval_ratio,
+        unlabeled=args.unlabeled,
+        max_pixels=args.max_pixels,
+        report_path=args.report,
+        progress=_Progress(),
+    )
+    paths = [str(Path(report.span_dir) / importer.REPORT_NAME)]
+    if args.report:
+        paths.append(args.report)
+    print("\n".join(report.summary_lines(tuple(paths))))
+    return 0
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    counts = demo.make_demo_dataset(
+        args.out, per_class=args.per_class, size=args.size, seed=args.seed, classes=args.classes
+    )
+    per_class = ", ".join(f"{c} {n}" for c, n in counts.items())
+    print(f"wrote {sum(counts.values())} images ({per_class}) to {args.out}")
+    print(f"import them with: hoh data import {args.out} --out DATA_DIR")
+    return 0
+
+
+def _class_list(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text} must be strictly between 0 and 1")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    data = subparsers.add_parser(
+        "data",
+        help="turn image folders into training data, or make the built-in demo images",
+        description="Turn image folders into the TFRecord spans the pipeline reads.",
+    )
+    commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    commands.required = True
+
+    imp = commands.add_parser(
+        "import",
+        help="import SRC/<class>/<image> as a new span DIR/span-N",
+        description="Check every image in SRC (one subfolder per class) and write the good ones "
+        "as gzip TFRecords to DIR/span-N/{train,eval}/, split by content hash. Bad files and "
+        "duplicates are listed in DIR/span-N/import_report.json; an existing span is never "
+        "overwritten.",
+    )
+    imp.add_argument("src", metavar="SRC", help="folder with one subfolder per class")
+    imp.add_argument("--out", required=True, metavar="DIR", help="data root holding the spans")
+    imp.add_argument(
+        "--span", type=int, help="span number to write (default: one after the latest; 1 if none)"
+    )
+    imp.add_argument(
+        "--eval-ratio",
+        type=_ratio,
+        default=importer.DEFAULT_EVAL_RATIO,
+        help="share of images in the eval split (default: %(default)s)",
+    )
+    imp.add_argument("--report", metavar="FILE", help="also write the JSON report here")
+    imp.add_argument(
+        "--unlabeled",
+        action="store_true",
+        help="SRC holds images without classes: write them to span-N/pool/ without labels",
+    )
+    imp.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help="reject images with more pixels than this (default: %(default)s)",
+    )
+    imp.set_defaults(handler=_run_import)
+
+    dem = commands.add_parser(
+        "demo",
+        help="write the built-in procedural demo images (no download)",
+        description="Draw a deterministic image set in the SRC/<class>/<image> layout that "
+        "`hoh data import` reads. Known classes: " + ", ".join(demo.known_classes()) + ".",
+    )
+    dem.add_argument("--out", required=True, metavar="DIR", help="new or empty folder")
+    dem.add_argument("--per-class", type=int, default=demo.DEFAULT_PER_CLASS, metavar="N",
+                     help="images per class (default: %(default)s)")
+    dem.add_argument("--size", type=int, default=demo.DEFAULT_SIZE,
+                     help="image width and height in pixels (default: %(default)s)")
+    dem.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default: 0)")
+    dem.add_argument("--classes", type=_class_list, default=demo.DEFAULT_CLASSES,
+                     help="comma-separated (default: " + ",".join(demo.DEFAULT_CLASSES) + ")")
+    dem.set_defaults(handler=_run_demo)

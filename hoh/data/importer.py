@@ -1,0 +1,284 @@
+"""`hoh data import`: a folder of images becomes one new span of the data lake.
+
+The span is what ImportExampleGen reads (see hoh.features), so this is the one place that
+decides what the pipeline will ever see. It works in two streaming passes, holding at most one
+image in memory:
+
+1. check: every candidate is header-checked, hashed and decoded with TensorFlow; only a small
+   record per good image is kept. Class and split problems are found here, before any output
+   exists, so a refused import leaves nothing behind.
+2. write: good images are re-read (and re-hashed, in case a file changed meanwhile) and written
+   in hash order, which is a deterministic shuffle: records of different classes are mixed, so a
+   small shuffle buffer in the Trainer still sees both classes.
+
+Output goes to a private `.tmp-span-N-*` directory in DIR that is renamed to `span-N` only when
+complete, so a crash never leaves a half-written span that ImportExampleGen would pick up (a
+killed process leaves only the hidden temporary directory, which no `span-{SPAN}` pattern
+matches; delete it at leisure).
+
+Spans are numbered from 1; by default an import appends the span after the latest one in DIR.
+An existing span is never overwritten: a span is immutable once the pipeline may have used it.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+import stat
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from hoh import features
+from hoh.data.images import DEFAULT_MAX_PIXELS, ImageRejected, TfDecodeCheck, read_header
+from hoh.data.layout import SourceFile, scan_source
+from hoh.data.report import Duplicate, ImportReport, Rejected
+from hoh.data.split import EVAL, POOL, TRAIN, assign_splits
+from hoh.data.tfrecords import DEFAULT_SHARD_BYTES, ShardedWriter, serialize_example
+from hoh.errors import HohError
+
+DEFAULT_EVAL_RATIO = 0.2
+FIRST_SPAN = 1
+REPORT_NAME = "import_report.json"
+
+# progress(stage, done, total): stage is "check" or "write".
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class _Good:
+    file: SourceFile
+    id: str
+    width: int
+    height: int
+
+
+def next_span(out_dir: str | Path) -> int:
+    """The span an import appends by default: one after the latest, FIRST_SPAN in a new DIR."""
+    spans = features.list_spans(out_dir)
+    return spans[-1] + 1 if spans else FIRST_SPAN
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _check_arguments(
+    src: Path, out_dir: Path, eval_ratio: float, max_pixels: int, shard_bytes: int
+) -> None:
+    if not src.exists():
+        raise HohError(f"import source {src} does not exist")
+    if not src.is_dir():
+        raise HohError(f"import source {src} is not a directory (expected SRC/<class>/<image>)")
+    if not 0.0 < eval_ratio < 1.0:
+        raise HohError(f"eval ratio must be strictly between 0 and 1, got {eval_ratio}")
+    if max_pixels <= 0 or shard_bytes <= 0:
+        raise HohError("max_pixels and shard_bytes must be positive")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise HohError(f"output {out_dir} exists and is not a directory")
+    resolved_src, resolved_out = src.resolve(), out_dir.resolve()
+    if resolved_out == resolved_src or resolved_src in resolved_out.parents:
+        raise HohError(
+            f"output {out_dir} is inside the import source {src}; the next import would read "
+            "the TFRecords as images. Choose an output outside SRC."
+        )
+
+
+def _choose_span(out_dir: Path, span: Optional[int]) -> int:
+    if span is None:
+        return next_span(out_dir)
+    if span < 0:
+        raise HohError(f"span must be >= 0, got {span}")
+    existing = features.span_dir(out_dir, span)
+    if existing.exists():
+        raise HohError(
+            f"span {span} already exists at {existing}; spans are never overwritten. "
+            f"Omit --span to append span {next_span(out_dir)}, or delete that directory."
+        )
+    return span
+
+
+def _check_files(
+    files: list[SourceFile], max_pixels: int, progress: Optional[Progress]
+) -> tuple[list[_Good], list[Rejected], list[Duplicate]]:
+    """Pass 1: classify every candidate as good, rejected or a duplicate of an earlier good one."""
+    decode = TfDecodeCheck()
+    good: dict[str, _Good] = {}
+    rejected: list[Rejected] = []
+    duplicates: list[Duplicate] = []
+    for done, file in enumerate(files, 1):
+        try:
+            try:
+                info = file.path.stat()
+                if not stat.S_ISREG(info.st_mode):  # a FIFO would block the read forever
+                    raise ImageRejected("not_a_file", "not a regular file")
+                if info.st_size == 0:
+                    raise ImageRejected("empty_file", "empty file (0 bytes)")
+                read_header(file.path, max_pixels)
+                data = file.path.read_bytes()
+            except OSError as exc:
+                reason = f"cannot read it: {exc.strerror or exc}"
+                raise ImageRejected("unreadable", reason) from None
+            image_id = _sha256(data)
+            first = good.get(image_id)
+            if first is not None:
+                kept = first.file
+                duplicates.append(
+                    Duplicate(file.source, kept.source, image_id, file.label, kept.label)
+                )
+                continue
+            width, height = decode(data)
+            good[image_id] = _Good(file, image_id, width, height)
+        except ImageRejected as exc:
+            rejected.append(Rejected(file.source, exc.kind, exc.reason))
+        finally:
+            if progress:
+                progress("check", done, len(files))
+    return list(good.values()), rejected, duplicates
+
+
+def _rejections_in(class_dir: str, rejected: list[Rejected]) -> str:
+    kinds = Counter(r.kind for r in rejected if r.path.startswith(class_dir + "/"))
+    if not kinds:
+        return "no files"
+    return ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())) + " rejected"
+
+
+def _plan_labeled(report: ImportReport, good: list[_Good], class_dirs: list[str]) -> dict[str, str]:
+    """Classes, split per image id and warnings; raises before anything is written if unusable."""
+    per_class = Counter(g.file.label for g in good)
+    report.classes = sorted(per_class)
+    report.empty_classes = [c for c in class_dirs if c not in per_class]
+    if len(report.classes) < 2:
+        found = ", ".join(f"{c} ({n} usable)" for c, n in sorted(per_class.items())) or "none"
+        empty = "; ".join(
+            f"{c}: {_rejections_in(c, report.rejected)}" for c in report.empty_classes
+        )
+        raise HohError(
+            f"import source {report.src} needs at least 2 classes with usable images, found "
+            f"{found}" + (f"; class folders without usable images: {empty}" if empty else "")
+            + ". Nothing was written."
+        )
+    splits = assign_splits(((g.id, g.file.label) for g in good), report.eval_ratio)
+    if EVAL not in splits.values():
+        raise HohError(
+            f"import source {report.src}: every class has a single usable image, so the eval "
+            "split would be empty and the pipeline could not evaluate. Add images (at least 2 "
+            "per class). Nothing was written."
+        )
+    report.counts = {c: {TRAIN: 0, EVAL: 0} for c in report.classes}
+    for g in good:
+        report.counts[g.file.label][splits[g.id]] += 1
+    for c in report.empty_classes:
+        report.warnings.append(
+            f"class folder {c!r} has no usable image ({_rejections_in(c, report.rejected)}); "
+            "it is not a class of this span"
+        )
+    for c, n in sorted(per_class.items()):
+        if n == 1:
+            report.warnings.append(f"class {c!r} has a single image: in train, never evaluated")
+    return splits
+
+
+def _write_span(
+    report: ImportReport,
+    good: list[_Good],
+    splits: dict[str, str],
+    shard_bytes: int,
+    progress: Optional[Progress],
+) -> None:
+    """Pass 2: write every good image into a private directory, then publish it as the span."""
+    import tensorflow as tf  # lazy: the CLI must start without TensorFlow
+
+    out_dir, final = Path(report.out_dir), Path(report.span_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f".tmp-{final.name}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        writers: dict[str, ShardedWriter] = {}
+        ordered = sorted(good, key=lambda g: g.id)
+        for done, g in enumerate(ordered, 1):
+            try:
+                data = g.file.path.read_bytes()
+            except OSError as exc:
+                raise HohError(f"{g.file.path} became unreadable while importing: {exc}") from None
+            if _sha256(data) != g.id:
+                raise HohError(f"{g.file.path} changed while importing; nothing written, re-run")
+            split = splits[g.id]
+            if split not in writers:
+                writers[split] = ShardedWriter(tf, tmp / split, shard_bytes)
+            writers[split].write(
+                serialize_example(tf, data, g.id, g.file.source, g.file.label, g.width, g.height)
+            )
+            if progress:
+                progress("write", done, len(ordered))
+        report.split_counts = {s: writers[s].records for s in (TRAIN, EVAL, POOL) if s in writers}
+        report.shards = {s: len(writers[s].close()) for s in report.split_counts}
+        report.written = len(ordered)
+        assert report.adds_up, "every file must be written, rejected or a duplicate"
+        (tmp / REPORT_NAME).write_text(report.to_json(), encoding="utf-8")
+        if final.exists():
+            raise HohError(f"span directory {final} appeared while importing; not overwriting it")
+        os.rename(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def import_images(
+    src: str | Path,
+    out_dir: str | Path,
+    span: Optional[int] = None,
+    eval_ratio: float = DEFAULT_EVAL_RATIO,
+    *,
+    unlabeled: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
+    report_path: Optional[str | Path] = None,
+    progress: Optional[Progress] = None,
+) -> ImportReport:
+    """Import SRC as span `span` (default: the next one) of the data lake at `out_dir`.
+
+    Labelled (default): SRC/<class>/... as described in hoh.data.layout; writes
+    span-N/{train,eval}/ split by content hash (hoh.data.split). `unlabeled=True`: every image
+    under SRC goes to span-N/pool/ without a label feature, for scoring or later labelling.
+    Bad files and duplicates never stop the import; they are listed in the report, written to
+    span-N/import_report.json and, if given, `report_path`. Problems that would make the span
+    unusable (missing SRC, fewer than 2 classes, an empty eval split, an existing span) raise
+    HohError before anything is written.
+    """
+    src, out_dir = Path(src), Path(out_dir)
+    _check_arguments(src, out_dir, eval_ratio, max_pixels, shard_bytes)
+    span = _choose_span(out_dir, span)
+    scan = scan_source(src, unlabeled)
+    if not unlabeled and not scan.class_dirs:
+        raise HohError(
+            f"import source {src} has no class folders: expected SRC/<class>/<image>, e.g. "
+            f"{src}/horses/1.png (for images without labels use --unlabeled)"
+        )
+    good, rejected, duplicates = _check_files(scan.files, max_pixels, progress)
+    report = ImportReport(  # absolute paths: the report outlives the shell it was run from
+        src=str(src.absolute()),
+        out_dir=str(out_dir.absolute()),
+        span=span,
+        span_dir=str(features.span_dir(out_dir.absolute(), span)),
+        eval_ratio=eval_ratio,
+        unlabeled=unlabeled,
+        seen=len(scan.files) + len(scan.rejected),
+        rejected=sorted(scan.rejected + rejected, key=lambda r: r.path),
+        duplicates=duplicates,
+    )
+    if unlabeled:
+        if not good:
+            raise HohError(f"import source {src} has no usable image; nothing was written")
+        splits = {g.id: POOL for g in good}
+    else:
+        splits = _plan_labeled(report, good, scan.class_dirs)
+    _write_span(report, good, splits, shard_bytes, progress)
+    if report_path is not None:
+        report_path = Path(report_path)
+        report_path.parent.mkdir(parents=True, exist_ok=True)
+        report_path.write_text(report.to_json(), encoding="utf-8")
+    return report

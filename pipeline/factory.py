@@ -1,0 +1,100 @@
+"""Typed config -> `create_pipeline` arguments. Shared by the local, notebook and Kubeflow runners."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+from hoh import features
+from hoh.config import HohConfig
+from hoh.errors import HohError
+
+CURATED_SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "schema.pbtxt"
+IMPORT_REPORT = "import_report.json"
+
+
+def resolve_schema_path(setting: str) -> Optional[str]:
+    """'auto' -> the curated schema if one is committed, else None (= infer with SchemaGen)."""
+    if setting == "infer":
+        return None
+    if setting == "auto":
+        try:
+            from hoh import schemas  # the installed copy, also inside a container image
+
+            curated = Path(schemas.__file__).parent / "schema.pbtxt"
+        except ImportError:  # pragma: no cover - the package always ships it
+            curated = CURATED_SCHEMA
+        return str(curated) if curated.is_file() else None
+    path = Path(setting)
+    if not path.is_file():
+        raise HohError(f"schema.path={setting!r}: no such file (use 'auto', 'infer' or a schema.pbtxt path)")
+    return str(path.resolve())
+
+
+def resolve_span(data_root: str, span: Optional[int]) -> int:
+    spans = features.list_spans(data_root)
+    if not spans:
+        raise HohError(
+            f"data.root={data_root!r} holds no spans (expected {features.SPAN_PREFIX}N/train and /eval "
+            "written by `hoh data import SRC --out DIR`)"
+        )
+    if span is None:
+        return spans[-1]
+    if span not in spans:
+        raise HohError(f"data.span={span} does not exist under {data_root}; spans there: {spans}")
+    return span
+
+
+def detect_classes(data_root: str, span: int) -> list[str]:
+    """Class names of a span, from the import report `hoh data import` writes beside it."""
+    report = features.span_dir(data_root, span) / IMPORT_REPORT
+    try:
+        classes = json.loads(report.read_text(encoding="utf-8"))["classes"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise HohError(
+            f"cannot tell the number of classes: {report} is missing or unreadable ({exc}); "
+            "set data.num_classes in the config"
+        ) from None
+    return list(classes)
+
+
+def trainer_config(cfg: HohConfig) -> Dict[str, Any]:
+    """The Trainer's custom_config: JSON-able values only (it is stored in MLMD and compiled for KFP)."""
+    m, t = cfg.model, cfg.training
+    weights = m.weights if m.weights in ("imagenet", "none") else str(Path(m.weights).resolve())
+    return {
+        "model": {
+            "alpha": m.alpha,
+            "weights": weights,
+            "hidden_units": list(m.hidden_units),
+            "dropout": m.dropout,
+            "augment": m.augment,
+            "batch_norm_momentum": m.batch_norm_momentum,
+        },
+        "class_weights": m.class_weights,
+        "training": t.model_dump(),
+    }
+
+
+def component_options(
+    cfg: HohConfig,
+    data_root: str,
+    num_classes: int,
+    pusher: Optional[Callable[..., Any]] = None,
+) -> Dict[str, Any]:
+    """Keyword arguments of `create_components` / `create_pipeline` for this config."""
+    ev = cfg.evaluation
+    return dict(
+        data_root=str(data_root),
+        span=cfg.data.span,
+        schema_path=resolve_schema_path(cfg.schema_.path),
+        fail_on_anomalies=cfg.validation.fail_on_anomalies,
+        image_size=cfg.transform.image_size,
+        materialize=cfg.transform.materialize,
+        trainer_config=trainer_config(cfg),
+        num_classes=num_classes,
+        min_auc=ev.min_auc,
+        min_accuracy=ev.min_accuracy,
+        max_regression=ev.max_regression,
+        pusher=pusher,
+    )

@@ -1,0 +1,169 @@
+"""Run the DAG on this machine with LocalDagRunner (MLMD in SQLite under the output directory)."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+from hoh import features
+from hoh.config import HohConfig
+from hoh.errors import HohError
+from hoh.pipeline import factory
+from hoh.pipeline.progress import ProgressHandler
+from hoh.pipeline.summary import RunSummary, summarize
+
+DEMO_PER_CLASS = 150
+
+
+class PipelineFailed(HohError):
+    """A component failed; the message names it and points at the full log."""
+
+
+def ensure_demo_data(cfg: HohConfig, echo: Callable[[str], None] = print) -> str:
+    """The built-in demo set as a span directory, generated and imported once per output dir."""
+    data_root = Path(cfg.demo_data_dir)
+    if features.list_spans(data_root):
+        return str(data_root)
+    from hoh.data.demo import make_demo_dataset
+    from hoh.data.importer import import_images
+
+    images = Path(cfg.output_dir) / "demo-images"
+    echo(f"no --data given: generating the built-in demo images in {images}")
+    make_demo_dataset(images, per_class=DEMO_PER_CLASS)
+    report = import_images(images, data_root)
+    echo(f"imported demo images into {data_root}: " + "; ".join(report.summary_lines()[:1]))
+    return str(data_root)
+
+
+def triton_pusher_factory(cfg: HohConfig) -> Optional[Callable[..., Any]]:
+    if not cfg.push.enabled:
+        return None
+    try:
+        from hoh.components.triton_pusher.component import TritonPusher
+    except ImportError:  # pusher not installed in this build
+        return None
+    p = cfg.push
+
+    def make(model, model_blessing):
+        return TritonPusher(
+            model=model,
+            model_blessing=model_blessing,
+            model_repository=str(Path(cfg.model_repository).resolve()),
+            model_name=p.model_name,
+            max_batch_size=p.max_batch_size,
+            preferred_batch_sizes=list(p.preferred_batch_sizes),
+            max_queue_delay_us=p.max_queue_delay_us,
+            instance_count=p.instance_count,
+            versions_to_keep=p.versions_to_keep,
+        )
+
+    return make
+
+
+def build_local_pipeline(cfg: HohConfig, data_root: str):
+    from tfx.orchestration import metadata
+
+    span = factory.resolve_span(data_root, cfg.data.span)
+    num_classes = cfg.data.num_classes or len(factory.detect_classes(data_root, span))
+    from hoh.pipeline.pipeline import create_pipeline
+
+    return create_pipeline(
+        pipeline_name=cfg.pipeline_name,
+        pipeline_root=str(Path(cfg.pipeline_root).resolve()),
+        metadata_connection_config=metadata.sqlite_metadata_connection_config(
+            str(Path(cfg.metadata_path).resolve())
+        ),
+        beam_pipeline_args=list(cfg.beam.args),
+        **factory.component_options(cfg, data_root, num_classes, triton_pusher_factory(cfg)),
+    )
+
+
+@contextlib.contextmanager
+def _console_to_log(path: Path) -> Iterator[Callable[[str], None]]:
+    """Send everything the libraries print to `path`; yield an `echo` that reaches the terminal.
+
+    TensorFlow's C++ runtime, Beam and the Python warnings of a dozen Google packages write
+    straight to file descriptors 1 and 2, so redirecting Python logging alone leaves hundreds
+    of lines of noise around the progress lines; the descriptors themselves are redirected.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved_out, saved_err = os.dup(1), os.dup(2)
+    terminal = os.fdopen(os.dup(saved_out), "w", buffering=1, encoding="utf-8")
+    log_file = open(path, "a", buffering=1, encoding="utf-8")
+    os.dup2(log_file.fileno(), 1)
+    os.dup2(log_file.fileno(), 2)
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    file_handler = logging.StreamHandler(log_file)
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.handlers = [file_handler]
+    root.setLevel(logging.INFO)
+    logging.captureWarnings(True)
+    try:
+        yield lambda line: print(line, file=terminal, flush=True)
+    finally:
+        logging.captureWarnings(False)
+        root.handlers, root.level = saved_handlers, saved_level
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved_out, 1)
+        os.dup2(saved_err, 2)
+        for fd in (saved_out, saved_err):
+            os.close(fd)
+        terminal.close()
+        log_file.close()
+
+
+def _quiet_tensorflow_logger() -> None:
+    """TF's logger has its own stderr handler and does not propagate; make it use the log file."""
+    tf_logger = logging.getLogger("tensorflow")
+    tf_logger.handlers = []
+    tf_logger.propagate = True
+
+
+def run_local(cfg: HohConfig, echo: Callable[[str], None] = print) -> RunSummary:
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    log_path = Path(cfg.output_dir) / "logs" / time.strftime("run-%Y%m%d-%H%M%S.log")
+    echo(f"full log: {log_path}")
+    # absl's own logger, not the root: libraries that reset the root handlers cannot detach it.
+    absl_logger = logging.getLogger("absl")
+    with _console_to_log(log_path) as terminal:
+        data_root = cfg.data.root or ensure_demo_data(cfg, terminal)
+        if not Path(data_root).is_dir():
+            raise HohError(f"data.root={data_root!r} is not a directory")
+        terminal(f"pipeline {cfg.pipeline_name}: data {data_root}, output {cfg.output_dir}")
+        progress = ProgressHandler(terminal)
+        terminal("loading TFX ...")
+        from tfx import v1 as tfx
+
+        _quiet_tensorflow_logger()
+        pipeline = build_local_pipeline(cfg, str(Path(data_root).resolve()))
+        absl_logger.addHandler(progress)
+        absl_logger.setLevel(logging.INFO)
+        # Something inside the Transform executor lowers absl's verbosity to WARNING, which would
+        # drop the INFO records progress is made of; pin the level until the run ends.
+        absl_logger.setLevel = lambda level: None  # type: ignore[method-assign]
+        try:
+            tfx.orchestration.LocalDagRunner().run(pipeline)
+        except Exception as exc:
+            logging.exception("pipeline failed")
+            failed = progress.running.component_id if progress.running else "the pipeline"
+            raise PipelineFailed(f"{failed} failed: {_root_cause(exc)}\n(full log: {log_path})") from None
+        finally:
+            del absl_logger.setLevel  # back to logging.Logger.setLevel
+            absl_logger.removeHandler(progress)
+            absl_logger.setLevel(logging.NOTSET)
+        return summarize(str(Path(cfg.metadata_path).resolve()), progress.runs)
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The first HohError in the chain (a message written for people), else the innermost cause."""
+    while not isinstance(exc, HohError) and (exc.__cause__ or exc.__context__) is not None:
+        exc = exc.__cause__ or exc.__context__
+    return exc

@@ -1,0 +1,68 @@
+"""One console line per component (start, end, duration, cached) while LocalDagRunner works.
+
+LocalDagRunner has no callback API, but it logs "Component X is running." / "... is finished."
+and "A cached execution N is used." through absl; a logging handler turns exactly those records
+into progress lines, while everything else goes to the run's log file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import time
+from typing import Callable, Dict, List, Optional
+
+_RUNNING = re.compile(r"^Component (\S+) is running\.$")
+_FINISHED = re.compile(r"^Component (\S+) is finished\.$")
+_CACHED = re.compile(r"^A cached execution \d+ is used\.$")
+EPOCH_PREFIX = "hoh-epoch: "  # written by the Trainer's epoch callback, echoed indented
+
+
+@dataclasses.dataclass
+class ComponentRun:
+    component_id: str
+    started: float
+    seconds: Optional[float] = None
+    cached: bool = False
+
+    @property
+    def status(self) -> str:
+        if self.seconds is None:
+            return "failed"
+        return "cached" if self.cached else "done"
+
+
+class ProgressHandler(logging.Handler):
+    def __init__(self, echo: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic):
+        super().__init__(level=logging.INFO)
+        self.echo = echo
+        self.clock = clock
+        self.runs: List[ComponentRun] = []
+        self._by_id: Dict[str, ComponentRun] = {}
+
+    @property
+    def running(self) -> Optional[ComponentRun]:
+        """The component that started and has not finished (the one that failed, after an error)."""
+        return next((r for r in reversed(self.runs) if r.seconds is None), None)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed third-party log record must not break the run
+            return
+        if m := _RUNNING.match(message):
+            run = ComponentRun(m.group(1), self.clock())
+            self.runs.append(run)
+            self._by_id[run.component_id] = run
+            self.echo(f"▶ {run.component_id} ...")
+        elif m := _FINISHED.match(message):
+            run = self._by_id.get(m.group(1))
+            if run is not None:
+                run.seconds = self.clock() - run.started
+                suffix = " (cached)" if run.cached else ""
+                self.echo(f"✔ {run.component_id} {run.seconds:.1f}s{suffix}")
+        elif _CACHED.match(message):
+            if (run := self.running) is not None:
+                run.cached = True
+        elif message.startswith(EPOCH_PREFIX):
+            self.echo("    " + message[len(EPOCH_PREFIX):])

@@ -1,0 +1,135 @@
+"""What a run produced, read back from MLMD and the artifacts: data counts, metrics, blessing, push."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Dict, List, Optional
+
+from hoh.pipeline.progress import ComponentRun
+
+
+@dataclasses.dataclass
+class RunSummary:
+    components: List[ComponentRun]
+    run_id: Optional[str] = None
+    example_counts: Dict[str, int] = dataclasses.field(default_factory=dict)
+    metrics: Dict[str, float] = dataclasses.field(default_factory=dict)
+    diffs: Dict[str, float] = dataclasses.field(default_factory=dict)  # candidate - baseline
+    blessed: Optional[bool] = None
+    failures: List[str] = dataclasses.field(default_factory=list)
+    has_baseline: bool = False
+    pushed: Optional[bool] = None
+    pushed_destination: Optional[str] = None
+    pushed_version: Optional[str] = None
+    artifacts: Dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def lines(self) -> List[str]:
+        out = []
+        if self.example_counts:
+            counts = ", ".join(f"{split} {n}" for split, n in sorted(self.example_counts.items()))
+            out.append(f"data: {counts} examples")
+        if self.metrics:
+            shown = ", ".join(
+                f"{k} {v:.4f}" + (f" ({self.diffs[k]:+.4f} vs baseline)" if k in self.diffs else "")
+                for k, v in sorted(self.metrics.items())
+            )
+            out.append(f"metrics (eval split): {shown}")
+        if self.blessed is not None:
+            against = "against the last blessed model" if self.has_baseline else "no baseline yet"
+            if self.blessed:
+                out.append(f"blessed: yes ({against})")
+            else:
+                out.append("blessed: NO - " + "; ".join(self.failures or ["see the Evaluator output"]))
+        if self.pushed is not None:
+            if self.pushed:
+                out.append(f"pushed: version {self.pushed_version} -> {self.pushed_destination}")
+            else:
+                out.append("pushed: no (model not blessed)")
+        cached = sum(1 for c in self.components if c.cached)
+        if cached:
+            out.append(f"cache: {cached} of {len(self.components)} components reused a cached execution")
+        return out
+
+
+def _latest_run_context(store):
+    contexts = store.get_contexts_by_type("pipeline_run")
+    return max(contexts, key=lambda c: (c.create_time_since_epoch, c.id)) if contexts else None
+
+
+def _example_counts(uri: str) -> Dict[str, int]:
+    import tensorflow_data_validation as tfdv
+
+    counts = {}
+    for split in ("train", "eval"):
+        path = os.path.join(uri, f"Split-{split}", "FeatureStats.pb")
+        if os.path.exists(path):
+            stats = tfdv.load_stats_binary(path)
+            counts[split] = int(sum(d.num_examples for d in stats.datasets))
+    return counts
+
+
+def _evaluation(uri: str, summary: RunSummary) -> None:
+    import tensorflow_model_analysis as tfma
+
+    result = tfma.load_validation_result(uri)
+    for per_slice in result.metric_validations_per_slice:
+        for f in per_slice.failures:
+            summary.failures.append(describe_failure(f))
+    for slice_metrics in tfma.load_metrics(uri):
+        if slice_metrics.slice_key.single_slice_keys:  # overall slice only
+            continue
+        for key_and_value in slice_metrics.metric_keys_and_values:
+            key = key_and_value.key
+            if key.HasField("sub_key") or not key_and_value.value.HasField("double_value"):
+                continue
+            value = key_and_value.value.double_value.value
+            if key.model_name and "baseline" in key.model_name:
+                summary.has_baseline = True
+            elif key.is_diff:
+                summary.diffs[key.name] = value
+            else:
+                summary.metrics[key.name] = value
+
+
+def describe_failure(failure) -> str:
+    """'auc 0.6942 is below the minimum 0.9' rather than a proto dump."""
+    name = failure.metric_key.name + (" change vs baseline" if failure.metric_key.is_diff else "")
+    value = failure.metric_value.double_value.value
+    threshold = failure.metric_threshold
+    if threshold.HasField("value_threshold") and threshold.value_threshold.HasField("lower_bound"):
+        return f"{name} {value:.4f} is below the minimum {threshold.value_threshold.lower_bound.value:g}"
+    if threshold.HasField("change_threshold"):
+        return f"{name} {value:+.4f} is worse than allowed ({threshold.change_threshold.absolute.value:+.4g})"
+    return f"{name} {value:.4f}: {failure.message}".strip()
+
+
+def summarize(metadata_path: str, components: List[ComponentRun]) -> RunSummary:
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+
+    summary = RunSummary(components=components)
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = metadata_path
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    store = metadata_store.MetadataStore(config)
+    run = _latest_run_context(store)
+    if run is None:
+        return summary
+    summary.run_id = run.name
+    types = {t.id: t.name for t in store.get_artifact_types()}
+    for artifact in store.get_artifacts_by_context(run.id):
+        kind = types.get(artifact.type_id)
+        summary.artifacts[kind] = artifact.uri
+        if kind == "ExampleStatistics":
+            summary.example_counts = _example_counts(artifact.uri)
+        elif kind == "ModelBlessing":
+            summary.blessed = artifact.custom_properties["blessed"].int_value == 1
+        elif kind == "ModelEvaluation":
+            _evaluation(artifact.uri, summary)
+        elif kind == "PushedModel":
+            props = artifact.custom_properties
+            summary.pushed = props["pushed"].int_value == 1 if "pushed" in props else None
+            if summary.pushed:
+                summary.pushed_destination = props["pushed_destination"].string_value
+                summary.pushed_version = props["pushed_version"].string_value
+    return summary

@@ -1,0 +1,82 @@
+"""The model builder: heads, losses, tf_keras classes, weights resolution, class weights."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tf_keras
+
+from hoh.errors import HohError
+from hoh.trainer import model as model_lib
+
+
+def _spec(num_classes, **kw):
+    return model_lib.ModelSpec(num_classes=num_classes, image_size=32, alpha=0.35, weights="none", **kw)
+
+
+def test_binary_head_is_one_sigmoid_unit_with_binary_crossentropy():
+    model = model_lib.build_model(_spec(2))
+    assert isinstance(model, tf_keras.Model)  # Keras 2 (tf-keras), never Keras 3
+    assert model.output_shape == (None, 1)
+    assert model.layers[-1].activation.__name__ == "sigmoid"
+    assert isinstance(model.loss, tf_keras.losses.BinaryCrossentropy)
+    out = model.predict(np.random.rand(3, 32, 32, 3).astype("float32"), verbose=0)
+    assert out.shape == (3, 1) and np.all((out >= 0) & (out <= 1))
+
+
+def test_multiclass_head_is_softmax_with_sparse_crossentropy_and_hidden_layers():
+    model = model_lib.build_model(_spec(3, hidden_units=(16, 8), dropout=0.3))
+    assert model.output_shape == (None, 3)
+    assert isinstance(model.loss, tf_keras.losses.SparseCategoricalCrossentropy)
+    assert [l.units for l in model.layers if l.name.startswith("head_dense")] == [16, 8]
+    out = model.predict(np.random.rand(2, 32, 32, 3).astype("float32"), verbose=0)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_random_backbone_is_trained_and_pretrained_is_frozen(tmp_path):
+    assert model_lib.build_model(_spec(2)).layers[2].trainable  # weights: none -> trained
+    # A "pretrained" backbone from an .h5 file: save random weights, load them frozen.
+    donor = tf_keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, include_top=False,
+                                              weights=None, pooling="avg")
+    path = tmp_path / "backbone.h5"
+    donor.save_weights(path)
+    model = model_lib.build_model(model_lib.ModelSpec(num_classes=2, image_size=32, alpha=0.35, weights=str(path)))
+    backbone = next(l for l in model.layers if isinstance(l, tf_keras.Model))
+    assert not backbone.trainable
+    np.testing.assert_allclose(backbone.get_weights()[0], donor.get_weights()[0])
+    changed = model_lib.unfreeze_top_layers(model, 10)
+    assert 0 < changed <= 10
+    assert not any(l.trainable for l in backbone.layers if isinstance(l, tf_keras.layers.BatchNormalization))
+
+
+def test_augmentation_layers_only_when_asked():
+    names = [l.name for l in model_lib.build_model(_spec(2, augment=True)).layers]
+    assert "augment_flip" in names
+    assert "augment_flip" not in [l.name for l in model_lib.build_model(_spec(2)).layers]
+
+
+def test_batch_norm_momentum_override():
+    model = model_lib.build_model(_spec(2, batch_norm_momentum=0.5))
+    backbone = next(l for l in model.layers if isinstance(l, tf_keras.Model))
+    bns = [l for l in backbone.layers if isinstance(l, tf_keras.layers.BatchNormalization)]
+    assert bns and all(l.momentum == 0.5 for l in bns)
+
+
+def test_weights_errors_name_the_input(tmp_path, monkeypatch):
+    with pytest.raises(HohError, match="no such file"):
+        model_lib.resolve_weights(str(tmp_path / "missing.h5"), 1.0, 224)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setenv("HOH_ALLOW_WEIGHTS_DOWNLOAD", "0")
+    with pytest.raises(HohError, match="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"):
+        model_lib.resolve_weights("imagenet", 1.0, 224)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / model_lib.imagenet_weights_filename(0.35, 100)).write_bytes(b"x")
+    assert model_lib.resolve_weights("imagenet", 0.35, 100) == "imagenet"  # 100px uses the 224 file
+    with pytest.raises(HohError, match="at least 2 classes"):
+        model_lib.build_model(_spec(1))
+
+
+def test_balanced_class_weights():
+    weights = model_lib.balanced_class_weights([30, 10])
+    assert weights == pytest.approx({0: 40 / 60, 1: 40 / 20})
+    with pytest.raises(HohError):
+        model_lib.balanced_class_weights([5, 0])

@@ -1,0 +1,119 @@
+"""The whole DAG with LocalDagRunner on tiny generated data (tiny profile: 32px, 1 epoch)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import make_span_root
+from hoh.config import builtin_config_path, load_config
+
+pytestmark = pytest.mark.e2e
+
+
+def _config(data_root: Path, output: Path, *overrides: str):
+    return load_config(builtin_config_path("tiny"), list(overrides),
+                       **{"data.root": str(data_root), "output_dir": str(output)})
+
+
+def _mlmd(output: Path):
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = str(output / "metadata.sqlite")
+    return metadata_store.MetadataStore(config)
+
+
+@pytest.fixture(scope="module")
+def two_class_runs(tmp_path_factory, tiny_span):
+    from hoh.pipeline.local import run_local
+
+    output = tmp_path_factory.mktemp("run2")
+    cfg = _config(tiny_span, output)
+    first_lines, second_lines = [], []
+    first = run_local(cfg, echo=first_lines.append)
+    second = run_local(cfg, echo=second_lines.append)
+    return output, first, second, first_lines, second_lines
+
+
+def test_first_run_executes_every_component_and_blesses(two_class_runs):
+    output, first, _, lines, _ = two_class_runs
+    ids = [c.component_id for c in first.components]
+    for expected in ("ImportExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
+                     "AnomaliesGate", "Transform", "Trainer", "latest_blessed_model_resolver", "Evaluator"):
+        assert expected in ids
+    assert all(c.status == "done" for c in first.components)
+    assert any(line.startswith("✔ Trainer ") for line in lines)
+    assert any(line.strip().startswith("epoch 1:") for line in lines)
+    assert first.example_counts["train"] > 0 and first.example_counts["eval"] > 0
+    assert first.blessed is True and not first.has_baseline
+    assert {"auc", "binary_accuracy", "example_count"} <= set(first.metrics)
+    assert first.metrics["example_count"] == first.example_counts["eval"]
+
+
+def test_artifacts_and_mlmd_state(two_class_runs):
+    output = two_class_runs[0]
+    store = _mlmd(output)
+    models = store.get_artifacts_by_type("Model")
+    assert len(models) == 1  # the second run reused it
+    serving = Path(models[0].uri) / "Format-Serving"
+    assert (serving / "saved_model.pb").is_file()
+    assert (serving / "assets.extra" / "labels.txt").read_text().split() in (["horses", "humans"], ["humans", "horses"])
+    blessings = store.get_artifacts_by_type("ModelBlessing")
+    assert blessings and all(b.custom_properties["blessed"].int_value == 1 for b in blessings)
+    run_dirs = list((Path(models[0].uri).parent.parent / "model_run").glob("*/history.json"))
+    assert run_dirs, "training curves are kept with the model run"
+
+
+def test_second_run_reuses_cached_executions(two_class_runs):
+    _, first, second, _, lines = two_class_runs
+    cached = {c.component_id for c in second.components if c.cached}
+    assert {"ImportExampleGen", "StatisticsGen", "Transform", "Trainer"} <= cached
+    assert any("(cached)" in line for line in lines)
+    # Same model, now compared against itself as the blessed baseline: still blessed.
+    assert second.blessed is True and second.has_baseline
+
+
+def test_three_class_variant(tmp_path_factory):
+    from hoh.pipeline.local import run_local
+
+    root = tmp_path_factory.mktemp("three")
+    data = make_span_root(root, ("birds", "horses", "humans"), per_class=12, size=48)
+    summary = run_local(_config(data, root / "out"), echo=lambda line: None)
+    assert summary.blessed is True
+    assert "sparse_categorical_accuracy" in summary.metrics
+    store = _mlmd(root / "out")
+    labels = Path(store.get_artifacts_by_type("Model")[0].uri, "Format-Serving", "assets.extra", "labels.txt")
+    assert sorted(labels.read_text().split()) == ["birds", "horses", "humans"]
+
+
+def test_anomalies_stop_the_run_with_a_readable_message(tmp_path, tiny_span):
+    from hoh.pipeline.local import PipelineFailed, run_local
+
+    schema = tmp_path / "schema.pbtxt"
+    curated = Path(__file__).resolve().parents[1] / "schemas" / "schema.pbtxt"
+    schema.write_text(curated.read_text() + 'feature { name: "camera" type: BYTES presence { min_fraction: 1.0 } }\n')
+    cfg = _config(tiny_span, tmp_path / "out", f"schema.path={schema}")
+    with pytest.raises(PipelineFailed) as err:
+        run_local(cfg, echo=lambda line: None)
+    message = str(err.value)
+    assert message.startswith("AnomaliesGate failed")
+    assert "'camera'" in message and "Traceback" not in message
+    store = _mlmd(tmp_path / "out")
+    assert not store.get_artifacts_by_type("Model"), "nothing is trained on anomalous data"
+
+
+def _hoh(*args: str) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("hoh")
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_errors_are_one_line_without_traceback(tmp_path):
+    result = _hoh("run", "--data", str(tmp_path), "--output", str(tmp_path / "o"))
+    assert result.returncode == 2
+    assert "holds no spans" in result.stderr and "Traceback" not in result.stderr
+    result = _hoh("run", "--profile", "tiny", "--set", "model.alpha=7")
+    assert result.returncode == 2 and "alpha must be one of" in result.stderr

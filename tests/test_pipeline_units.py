@@ -1,0 +1,112 @@
+"""Pure pieces under the pipeline glue: eval config, progress parsing, anomalies, summaries."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+from tensorflow_metadata.proto.v0 import anomalies_pb2
+
+from hoh import features
+from hoh.components.anomalies_gate.anomalies import describe
+from hoh.errors import HohError
+from hoh.pipeline import factory
+from hoh.pipeline.evaluation import make_eval_config
+from hoh.pipeline.progress import EPOCH_PREFIX, ProgressHandler
+
+
+def _thresholds(config):
+    out = {}
+    for spec in config.metrics_specs:
+        for metric in spec.metrics:
+            for per_slice in metric.per_slice_thresholds:
+                assert [s.feature_keys for s in per_slice.slicing_specs] == [[]]  # overall only
+                out[metric.class_name] = per_slice.threshold
+            assert not metric.HasField("threshold")  # would also gate per-class slices
+    return out
+
+
+def test_binary_eval_config_gates_auc_with_change_threshold():
+    config = make_eval_config(2, min_auc=0.9, min_accuracy=0.7, max_regression=0.01)
+    spec = config.model_specs[0]
+    assert spec.signature_name == "serving_tf_example"
+    assert list(spec.preprocessing_function_names) == ["transform_features"]
+    assert spec.label_key == features.LABEL_XF
+    gates = _thresholds(config)
+    assert gates["AUC"].value_threshold.lower_bound.value == 0.9
+    assert gates["AUC"].change_threshold.absolute.value == pytest.approx(-0.01, abs=1e-9)
+    assert gates["BinaryAccuracy"].value_threshold.lower_bound.value == 0.7
+    assert not config.options.include_default_metrics.value
+    assert [list(s.feature_keys) for s in config.slicing_specs] == [[], [features.LABEL_KEY]]
+
+
+def test_multiclass_eval_config_has_accuracy_gate_per_class_metrics_and_confusion_matrix():
+    config = make_eval_config(3, min_auc=0.9, min_accuracy=0.6, max_regression=0.0)
+    gates = _thresholds(config)
+    assert set(gates) == {"SparseCategoricalAccuracy"}
+    names = {m.class_name for spec in config.metrics_specs for m in spec.metrics}
+    assert {"MultiClassConfusionMatrixPlot", "Precision", "Recall"} <= names
+    binarized = [s for s in config.metrics_specs if s.HasField("binarize")]
+    assert list(binarized[0].binarize.class_ids.values) == [0, 1, 2]
+
+
+def test_progress_handler_reports_start_end_duration_and_cache():
+    lines, clock = [], iter([0.0, 2.5, 10.0, 10.5, 11.0])
+    handler = ProgressHandler(lines.append, clock=lambda: next(clock))
+    logger = logging.getLogger("test-progress")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        logger.info("Component %s is running.", "Transform")
+        logger.info("Component %s is finished.", "Transform")
+        logger.info("Component %s is running.", "Trainer")
+        logger.info("A cached execution %d is used.", 7)
+        logger.info("%sepoch 1: loss 0.1", EPOCH_PREFIX)
+        logger.info("Component %s is finished.", "Trainer")
+        logger.info("Component %s is running.", "Evaluator")
+    finally:
+        logger.removeHandler(handler)
+    assert lines == ["▶ Transform ...", "✔ Transform 2.5s", "▶ Trainer ...", "    epoch 1: loss 0.1",
+                     "✔ Trainer 0.5s (cached)", "▶ Evaluator ..."]
+    assert [r.status for r in handler.runs] == ["done", "cached", "failed"]
+    assert handler.running.component_id == "Evaluator"
+
+
+def test_anomalies_are_described_per_split_and_feature():
+    anomalies = anomalies_pb2.Anomalies()
+    anomalies.anomaly_info["width"].description = "Unexpectedly small value: 0."
+    anomalies.anomaly_info["image_raw"].short_description = "Column dropped"
+    assert describe({"train": anomalies, "eval": anomalies_pb2.Anomalies()}) == [
+        "train: feature 'image_raw': Column dropped",
+        "train: feature 'width': Unexpectedly small value: 0.",
+    ]
+
+
+def test_span_and_schema_resolution_errors_are_readable(tmp_path):
+    with pytest.raises(HohError, match="holds no spans"):
+        factory.resolve_span(str(tmp_path), None)
+    (tmp_path / "span-1").mkdir()
+    (tmp_path / "span-3").mkdir()
+    assert factory.resolve_span(str(tmp_path), None) == 3
+    with pytest.raises(HohError, match=r"spans there: \[1, 3\]"):
+        factory.resolve_span(str(tmp_path), 2)
+    with pytest.raises(HohError, match="set data.num_classes"):
+        factory.detect_classes(str(tmp_path), 3)
+    assert factory.resolve_schema_path("infer") is None
+    assert factory.resolve_schema_path("auto").endswith("schema.pbtxt")
+    with pytest.raises(HohError, match="no such file"):
+        factory.resolve_schema_path(str(tmp_path / "missing.pbtxt"))
+
+
+def test_failure_description_names_value_and_bound():
+    import tensorflow_model_analysis as tfma
+    from tensorflow_model_analysis.proto import validation_result_pb2
+
+    from hoh.pipeline.summary import describe_failure
+
+    failure = validation_result_pb2.ValidationFailure()
+    failure.metric_key.name = "auc"
+    failure.metric_value.double_value.value = 0.61
+    failure.metric_threshold.CopyFrom(
+        tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(lower_bound={"value": 0.9}))
+    )
+    assert describe_failure(failure) == "auc 0.6100 is below the minimum 0.9"

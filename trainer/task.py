@@ -1,0 +1,133 @@
+"""The Trainer's `run_fn`, addressed by dotted path: `hoh.trainer.task.run_fn`.
+
+TFX glue only: read the custom_config written by `create_pipeline`, build inputs and model,
+fit, export. Everything with a decision in it lives in model.py / inputs.py / export.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, List
+
+import hoh  # noqa: F401  (TF_USE_LEGACY_KERAS before tf_keras/tensorflow)
+import tensorflow as tf
+import tensorflow_transform as tft
+import tf_keras as keras
+from absl import logging
+
+from hoh import features
+from hoh.errors import HohError
+from hoh.pipeline.progress import EPOCH_PREFIX
+from hoh.trainer import export, inputs, model as model_lib
+from hoh.transforms.preprocessing import LABEL_COUNTS_NAME
+
+HISTORY_FILE = "history.json"
+
+
+def _class_names(tf_transform_output: tft.TFTransformOutput) -> List[str]:
+    return [
+        v.decode() if isinstance(v, bytes) else v
+        for v in tf_transform_output.vocabulary_by_name(features.LABEL_VOCAB_NAME)
+    ]
+
+
+def _label_counts(tf_transform_output: tft.TFTransformOutput, class_names: List[str]) -> List[int]:
+    """Training label counts in class-id order, from the frequency vocabulary Transform wrote."""
+    path = tf_transform_output.vocabulary_file_by_name(LABEL_COUNTS_NAME)
+    counts: Dict[str, int] = {}
+    with tf.io.gfile.GFile(path) as f:
+        for line in f:
+            count, _, name = line.rstrip("\n").partition(" ")
+            counts[name] = int(count)
+    return [counts.get(name, 0) for name in class_names]
+
+
+def _first_image(file_patterns: List[str]) -> bytes:
+    """One real training image, for Triton's warmup request."""
+    files = [f for pattern in file_patterns for f in tf.io.gfile.glob(pattern)]
+    if not files:
+        raise HohError(f"no training files match {file_patterns}")
+    spec = {features.IMAGE_KEY: tf.io.FixedLenFeature([1], tf.string)}
+    for record in tf.data.TFRecordDataset(files[:1], compression_type="GZIP").take(1):
+        return tf.io.parse_single_example(record, spec)[features.IMAGE_KEY][0].numpy()
+    raise HohError(f"training file {files[0]} holds no examples")
+
+
+def _epoch_logger() -> keras.callbacks.Callback:
+    """Epoch results as log lines the CLI echoes under the Trainer (Keras' own bar is off)."""
+
+    def log(epoch, logs):
+        shown = " ".join(f"{k} {v:.4f}" for k, v in sorted((logs or {}).items()))
+        logging.info("%sepoch %d: %s", EPOCH_PREFIX, epoch + 1, shown)
+
+    return keras.callbacks.LambdaCallback(on_epoch_end=log)
+
+
+def run_fn(fn_args) -> None:
+    config: Dict[str, Any] = fn_args.custom_config or {}
+    model_cfg = dict(config.get("model", {}))
+    train_cfg = dict(config.get("training", {}))
+    image_size = int(config.get("image_size", 224))
+    materialized = bool(config.get("materialize", False))
+    seed = int(train_cfg.get("seed", 42))
+    batch_size = int(train_cfg.get("batch_size", 32))
+    keras.utils.set_random_seed(seed)
+
+    tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
+    class_names = _class_names(tf_transform_output)
+    spec = model_lib.ModelSpec(
+        num_classes=len(class_names),
+        image_size=image_size,
+        learning_rate=float(train_cfg.get("learning_rate", 1e-3)),
+        **model_cfg,
+    )
+    logging.info("Training %s on classes %s", spec, class_names)
+
+    def dataset(files, shuffle):
+        return inputs.make_dataset(
+            files, fn_args.data_accessor, tf_transform_output, batch_size,
+            materialized=materialized, shuffle=shuffle, seed=seed,
+        )
+
+    train_ds, eval_ds = dataset(fn_args.train_files, True), dataset(fn_args.eval_files, False)
+    class_weight = None
+    if config.get("class_weights") == "balanced":
+        class_weight = model_lib.balanced_class_weights(_label_counts(tf_transform_output, class_names))
+
+    model = model_lib.build_model(spec)
+    callbacks = [
+        keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
+        _epoch_logger(),
+    ]
+    epochs = int(train_cfg.get("epochs", 3))
+    history = model.fit(
+        train_ds, validation_data=eval_ds, epochs=epochs, class_weight=class_weight,
+        callbacks=callbacks, verbose=0,
+    )
+    curves = {k: [float(x) for x in v] for k, v in history.history.items()}
+
+    fine_tune_layers = int(train_cfg.get("fine_tune_layers", 0))
+    fine_tune_epochs = int(train_cfg.get("fine_tune_epochs", 0))
+    if fine_tune_layers and fine_tune_epochs:
+        unfrozen = model_lib.unfreeze_top_layers(model, fine_tune_layers)
+        logging.info("Fine-tuning %d backbone layers for %d epochs", unfrozen, fine_tune_epochs)
+        model_lib.compile_model(model, spec, float(train_cfg.get("fine_tune_learning_rate", 1e-5)))
+        tuned = model.fit(
+            train_ds, validation_data=eval_ds, initial_epoch=epochs,
+            epochs=epochs + fine_tune_epochs, class_weight=class_weight,
+            callbacks=callbacks, verbose=0,
+        )
+        for k, v in tuned.history.items():
+            curves.setdefault(k, []).extend(float(x) for x in v)
+
+    with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, HISTORY_FILE), "w") as f:
+        json.dump(curves, f, indent=2)
+    export.export_model(
+        model,
+        fn_args.serving_model_dir,
+        tf_transform_output,
+        class_names,
+        image_size,
+        sample_image=_first_image(fn_args.train_files),
+        extra_info={"alpha": spec.alpha, "weights": spec.weights, "epochs": epochs},
+    )

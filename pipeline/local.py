@@ -127,13 +127,16 @@ def _quiet_tensorflow_logger() -> None:
     tf_logger.propagate = True
 
 
-def run_local(cfg: HohConfig, echo: Callable[[str], None] = print) -> RunSummary:
+def run_local(cfg: HohConfig, echo: Optional[Callable[[str], None]] = None) -> RunSummary:
+    """Run the DAG; progress lines go to `echo` (default: the terminal, whatever libraries print
+    to stdout/stderr meanwhile goes to the run's log file)."""
     os.makedirs(cfg.output_dir, exist_ok=True)
     log_path = Path(cfg.output_dir) / "logs" / time.strftime("run-%Y%m%d-%H%M%S.log")
-    echo(f"full log: {log_path}")
+    (echo or print)(f"full log: {log_path}")
     # absl's own logger, not the root: libraries that reset the root handlers cannot detach it.
     absl_logger = logging.getLogger("absl")
-    with _console_to_log(log_path) as terminal:
+    with _console_to_log(log_path) as terminal_echo:
+        terminal = echo or terminal_echo
         data_root = cfg.data.root or ensure_demo_data(cfg, terminal)
         if not Path(data_root).is_dir():
             raise HohError(f"data.root={data_root!r} is not a directory")

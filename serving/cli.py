@@ -1,5 +1,147 @@
-"""Command-line commands of this package (placeholder until implemented)."""
+"""`hoh serve` and `hoh predict`.
+
+Nothing heavy is imported here: the handlers import the server/client modules when they run, so
+`hoh --help` stays instant (see hoh/cli.py).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
+
+class _Terminated(Exception):
+    """SIGTERM, turned into an exception so the same clean shutdown path as Ctrl-C runs."""
 
 
 def register(subparsers) -> None:
-    pass
+    serve = subparsers.add_parser(
+        "serve",
+        help="serve a model repository with the bundled Triton server",
+        description="Start Triton (python backend) on a model repository written by the "
+        "TritonPusher. In poll mode (default) new versions pushed while it runs go live without "
+        "a restart.",
+    )
+    serve.add_argument("--model-repository", required=True, metavar="DIR")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--http-port", type=int, default=8000)
+    serve.add_argument("--grpc-port", type=int, default=8001)
+    serve.add_argument("--metrics-port", type=int, default=8002)
+    serve.add_argument(
+        "--model-config-name", default=None, metavar="NAME",
+        help="use MODEL/configs/NAME.pbtxt instead of config.pbtxt (e.g. gpu)",
+    )
+    serve.add_argument(
+        "--model-control-mode", choices=("poll", "explicit"), default="poll",
+        help="poll: pick up pushed versions while running (default); explicit: load once",
+    )
+    serve.add_argument("--repository-poll-secs", type=int, default=5, metavar="N")
+    serve.add_argument("--cache-size", type=int, default=256 * 1024 * 1024, metavar="BYTES",
+                       help="response cache size (default 256 MiB)")
+    serve.add_argument("--ready-timeout", type=float, default=300.0, metavar="SECONDS")
+    serve.add_argument("--log-verbose", type=int, default=0, metavar="LEVEL")
+    serve.set_defaults(handler=_serve)
+
+    predict = subparsers.add_parser(
+        "predict",
+        help="classify images with a served model",
+        description="Send images (files, or directories searched for "
+        f"{'/'.join(s[1:] for s in IMAGE_SUFFIXES)}) to a Triton server.",
+    )
+    predict.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
+    predict.add_argument("--url", default=None,
+                         help="host:port (default 127.0.0.1:8000 for http, :8001 for grpc)")
+    predict.add_argument("--protocol", choices=("http", "grpc"), default="http")
+    predict.add_argument("--model-name", default="hoh")
+    predict.add_argument("--model-version", default="", help="default: the latest ready version")
+    predict.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS")
+    predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    predict.set_defaults(handler=_predict)
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from hoh.serving.server import TritonServer
+
+    server = TritonServer(
+        args.model_repository,
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        model_control_mode=args.model_control_mode,
+        repository_poll_secs=args.repository_poll_secs,
+        model_config_name=args.model_config_name,
+        cache_size_bytes=args.cache_size,
+        log_verbose=args.log_verbose,
+    )
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        server.start()
+        server.wait_ready(args.ready_timeout)
+        print(
+            f"hoh: Triton ready (pid {server.pid}, {args.model_control_mode} mode)\n"
+            f"  HTTP    http://{server.http_url}\n"
+            f"  gRPC    {server.grpc_url}\n"
+            f"  metrics {server.metrics_url}\n"
+            f"  models  {server.model_states()}\n"
+            "Ctrl-C to stop.",
+            flush=True,
+        )
+        code = server.wait()
+        print(f"hoh: tritonserver exited with code {code}", file=sys.stderr)
+        return 1 if code else 0
+    except (KeyboardInterrupt, _Terminated):
+        print("hoh: stopping Triton ...", file=sys.stderr, flush=True)
+        return 0
+    finally:
+        server.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def expand_images(items: list[str]) -> list[Path]:
+    """Files as given; directories -> their image files (recursive, sorted)."""
+    from hoh.errors import HohError
+
+    paths: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*")
+                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise HohError(f"no {'/'.join(IMAGE_SUFFIXES)} files under {path}")
+            paths.extend(found)
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise HohError(f"{path} does not exist")
+    return paths
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from hoh.serving.client import TritonImageClient
+
+    paths = expand_images(args.images)
+    with TritonImageClient(args.url, protocol=args.protocol, model_name=args.model_name,
+                           model_version=args.model_version, timeout=args.timeout) as client:
+        predictions = client.predict(paths)
+    if args.json:
+        rows = [
+            {"image": str(p), "label": r.label, "probability": r.probability,
+             "probabilities": r.probabilities}
+            for p, r in zip(paths, predictions)
+        ]
+        print(json.dumps(rows, indent=2))
+    else:
+        width = max(len(str(p)) for p in paths)
+        for path, result in zip(paths, predictions):
+            print(f"{str(path):<{width}}  {result.label}  {result.probability:.4f}")
+    return 0

@@ -1,0 +1,285 @@
+"""The Triton repository writer (components/triton_pusher/repository.py), without a server.
+
+A fake SavedModel (any `saved_model.pb` + the Trainer's `assets.extra/`) is enough here: the
+writer never loads the model, so these tests need neither TensorFlow nor TFX and run in seconds.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hoh.components.triton_pusher import repository as repo
+from tiny_model import fake_saved_model
+from tritonclient.grpc import model_config_pb2 as mc
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() if p.is_file() else b"<dir>"
+        for p in sorted(root.rglob("*"))
+    }
+
+
+SETTINGS = repo.TritonPushSettings(model_name="hoh", max_batch_size=16,
+                                   preferred_batch_sizes=(4, 8), max_queue_delay_us=500,
+                                   instance_count=2, versions_to_serve=1, versions_to_keep=2)
+
+
+# ------------------------------------------------------------------ configs
+
+
+@pytest.mark.parametrize("classes", [("human", "horse"), ("a", "b", "c", "d", "e")])
+def test_every_written_config_parses_as_model_config(tmp_path, classes):
+    model = fake_saved_model(tmp_path / "m", classes)
+    result = repo.push_model(str(model), str(tmp_path / "repo"), SETTINGS)
+    model_dir = Path(result.model_dir)
+    configs = [model_dir / "config.pbtxt", *sorted((model_dir / "configs").glob("*.pbtxt"))]
+    assert [p.name for p in configs] == ["config.pbtxt", "gpu.pbtxt"]
+    for path in configs:
+        config = repo.parse_model_config(path.read_text())
+        assert config.name == "hoh"
+        assert config.backend == "python"
+        assert config.max_batch_size == 16
+        (inp,) = config.input
+        assert (inp.name, inp.data_type, list(inp.dims)) == ("image_bytes", mc.TYPE_STRING, [1])
+        probs, label = config.output
+        assert (probs.name, probs.data_type, list(probs.dims)) == (
+            "probabilities", mc.TYPE_FP32, [len(classes)])
+        assert probs.label_filename == "labels.txt"
+        assert (label.name, label.data_type, list(label.dims)) == ("label", mc.TYPE_STRING, [1])
+        assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]
+        assert config.dynamic_batching.max_queue_delay_microseconds == 500
+        assert config.version_policy.latest.num_versions == 1
+        assert config.response_cache.enable
+        assert json.loads(config.parameters["class_names"].string_value) == list(classes)
+        (group,) = config.instance_group
+        assert group.count == 2
+        (warmup,) = config.model_warmup
+        assert warmup.inputs["image_bytes"].input_data_file == "image_bytes"
+        assert warmup.inputs["image_bytes"].data_type == mc.TYPE_STRING
+    kinds = [repo.parse_model_config(p.read_text()).instance_group[0].kind for p in configs]
+    assert kinds == [mc.ModelInstanceGroup.KIND_CPU, mc.ModelInstanceGroup.KIND_GPU]
+    assert (model_dir / "labels.txt").read_text().splitlines() == list(classes)
+
+
+def test_warmup_file_is_length_prefixed_sample_image(tmp_path):
+    sample = b"\xff\xd8\xff" + os.urandom(300)
+    model = fake_saved_model(tmp_path / "m", sample=sample)
+    result = repo.push_model(str(model), str(tmp_path / "repo"), SETTINGS)
+    data = (Path(result.model_dir) / "warmup" / "image_bytes").read_bytes()
+    assert struct.unpack("<I", data[:4])[0] == len(sample)
+    assert data[4:] == sample
+
+
+@pytest.mark.parametrize("sample", [None, b"not an image"])
+def test_no_warmup_without_a_usable_sample_image(tmp_path, sample):
+    model = fake_saved_model(tmp_path / "m", sample=sample)
+    result = repo.push_model(str(model), str(tmp_path / "repo"), SETTINGS)
+    config = repo.parse_model_config((Path(result.model_dir) / "config.pbtxt").read_text())
+    assert not config.model_warmup  # a failing warmup would keep the model from loading
+
+
+def test_version_layout(tmp_path):
+    model = fake_saved_model(tmp_path / "m")
+    result = repo.push_model(str(model), str(tmp_path / "repo"), SETTINGS, source="uri://m")
+    version_dir = Path(result.version_dir)
+    assert result.version == 1 and version_dir.name == "1"
+    assert (version_dir / "model.py").read_bytes() == (
+        Path(repo.__file__).parents[2] / "serving" / "triton_model.py").read_bytes()
+    assert (version_dir / "model.savedmodel" / "saved_model.pb").read_bytes() == b"graph"
+    assert (version_dir / "model.savedmodel" / "assets.extra" / "labels.txt").exists()
+    info = json.loads((version_dir / "hoh_push.json").read_text())
+    assert info["source"] == "uri://m" and info["class_names"] == ["human", "horse"]
+    # model.py is precompiled (hash-checked), so the stub never writes into the version dir.
+    (pyc,) = (version_dir / "__pycache__").glob("model.*.pyc")
+    flags = struct.unpack("<I", pyc.read_bytes()[4:8])[0]
+    assert flags == 0b11  # hash-based, checked against the source
+
+
+# ------------------------------------------------------------------ versions
+
+
+def test_versions_increase_and_old_ones_are_deleted(tmp_path):
+    repository = tmp_path / "repo"
+    pushed = []
+    for i in range(4):
+        model = fake_saved_model(tmp_path / f"m{i}", pb=f"graph{i}".encode())
+        pushed.append(repo.push_model(str(model), str(repository), SETTINGS))
+    assert [r.version for r in pushed] == [1, 2, 3, 4]
+    assert pushed[2].removed_versions == (1,) and pushed[3].removed_versions == (2,)
+    assert repo.list_versions(str(repository / "hoh")) == [3, 4]
+    newest = repository / "hoh" / "4" / "model.savedmodel" / "saved_model.pb"
+    assert newest.read_bytes() == b"graph3"
+    assert not [p for p in (repository / "hoh").iterdir() if p.name.startswith(".")]
+
+
+def test_next_version_follows_the_highest_existing_one(tmp_path):
+    model_dir = tmp_path / "repo" / "hoh"
+    (model_dir / "7").mkdir(parents=True)
+    (model_dir / "configs").mkdir()
+    model = fake_saved_model(tmp_path / "m")
+    result = repo.push_model(str(model), str(tmp_path / "repo"),
+                             repo.TritonPushSettings(versions_to_keep=5))
+    assert result.version == 8
+
+
+def test_retrying_the_same_model_does_not_publish_it_twice(tmp_path):
+    model = fake_saved_model(tmp_path / "m")
+    first = repo.push_model(str(model), str(tmp_path / "repo"), SETTINGS, source="uri://m")
+    again = repo.push_model(str(model), str(tmp_path / "repo"), SETTINGS, source="uri://m")
+    other = repo.push_model(str(model), str(tmp_path / "repo"), SETTINGS, source="uri://other")
+    assert (first.version, first.pushed) == (1, True)
+    assert (again.version, again.pushed) == (1, False)
+    assert (other.version, other.pushed) == (2, True)
+
+
+def test_unchanged_model_files_are_not_rewritten(tmp_path):
+    """Any change in a model directory makes a polling Triton reload the model."""
+    repository = tmp_path / "repo"
+    repo.push_model(str(fake_saved_model(tmp_path / "a")), str(repository), SETTINGS)
+    config = repository / "hoh" / "config.pbtxt"
+    os.utime(config, (1, 1))
+    repo.push_model(str(fake_saved_model(tmp_path / "b", pb=b"other")), str(repository), SETTINGS)
+    assert config.stat().st_mtime == 1
+    repo.push_model(str(fake_saved_model(tmp_path / "c", classes=("x", "y", "z"))),
+                    str(repository), SETTINGS)
+    assert config.stat().st_mtime != 1  # three classes now: the config had to change
+
+
+@pytest.mark.parametrize("names, expected", [
+    (["1", "2", "10", "configs", "warmup", ".hoh-staging-h-1-ab", "01", "0", "3.tmp"],
+     [0, 1, 2, 10]),
+    ([], []),
+])
+def test_version_numbers_match_what_triton_loads(names, expected):
+    assert repo.version_numbers(names) == expected
+
+
+def test_temp_names_are_never_versions():
+    """Triton parses version dirs with std::stoll, which reads '3.tmp' as 3: ours start with '.'"""
+    for prefix in (repo._STAGING, repo._TRASH, repo._WRITING):
+        name = repo._temp_name(prefix, "-3")
+        assert name.startswith(".") and not name[0].isdigit()
+        assert repo.version_numbers([name]) == []
+
+
+# ------------------------------------------------------------------ crash safety
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_failure_while_staging_leaves_the_repository_untouched(tmp_path, monkeypatch):
+    repository = tmp_path / "repo"
+    repo.push_model(str(fake_saved_model(tmp_path / "a")), str(repository), SETTINGS)
+    before = tree(repository)
+
+    def disk_full(src, dst):
+        Path(dst).mkdir()
+        (Path(dst) / "saved_model.pb").write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(repo, "_copy_tree", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        repo.push_model(str(fake_saved_model(tmp_path / "b", classes=list("abc"))),
+                        str(repository), SETTINGS)
+    assert tree(repository) == before  # not even config.pbtxt/labels.txt of the new model
+
+
+def test_failed_rename_leaves_previous_versions_and_no_leftovers(tmp_path, monkeypatch):
+    repository = tmp_path / "repo"
+    repo.push_model(str(fake_saved_model(tmp_path / "a")), str(repository), SETTINGS)
+    before = tree(repository)
+
+    def refuse(src, dst):
+        raise PermissionError(13, "Permission denied", dst)
+
+    monkeypatch.setattr(repo._LocalFS, "rename_dir", staticmethod(refuse))
+    new_model = fake_saved_model(tmp_path / "b", classes=("a", "b", "c"), sample=b"GIF89a" + b"1")
+    with pytest.raises(repo.PushError, match="could not publish version 2"):
+        repo.push_model(str(new_model), str(repository), SETTINGS)
+    assert tree(repository) == before  # config.pbtxt, labels.txt, warmup restored too
+
+
+def test_failure_on_the_first_push_leaves_no_model_files(tmp_path, monkeypatch):
+    def refuse(src, dst):
+        raise PermissionError(13, "Permission denied", dst)
+
+    monkeypatch.setattr(repo._LocalFS, "rename_dir", staticmethod(refuse))
+    with pytest.raises(repo.PushError):
+        repo.push_model(str(fake_saved_model(tmp_path / "a")), str(tmp_path / "repo"), SETTINGS)
+    assert [p.relative_to(tmp_path / "repo").as_posix() for p in (tmp_path / "repo").rglob("*")
+            if p.is_file()] == []
+
+
+def test_stale_leftovers_are_cleaned_on_the_next_push(tmp_path):
+    model_dir = tmp_path / "repo" / "hoh"
+    host = socket.gethostname()
+    dead = model_dir / f"{repo._STAGING}{host}-{_dead_pid()}-deadbeef"
+    live = model_dir / f"{repo._STAGING}{host}-{os.getpid()}-0badf00d"
+    old_remote = model_dir / f"{repo._STAGING}other-host-1-cafecafe"
+    new_remote = model_dir / f"{repo._STAGING}other-host-1-feedfeed"
+    trash = model_dir / f"{repo._TRASH}{host}-1-aaaa-3"
+    for d in (dead, live, old_remote, new_remote, trash):
+        (d / "model.savedmodel").mkdir(parents=True)
+    os.utime(old_remote, (0, 0))
+    repo.push_model(str(fake_saved_model(tmp_path / "m")), str(tmp_path / "repo"), SETTINGS)
+    left = sorted(p.name for p in model_dir.iterdir() if p.name.startswith("."))
+    assert left == sorted([live.name, new_remote.name])
+
+
+def test_is_stale_temp_rules():
+    alive = lambda pid: pid == 42  # noqa: E731
+    day = 24 * 3600
+    assert repo.is_stale_temp(".hoh-trash-h-1-ab-3", 0, "h", alive)
+    assert repo.is_stale_temp(".hoh-staging-h-7-ab", 0, "h", alive)
+    assert not repo.is_stale_temp(".hoh-staging-h-42-ab", 0, "h", alive)
+    assert not repo.is_stale_temp(".hoh-staging-pod-x-7-ab", 60, "h", alive)
+    assert repo.is_stale_temp(".hoh-staging-pod-x-7-ab", day + 1, "h", alive)
+    assert repo.is_stale_temp(".hoh-write-h-7-ab", 0, "h", alive)
+    assert not repo.is_stale_temp(".hidden-by-someone-else", day * 9, "h", alive)
+
+
+# ------------------------------------------------------------------ validation
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"model_name": "a/b"}, "model_name"),
+    ({"max_batch_size": 0}, "max_batch_size"),
+    ({"preferred_batch_sizes": (8, 64)}, r"preferred_batch_sizes \[64\]"),
+    ({"versions_to_keep": 1, "versions_to_serve": 2}, "versions_to_keep"),
+    ({"max_queue_delay_us": -1}, "max_queue_delay_us"),
+])
+def test_invalid_settings_are_refused_before_writing(tmp_path, changes, message):
+    settings = repo.TritonPushSettings(**changes)
+    with pytest.raises(repo.PushError, match=message):
+        repo.push_model(str(fake_saved_model(tmp_path / "m")), str(tmp_path / "repo"), settings)
+    assert not (tmp_path / "repo").exists()
+
+
+def test_model_info_checks(tmp_path):
+    meta = '{"class_names": ["a", "b"], "num_classes": 2}'
+    info = repo.parse_model_info("a\nb\n\n", meta, None, "m")
+    assert info.class_names == ("a", "b") and info.sample_image is None
+    from_json = repo.parse_model_info(None, '{"class_names": ["x", "y"]}', b"", "m")
+    assert from_json.class_names == ("x", "y")
+    with pytest.raises(repo.PushError, match="differ"):
+        repo.parse_model_info("a\nb\n", '{"class_names": ["b", "a"]}', None, "m")
+    with pytest.raises(repo.PushError, match="num_classes=3"):
+        repo.parse_model_info("a\nb\n", '{"num_classes": 3}', None, "m")
+    with pytest.raises(repo.PushError, match="no class names"):
+        repo.parse_model_info(None, None, None, "m")
+    with pytest.raises(repo.PushError, match="duplicate"):
+        repo.parse_model_info("a\na\n", None, None, "m")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(repo.PushError, match="no saved_model.pb"):
+        repo.read_model_info(str(tmp_path / "empty"))

@@ -70,6 +70,20 @@ def _ratio(text: str) -> float:
     return value
 
 
+def _run_download(args: argparse.Namespace) -> int:
+    from hoh.data.download import HORSES_OR_HUMANS, download
+
+    def progress(done: int) -> None:
+        print(f"\rdownloaded {done / 1e6:.1f} / {HORSES_OR_HUMANS.size / 1e6:.1f} MB", end="", file=sys.stderr)
+
+    folder = download(args.out, local_archive=args.archive and Path(args.archive), progress=progress)
+    print(file=sys.stderr)
+    print(f"verified (sha256 {HORSES_OR_HUMANS.sha256[:12]}...) and unpacked into {folder}")
+    print(f"data: {HORSES_OR_HUMANS.credit}")
+    print(f"next: hoh data import {folder} --out DATA_DIR")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser(
         "data",
@@ -111,6 +125,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="reject images with more pixels than this (default: %(default)s)",
     )
     imp.set_defaults(handler=_run_import)
+
+    dl = commands.add_parser(
+        "download",
+        help="download and verify the public horses-or-humans training set (needs internet)",
+        description="Fetch horse-or-human.zip, check its size and SHA-256, unpack it into "
+        "DIR/horse-or-human/{horses,humans}. Data by Laurence Moroney, CC BY 2.0.",
+    )
+    dl.add_argument("--out", required=True, metavar="DIR", help="folder to unpack into")
+    dl.add_argument("--archive", metavar="ZIP", help="verify and unpack an already downloaded copy instead")
+    dl.set_defaults(handler=_run_download)
 
     dem = commands.add_parser(
         "demo",

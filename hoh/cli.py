@@ -18,7 +18,10 @@ from hoh.errors import HohError
 _COMMAND_MODULES = (
     "hoh.data.cli",
     "hoh.pipeline.cli",
+    "hoh.pipeline.kfp_cli",
     "hoh.serving.cli",
+    "hoh.components.drift.cli",
+    "hoh.components.sampling.cli",
 )
 
 

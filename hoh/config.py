@@ -100,12 +100,22 @@ class TrainingConfig(_Section):
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant",
+        description="'cosine' decays the learning rate per epoch towards 0, so the exported last "
+        "epoch is not a random point of an oscillating high-rate run.",
+    )
     fine_tune_layers: int = Field(
         0, ge=0, description="Unfreeze the top N backbone layers for a second phase (0 = off)."
     )
     fine_tune_epochs: int = Field(0, ge=0)
     fine_tune_learning_rate: float = Field(1e-5, gt=0)
     seed: int = 42
+    cache_backbone_features: bool = Field(
+        True,
+        description="With a frozen backbone and no augmentation, compute backbone features once "
+        "and fit the head on them (identical model, ~1 forward pass instead of one per epoch).",
+    )
 
 
 class EvaluationConfig(_Section):
@@ -131,7 +141,21 @@ class PushConfig(_Section):
     preferred_batch_sizes: list[int] = Field(default_factory=lambda: [8, 16, 32])
     max_queue_delay_us: int = Field(2000, ge=0)
     instance_count: int = Field(1, ge=1)
-    versions_to_keep: int = Field(2, ge=1)
+    versions_to_serve: int = Field(
+        1, ge=1, description="Triton's version_policy: how many of the newest versions it serves."
+    )
+    versions_to_keep: int = Field(
+        2, ge=1, description="Versions kept on disk (>= versions_to_serve), for a quick rollback."
+    )
+
+    @model_validator(mode="after")
+    def _keep_what_is_served(self) -> "PushConfig":
+        if self.versions_to_keep < self.versions_to_serve:
+            raise ValueError(
+                f"push.versions_to_keep ({self.versions_to_keep}) must be >= push.versions_to_serve "
+                f"({self.versions_to_serve}): Triton cannot serve versions deleted from disk"
+            )
+        return self
 
     @field_validator("model_name")
     @classmethod
@@ -141,12 +165,141 @@ class PushConfig(_Section):
         return v
 
 
+class DriftConfig(_Section):
+    """The DriftCheck component: the current span against a reference span (docs/DRIFT.md)."""
+
+    enabled: bool = Field(True, description="Run the drift check (the first span records 'no reference').")
+    block_push: bool = Field(
+        False,
+        description="Hold the push when drift is detected. Off by default: new data looking "
+        "different is exactly when a retrained, Evaluator-blessed model is needed; turn it on "
+        "where a person must look at a shifted span before a model trained on it ships.",
+    )
+    reference_span: Optional[int] = Field(
+        None, ge=0, description="Span to compare with; null = the closest span before the current one."
+    )
+    drift_share: float = Field(
+        0.25, gt=0.0, le=1.0, description="Share of drifted descriptors that declares drift (3 of 12)."
+    )
+    column_method: Optional[str] = Field(
+        None,
+        description="Evidently stattest for every descriptor ('ks', 'wasserstein', 'psi', ...); null = "
+        "Evidently's choice (K-S/chi-square up to 1000 reference rows, Wasserstein/Jensen-Shannon above).",
+    )
+    column_threshold: Optional[float] = Field(
+        None, gt=0.0, description="Threshold of that test (p-value or distance); null = its default."
+    )
+    label_drift: bool = Field(True, description="Test class proportions too; their drift counts in the verdict.")
+    embeddings: bool = Field(
+        True, description="Also compare MobileNetV2 embeddings from the last blessed model (when one exists)."
+    )
+    embedding_components: int = Field(8, ge=1, le=64, description="PCA components kept per embedding.")
+    embedding_threshold: float = Field(
+        0.015, gt=0.0, description="MMD score above which the embeddings drift (Evidently's default)."
+    )
+    embedding_min_rows: int = Field(
+        100, ge=2, description="Fewer images per side: the MMD score is reported but does not vote."
+    )
+    embedding_max_rows: int = Field(
+        500, ge=10, description="Images per side fed to MMD (its cost is quadratic); a seeded sample."
+    )
+
+
+class SamplingConfig(_Section):
+    """The ActiveLearningSampler component (docs/ACTIVE_LEARNING.md)."""
+
+    pool_root: Optional[str] = Field(
+        None,
+        description="Data root of an unlabeled pool (`hoh data import --unlabeled SRC --out POOL`); its "
+        "latest span's pool/ split is scored. Keep it apart from data.root. null = no sampling.",
+    )
+    k: int = Field(50, ge=1, description="Images selected for labelling per run.")
+    strategy: Literal["least_confidence", "margin", "entropy"] = Field(
+        "margin",
+        description="Uncertainty score; identical rankings for 2 classes. Margin looks at the two "
+        "classes the model hesitates between, which is what a labeller resolves.",
+    )
+    diversity: bool = Field(
+        True, description="k-center greedy over backbone embeddings among the most uncertain candidates."
+    )
+    candidates_factor: int = Field(5, ge=1, description="Diversity picks among the factor*k most uncertain.")
+    exclude_labeled: bool = Field(True, description="Never propose images already in the training span.")
+    from_name: str = Field("choice", description="Label Studio <Choices name=...> of the labeling config.")
+    to_name: str = Field("image", description="Label Studio <Image name=...> of the labeling config.")
+    image_url_prefix: str = Field(
+        "/data/local-files/?d=",
+        description="Prefix of each task's image URL before `images/<file>`; '{out_dir}' stands for the "
+        "sample directory (without its leading '/'). The default suits Label Studio local-files "
+        "serving with the sample directory as document root; see docs/ACTIVE_LEARNING.md.",
+    )
+
+
 class BeamConfig(_Section):
     args: list[str] = Field(
         default_factory=list,
         description="Beam pipeline args. Empty locally on purpose: any value makes TFX package "
         "itself for every Beam step (5-7 s each).",
     )
+
+
+def pod_uri(value: Optional[str]) -> Optional[str]:
+    """A location every Kubeflow pod can open: gs:// (TF reads it natively) or an absolute path
+    of a volume mounted in every pod. s3:// needs tensorflow-io, whose 0.37 aborts at interpreter
+    exit (code 134), which Kubeflow reads as a failed step."""
+    if value is None or value.startswith("gs://"):
+        return value
+    if "://" in value:
+        raise ValueError(f"{value!r}: use gs://... or a mounted absolute path (TF 2.16 reads no other scheme)")
+    if not value.startswith("/"):
+        raise ValueError(f"{value!r} is relative; pods need gs://... or an absolute mounted path")
+    return value
+
+
+class KubeflowResources(_Section):
+    cpu: Optional[float] = Field(None, gt=0, description="CPU limit of the step's pod (cores).")
+    memory_gb: Optional[float] = Field(None, gt=0, description="Memory limit of the step's pod (GB).")
+    gpu: int = Field(0, ge=0, description="Accelerators for the pod; only the Trainer uses one.")
+    gpu_type: str = Field(
+        "nvidia.com/gpu", description="Accelerator type: the cluster's resource name (or a Vertex type)."
+    )
+
+
+class KubeflowConfig(_Section):
+    """Only read by `hoh kfp ...`: where the pods find the image, the data and the repository."""
+
+    image: Optional[str] = Field(None, description="Image built from the Dockerfile; --image overrides.")
+    pipeline_root: Optional[str] = Field(
+        None, description="Artifacts of the pods: gs://... or a mounted path; --pipeline-root overrides."
+    )
+    data_root: Optional[str] = Field(
+        None, description="Span directory as the pods see it: the default of the `data_root` parameter."
+    )
+    model_repository: Optional[str] = Field(
+        None, description="Triton model repository as the pods see it (needed when push.enabled)."
+    )
+    baseline: Literal["latest_pushed", "latest_blessed"] = Field(
+        "latest_pushed",
+        description="'latest_pushed' = the newest version in the Triton repository (runs on any "
+        "Kubeflow); 'latest_blessed' = TFX's Resolver, which open-source KFP refuses (Vertex only).",
+    )
+    beam_preset: Literal["direct", "dataflow", "flink", "spark"] = Field(
+        "direct", description="Beam runner preset, see docs/KUBEFLOW.md and hoh/pipeline/beam_presets.py."
+    )
+    beam_options: dict[str, str] = Field(
+        default_factory=dict, description="Values for the preset's {placeholders} (project, region, ...)."
+    )
+    beam_args: list[str] = Field(default_factory=list, description="Extra Beam args after the preset's.")
+    resources: dict[str, KubeflowResources] = Field(
+        default_factory=dict, description="Pod resources by component id, e.g. Trainer: {gpu: 1}."
+    )
+    enable_cache: bool = Field(
+        True, description="Kubeflow caching: a run with no new span reuses every step (no retrain, no push)."
+    )
+
+    @field_validator("pipeline_root", "data_root", "model_repository")
+    @classmethod
+    def _reachable_from_pods(cls, v: Optional[str]) -> Optional[str]:
+        return pod_uri(v)
 
 
 class HohConfig(_Section):
@@ -160,7 +313,10 @@ class HohConfig(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     push: PushConfig = Field(default_factory=PushConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     beam: BeamConfig = Field(default_factory=BeamConfig)
+    kubeflow: KubeflowConfig = Field(default_factory=KubeflowConfig)
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 

@@ -22,6 +22,7 @@ LABEL_XF = "label_xf"  # int64 class id from the TFT vocabulary
 LABEL_VOCAB_NAME = "label_vocab"
 
 SPLITS = ("train", "eval")
+POOL_SPLIT = "pool"  # unlabeled images (`hoh data import --unlabeled`), scored by the sampler
 SPAN_PREFIX = "span-"
 _SPAN_RE = re.compile(rf"^{SPAN_PREFIX}(\d+)$")
 TFRECORD_SUFFIX = ".tfrecord.gz"  # ImportExampleGen detects gzip from the .gz extension

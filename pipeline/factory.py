@@ -76,6 +76,62 @@ def trainer_config(cfg: HohConfig) -> Dict[str, Any]:
     }
 
 
+def drift_parameters(cfg: HohConfig) -> Optional[Dict[str, Any]]:
+    """DriftCheck parameters; KFP-friendly sentinels stand for null ("" / 0.0 / -1). None = off."""
+    d = cfg.drift
+    if not d.enabled:
+        return None
+    return dict(
+        reference_span=-1 if d.reference_span is None else d.reference_span,
+        splits=",".join(features.SPLITS),
+        drift_share=d.drift_share,
+        column_method=d.column_method or "",
+        column_threshold=d.column_threshold or 0.0,
+        label_drift=int(d.label_drift),
+        embeddings=int(d.embeddings),
+        embedding_components=d.embedding_components,
+        embedding_threshold=d.embedding_threshold,
+        embedding_min_rows=d.embedding_min_rows,
+        embedding_max_rows=d.embedding_max_rows,
+    )
+
+
+def sampling_parameters(cfg: HohConfig) -> Dict[str, Any]:
+    s = cfg.sampling
+    return dict(
+        k=s.k,
+        strategy=s.strategy,
+        diversity=int(s.diversity),
+        candidates_factor=s.candidates_factor,
+        exclude_labeled=int(s.exclude_labeled),
+        from_name=s.from_name,
+        to_name=s.to_name,
+        url_prefix=s.image_url_prefix,
+    )
+
+
+def resolve_pool_root(pool_root: Optional[str], data_root: str) -> Optional[str]:
+    """The pool's data root, checked where it is readable (a local path): it must hold a span
+    with a pool/ split and must not be the training data root, whose latest span must stay a
+    labeled one (class detection and the drift reference read it)."""
+    if not pool_root or "://" in pool_root:
+        return pool_root or None
+    root = Path(pool_root).resolve()
+    if "://" not in str(data_root) and root == Path(data_root).resolve():
+        raise HohError(
+            f"sampling.pool_root={pool_root!r} is the training data root; import the pool into its "
+            "own root: hoh data import --unlabeled SRC --out POOL_DIR"
+        )
+    spans = [s for s in features.list_spans(root)
+             if any((features.span_dir(root, s) / features.POOL_SPLIT).glob(f"*{features.TFRECORD_SUFFIX}"))]
+    if not spans:
+        raise HohError(
+            f"sampling.pool_root={pool_root!r} holds no span with a {features.POOL_SPLIT}/ split "
+            "(write one with: hoh data import --unlabeled SRC --out POOL_DIR)"
+        )
+    return str(root)
+
+
 def component_options(
     cfg: HohConfig,
     data_root: str,
@@ -97,4 +153,8 @@ def component_options(
         min_accuracy=ev.min_accuracy,
         max_regression=ev.max_regression,
         pusher=pusher,
+        drift=drift_parameters(cfg),
+        drift_blocks_push=cfg.drift.block_push,
+        pool_root=resolve_pool_root(cfg.sampling.pool_root, str(data_root)),
+        sampling=sampling_parameters(cfg),
     )

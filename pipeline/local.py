@@ -16,7 +16,7 @@ from hoh.pipeline import factory
 from hoh.pipeline.progress import ProgressHandler
 from hoh.pipeline.summary import RunSummary, summarize
 
-DEMO_PER_CLASS = 150
+DEMO_PER_CLASS = 500
 
 
 class PipelineFailed(HohError):
@@ -58,6 +58,7 @@ def triton_pusher_factory(cfg: HohConfig) -> Optional[Callable[..., Any]]:
             preferred_batch_sizes=list(p.preferred_batch_sizes),
             max_queue_delay_us=p.max_queue_delay_us,
             instance_count=p.instance_count,
+            versions_to_serve=p.versions_to_serve,
             versions_to_keep=p.versions_to_keep,
         )
 

@@ -5,17 +5,25 @@ Every option is a parameter (penguin style); mapping the typed config onto these
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
+from google.protobuf import message
 from tfx import v1 as tfx
 from tfx.proto import example_gen_pb2, range_config_pb2
+from tfx.utils import json_utils, proto_utils
 
 from hoh import features
 from hoh.components.anomalies_gate.component import AnomaliesGate
+from hoh.components.drift.component import DriftCheck, push_allowed
+from hoh.components.sampling.component import ActiveLearningSampler, pool_example_gen
 from hoh.pipeline.evaluation import make_eval_config
 
 PREPROCESSING_FN = "hoh.transforms.preprocessing.preprocessing_fn"
 RUN_FN = "hoh.trainer.task.run_fn"
+# The values an engineer changes per run. Kubeflow's v2 compiler substitutes whole exec
+# properties only, so span, epochs and thresholds travel inside the exec property that holds
+# them; `hoh kfp submit --param span=3 --param epochs=5 ...` rewrites them (hoh.pipeline.kfp_params).
+RUNTIME_PARAMETERS = ("data_root", "range_config", "trainer_config", "eval_config")
 
 
 def example_gen_input_config() -> example_gen_pb2.Input:
@@ -27,13 +35,36 @@ def example_gen_input_config() -> example_gen_pb2.Input:
     )
 
 
-def span_range_config(span: Optional[int]) -> Optional[range_config_pb2.RangeConfig]:
-    """None = ImportExampleGen's default: the latest span."""
+def span_range_config(
+    span: Optional[int], explicit_latest: bool = False
+) -> Optional[range_config_pb2.RangeConfig]:
+    """None = ImportExampleGen's default: the latest span. `explicit_latest` spells that default
+    out (a one-span rolling range, what ExampleGen uses when given none) for a pipeline
+    parameter, whose default TFX's compiler drops when empty."""
     if span is None:
-        return None
+        if not explicit_latest:
+            return None
+        return range_config_pb2.RangeConfig(rolling_range=range_config_pb2.RollingRange(num_spans=1))
     return range_config_pb2.RangeConfig(
         static_range=range_config_pb2.StaticRange(start_span_number=span, end_span_number=span)
     )
+
+
+def as_runtime_parameter(name: str, value: Any) -> Any:
+    """A string pipeline parameter defaulting to `value`, as the JSON its executor parses."""
+    if isinstance(value, message.Message):
+        default = proto_utils.proto_to_json(value)
+    elif isinstance(value, dict):
+        default = json_utils.dumps(value)
+    else:
+        default = str(value)
+    if not default:  # TFX's compiler drops an empty default, leaving the parameter unset
+        raise ValueError(f"pipeline parameter {name} needs a non-empty default, got {value!r}")
+    return tfx.dsl.experimental.RuntimeParameter(name=name, ptype=str, default=default)
+
+
+def _plain_value(name: str, value: Any) -> Any:
+    return value
 
 
 def create_components(
@@ -50,17 +81,34 @@ def create_components(
     min_accuracy: float,
     max_regression: float,
     pusher: Optional[Any] = None,
+    baseline: Optional[Callable[[Any], Any]] = None,
+    runtime_parameters: bool = False,
+    drift: Optional[Dict[str, Any]] = None,
+    drift_blocks_push: bool = False,
+    pool_root: Optional[str] = None,
+    sampling: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """The components by id, in DAG order; `pusher`, when given, is a callable
     `(model, model_blessing) -> component` so pushers stay pluggable (Triton, filesystem...).
 
+    `baseline`: None = the latest blessed model in MLMD (a Resolver: LocalDagRunner and Vertex
+    run it, open-source Kubeflow refuses it); else a callable `(candidate_model) -> node` whose
+    `outputs["model"]` is the model to beat (hoh.pipeline.kubeflow uses LatestPushedModel).
+    `runtime_parameters`: turn RUNTIME_PARAMETERS into pipeline parameters whose defaults are
+    the values given here (LocalDagRunner runs them with those defaults).
+    `drift`: DriftCheck parameters (None = no drift check); `drift_blocks_push` puts the pusher
+    under a `tfx.dsl.Cond` on the drift verdict. `pool_root`: an unlabeled pool's data root
+    (None = no sampling); `sampling`: ActiveLearningSampler parameters. See docs/DRIFT.md and
+    docs/ACTIVE_LEARNING.md.
+
     Exposed separately from `create_pipeline` so notebooks can run the very same components one
     by one with InteractiveContext.
     """
+    param = as_runtime_parameter if runtime_parameters else _plain_value
     example_gen = tfx.components.ImportExampleGen(
-        input_base=data_root,
+        input_base=param("data_root", data_root),
         input_config=example_gen_input_config(),
-        range_config=span_range_config(span),
+        range_config=param("range_config", span_range_config(span, explicit_latest=runtime_parameters)),
     )
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     if schema_path:
@@ -91,27 +139,59 @@ def create_components(
         examples=(transform.outputs["transformed_examples"] if materialize else example_gen.outputs["examples"]),
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
-        custom_config={**trainer_config, "image_size": image_size, "materialize": materialize},
+        custom_config=param(
+            "trainer_config",
+            {**trainer_config, "image_size": image_size, "materialize": materialize},
+        ),
     )
-    model_resolver = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-    ).with_id("latest_blessed_model_resolver")
+    if baseline is None:
+        model_resolver = tfx.dsl.Resolver(
+            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+            model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+            model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+        ).with_id("latest_blessed_model_resolver")
+    else:
+        model_resolver = baseline(trainer.outputs["model"])
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
         baseline_model=model_resolver.outputs["model"],
         schema=schema_gen.outputs["schema"],
-        eval_config=make_eval_config(num_classes, min_auc, min_accuracy, max_regression),
+        eval_config=param(
+            "eval_config", make_eval_config(num_classes, min_auc, min_accuracy, max_regression)
+        ),
         example_splits=["eval"],
     )
     components = [
         example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate,
         transform, trainer, model_resolver, evaluator,
     ]
+    drift_check = None
+    if drift is not None:
+        drift_check = DriftCheck(
+            examples=example_gen.outputs["examples"],
+            model=model_resolver.outputs["model"],  # embeddings from the model to beat, if any
+            data_root=example_gen.exec_properties["input_base"],  # same value, also as a KFP parameter
+            blocks_push=int(drift_blocks_push and pusher is not None),
+            **drift,
+        )
+        components.insert(components.index(model_resolver) + 1, drift_check)
     if pusher is not None:
-        components.append(pusher(trainer.outputs["model"], evaluator.outputs["blessing"]))
+        if drift_check is not None and drift_blocks_push:
+            with tfx.dsl.Cond(push_allowed(drift_check)):
+                components.append(pusher(trainer.outputs["model"], evaluator.outputs["blessing"]))
+        else:
+            components.append(pusher(trainer.outputs["model"], evaluator.outputs["blessing"]))
+    if pool_root:
+        pool_gen = pool_example_gen(pool_root)
+        components += [pool_gen, ActiveLearningSampler(
+            pool=pool_gen.outputs["examples"],
+            model=trainer.outputs["model"],
+            model_blessing=evaluator.outputs["blessing"],
+            baseline_model=model_resolver.outputs["model"],
+            labeled=example_gen.outputs["examples"],
+            **(sampling or {}),
+        )]
     return {c.id: c for c in components}
 
 

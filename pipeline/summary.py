@@ -22,6 +22,8 @@ class RunSummary:
     pushed_destination: Optional[str] = None
     pushed_version: Optional[str] = None
     artifacts: Dict[str, str] = dataclasses.field(default_factory=dict)
+    drift: Optional[dict] = None  # DriftCheck's summary.json
+    sampling: Optional[dict] = None  # ActiveLearningSampler's summary.json
 
     def lines(self) -> List[str]:
         out = []
@@ -40,11 +42,23 @@ class RunSummary:
                 out.append(f"blessed: yes ({against})")
             else:
                 out.append("blessed: NO - " + "; ".join(self.failures or ["see the Evaluator output"]))
+        if self.drift is not None:
+            from hoh.components.drift.report import summary_lines as drift_lines
+
+            out += drift_lines(self.drift)[:1] + [f"  - {r}" for r in self.drift["reasons"]]
+            if self.drift.get("blocks_push") and self.drift["drift_detected"] and self.blessed:
+                out.append("pushed: no (held by the drift gate, drift.block_push; see the drift report)")
         if self.pushed is not None:
             if self.pushed:
                 out.append(f"pushed: version {self.pushed_version} -> {self.pushed_destination}")
             else:
                 out.append("pushed: no (model not blessed)")
+        if self.sampling is not None:
+            from hoh.components.sampling.sample import summary_lines as sampling_lines
+
+            out += sampling_lines(self.sampling)[:1] if "scored" in self.sampling else [
+                "sampling: nothing sampled - " + "; ".join(self.sampling.get("notes", []))
+            ]
         cached = sum(1 for c in self.components if c.cached)
         if cached:
             out.append(f"cache: {cached} of {len(self.components)} components reused a cached execution")
@@ -126,6 +140,10 @@ def summarize(metadata_path: str, components: List[ComponentRun]) -> RunSummary:
             summary.blessed = artifact.custom_properties["blessed"].int_value == 1
         elif kind == "ModelEvaluation":
             _evaluation(artifact.uri, summary)
+        elif kind in ("hoh.DriftReport", "hoh.SampledImages"):
+            from hoh.components.drift.report import read_summary
+
+            setattr(summary, "drift" if kind == "hoh.DriftReport" else "sampling", read_summary(artifact.uri))
         elif kind == "PushedModel":
             props = artifact.custom_properties
             summary.pushed = props["pushed"].int_value == 1 if "pushed" in props else None

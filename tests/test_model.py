@@ -17,7 +17,7 @@ def test_binary_head_is_one_sigmoid_unit_with_binary_crossentropy():
     model = model_lib.build_model(_spec(2))
     assert isinstance(model, tf_keras.Model)  # Keras 2 (tf-keras), never Keras 3
     assert model.output_shape == (None, 1)
-    assert model.layers[-1].activation.__name__ == "sigmoid"
+    assert model.get_layer("head").layers[-1].activation.__name__ == "sigmoid"
     assert isinstance(model.loss, tf_keras.losses.BinaryCrossentropy)
     out = model.predict(np.random.rand(3, 32, 32, 3).astype("float32"), verbose=0)
     assert out.shape == (3, 1) and np.all((out >= 0) & (out <= 1))
@@ -27,20 +27,21 @@ def test_multiclass_head_is_softmax_with_sparse_crossentropy_and_hidden_layers()
     model = model_lib.build_model(_spec(3, hidden_units=(16, 8), dropout=0.3))
     assert model.output_shape == (None, 3)
     assert isinstance(model.loss, tf_keras.losses.SparseCategoricalCrossentropy)
-    assert [l.units for l in model.layers if l.name.startswith("head_dense")] == [16, 8]
+    head = model.get_layer("head")
+    assert [l.units for l in head.layers if l.name.startswith("head_dense")] == [16, 8]
     out = model.predict(np.random.rand(2, 32, 32, 3).astype("float32"), verbose=0)
     np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
 
 
 def test_random_backbone_is_trained_and_pretrained_is_frozen(tmp_path):
-    assert model_lib.build_model(_spec(2)).layers[2].trainable  # weights: none -> trained
+    assert model_lib.backbone_of(model_lib.build_model(_spec(2))).trainable  # weights: none -> trained
     # A "pretrained" backbone from an .h5 file: save random weights, load them frozen.
     donor = tf_keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, include_top=False,
                                               weights=None, pooling="avg")
     path = tmp_path / "backbone.h5"
     donor.save_weights(path)
     model = model_lib.build_model(model_lib.ModelSpec(num_classes=2, image_size=32, alpha=0.35, weights=str(path)))
-    backbone = next(l for l in model.layers if isinstance(l, tf_keras.Model))
+    backbone = model_lib.backbone_of(model)
     assert not backbone.trainable
     np.testing.assert_allclose(backbone.get_weights()[0], donor.get_weights()[0])
     changed = model_lib.unfreeze_top_layers(model, 10)
@@ -56,7 +57,7 @@ def test_augmentation_layers_only_when_asked():
 
 def test_batch_norm_momentum_override():
     model = model_lib.build_model(_spec(2, batch_norm_momentum=0.5))
-    backbone = next(l for l in model.layers if isinstance(l, tf_keras.Model))
+    backbone = model_lib.backbone_of(model)
     bns = [l for l in backbone.layers if isinstance(l, tf_keras.layers.BatchNormalization)]
     assert bns and all(l.momentum == 0.5 for l in bns)
 
@@ -80,3 +81,29 @@ def test_balanced_class_weights():
     assert weights == pytest.approx({0: 40 / 60, 1: 40 / 20})
     with pytest.raises(HohError):
         model_lib.balanced_class_weights([5, 0])
+
+
+def test_cached_features_feed_the_same_head_the_full_model_uses():
+    import tensorflow as tf
+
+    from hoh.trainer import features_cache
+
+    frozen = model_lib.ModelSpec(num_classes=3, image_size=32, alpha=0.35, weights="none")
+    assert not features_cache.applies(frozen)  # random weights are trained, not cached
+    assert not features_cache.applies(model_lib.ModelSpec(num_classes=2, augment=True))
+    assert features_cache.applies(model_lib.ModelSpec(num_classes=2, weights="imagenet"))
+
+    model = model_lib.build_model(frozen)
+    images = np.random.default_rng(0).random((10, 32, 32, 3)).astype("float32")
+    labels = np.arange(10) % 3
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
+    with features_cache.feature_cache(model) as cache:
+        cached = cache.features(dataset, shuffle=False, seed=0, batch_size=4)
+        first = np.concatenate([f.numpy() for f, _ in cached])
+        again = np.concatenate([f.numpy() for f, _ in cached])  # second epoch reads the cache
+        got_labels = np.concatenate([y.numpy() for _, y in cached])
+    np.testing.assert_allclose(first, again)
+    assert got_labels.tolist() == labels.tolist()
+    head = model.get_layer("head")
+    np.testing.assert_allclose(head(first, training=False).numpy(), model(images, training=False).numpy(),
+                               rtol=1e-5, atol=1e-6)

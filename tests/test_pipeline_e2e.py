@@ -1,6 +1,7 @@
 """The whole DAG with LocalDagRunner on tiny generated data (tiny profile: 32px, 1 epoch)."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,9 @@ def test_artifacts_and_mlmd_state(two_class_runs):
     assert blessings and all(b.custom_properties["blessed"].int_value == 1 for b in blessings)
     run_dirs = list((Path(models[0].uri).parent.parent / "model_run").glob("*/history.json"))
     assert run_dirs, "training curves are kept with the model run"
+    assert list(run_dirs[0].parent.rglob("events.out.tfevents.*")), "TensorBoard logs in model_run"
+    timing = json.loads((run_dirs[0].parent / "timing.json").read_text())
+    assert timing["fit_seconds"] > 0 and timing["epochs"] == 1
 
 
 def test_second_run_reuses_cached_executions(two_class_runs):

@@ -58,3 +58,16 @@ def test_preprocessing_fn_through_tft_beam(tiny_span, transform_output):
     # The transform is exactly the shared decoder: no second, drifting copy of preprocessing.
     direct = decode_and_resize(tf.constant([e[features.IMAGE_KEY] for e in examples]), 32).numpy()
     np.testing.assert_allclose(images, direct, atol=1e-6)
+
+
+def test_label_counts_vocabulary_feeds_balanced_class_weights(tiny_span, transform_output):
+    import tensorflow_transform as tft
+
+    from hoh.trainer.task import _class_names, _label_counts
+
+    tft_output = tft.TFTransformOutput(str(transform_output))
+    names = _class_names(tft_output)
+    counts = _label_counts(tft_output, names)
+    train = read_examples(tiny_span, "train")
+    expected = [sum(e[features.LABEL_KEY][0].decode() == n for e in train) for n in names]
+    assert counts == expected and sum(counts) == len(train)

@@ -15,6 +15,8 @@ import tf_keras as keras
 from hoh.errors import HohError
 from hoh.features import IMAGE_XF
 
+HEAD_NAME = "head"
+RESCALE_NAME = "to_minus1_1"
 # MobileNetV2 ImageNet weights exist only for these input sizes; Keras falls back to 224 weights
 # (with a warning) for other sizes, which still works for the frozen-feature use here.
 _IMAGENET_SIZES = (96, 128, 160, 192, 224)
@@ -107,10 +109,21 @@ def build_model(spec: ModelSpec) -> keras.Model:
         x = keras.layers.RandomRotation(0.05, name="augment_rotate")(x)
         x = keras.layers.RandomZoom(0.1, name="augment_zoom")(x)
     # MobileNetV2 expects [-1, 1]; doing it inside the model keeps Transform's output in [0, 1].
-    x = keras.layers.Rescaling(2.0, offset=-1.0, name="to_minus1_1")(x)
+    x = keras.layers.Rescaling(2.0, offset=-1.0, name=RESCALE_NAME)(x)
     backbone = _backbone(spec)
     # A frozen backbone must also keep its BatchNorm in inference mode (fine-tuning relies on it).
-    x = backbone(x, training=False if spec.frozen_backbone else None)
+    features = backbone(x, training=False if spec.frozen_backbone else None)
+    head = build_head(spec, int(features.shape[-1]))
+    model = keras.Model(inputs, head(features), name="hoh_classifier")
+    compile_model(model, spec, spec.learning_rate)
+    return model
+
+
+def build_head(spec: ModelSpec, feature_dim: int) -> keras.Model:
+    """The trainable classifier on top of the pooled backbone features, as its own sub-model so
+    the Trainer can fit it alone on cached features (see trainer/features_cache.py)."""
+    features = keras.Input(shape=(feature_dim,), name="backbone_features")
+    x = features
     for i, units in enumerate(spec.hidden_units):
         x = keras.layers.Dense(units, activation="relu", name=f"head_dense_{i}")(x)
         x = keras.layers.Dropout(spec.dropout, name=f"head_dropout_{i}")(x)
@@ -119,9 +132,19 @@ def build_model(spec: ModelSpec) -> keras.Model:
         outputs = keras.layers.Dense(1, activation="sigmoid", name="probability")(x)
     else:
         outputs = keras.layers.Dense(spec.num_classes, activation="softmax", name="probabilities")(x)
-    model = keras.Model(inputs, outputs, name="hoh_classifier")
-    compile_model(model, spec, spec.learning_rate)
-    return model
+    return keras.Model(features, outputs, name=HEAD_NAME)
+
+
+def backbone_of(model: keras.Model) -> keras.Model:
+    return next(layer for layer in model.layers if layer.name.startswith("mobilenetv2"))
+
+
+def feature_extractor(model: keras.Model) -> keras.Model:
+    """Images -> pooled backbone features, sharing the model's layer objects (no weight copy).
+
+    Only valid without augmentation layers (the caller checks), since it skips straight from the
+    input to the rescaling and the backbone."""
+    return keras.Sequential([model.get_layer(RESCALE_NAME), backbone_of(model)], name="feature_extractor")
 
 
 def compile_model(model: keras.Model, spec: ModelSpec, learning_rate: float) -> None:
@@ -140,7 +163,7 @@ def unfreeze_top_layers(model: keras.Model, num_layers: int) -> int:
     BatchNorm layers stay frozen: updating their statistics on a small data set wrecks the
     pretrained features, and the backbone is called with training=False anyway.
     """
-    backbone = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    backbone = backbone_of(model)
     backbone.trainable = True
     layers = backbone.layers
     cut = max(0, len(layers) - num_layers)

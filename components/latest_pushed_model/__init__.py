@@ -1,0 +1,1 @@
+"""LatestPushedModel: the production model as the Evaluator's baseline (see component.py)."""

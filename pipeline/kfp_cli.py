@@ -1,0 +1,218 @@
+"""`hoh kfp compile | submit | schedule`. Heavy imports (TFX, kfp) happen inside the handlers."""
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+
+def _add_compile_args(parser: argparse.ArgumentParser, output_required: bool) -> None:
+    parser.add_argument("--config", help="YAML config (the kubeflow: section says where pods find things)")
+    parser.add_argument("--profile", help="built-in config: demo, tiny, real")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override one config value, e.g. --set data.num_classes=2 (repeatable)",
+    )
+    parser.add_argument("--image", help="container image built from the Dockerfile (kubeflow.image)")
+    parser.add_argument("--pipeline-root", help="gs://... or a mounted path for the pods' artifacts")
+    parser.add_argument("--data", help="span directory as the pods see it (kubeflow.data_root)")
+    if output_required:
+        parser.add_argument("--output", default="pipeline.yaml", help="where to write the pipeline spec")
+    else:
+        parser.add_argument(
+            "--package", help="a pipeline.yaml from `hoh kfp compile` (default: compile one now)"
+        )
+
+
+def _add_submit_args(parser: argparse.ArgumentParser) -> None:
+    from hoh.pipeline.kfp_client import TOKEN_ENV
+
+    parser.add_argument("--host", required=True, help="Kubeflow Pipelines API, e.g. http://localhost:8080")
+    parser.add_argument("--experiment", default="hoh", help="experiment name (created if missing)")
+    parser.add_argument("--name", dest="run_name", help="run / recurring run display name")
+    parser.add_argument(
+        "--param", dest="params", action="append", default=[], metavar="NAME=VALUE",
+        help="pipeline parameter (data_root, range_config, trainer_config, eval_config) or a "
+        "shortcut: span, epochs, batch_size, learning_rate, min_auc, min_accuracy, max_regression",
+    )
+    parser.add_argument(
+        "--cache", action=argparse.BooleanOptionalAction, default=None,
+        help="force Kubeflow caching on/off for this run (default: as compiled)",
+    )
+    parser.add_argument("--service-account", help="Kubernetes service account of the run's pods")
+    auth = parser.add_argument_group("authentication (passed to the kfp SDK)")
+    auth.add_argument("--token", help=f"bearer token (default: ${TOKEN_ENV})")
+    auth.add_argument("--token-file", help="file holding a bearer token, re-read on every request")
+    auth.add_argument("--cookie", help="session cookie NAME=VALUE (Dex / oauth2-proxy deployments)")
+    auth.add_argument("--namespace", help="profile namespace of a multi-user deployment")
+    auth.add_argument("--ssl-ca-cert", help="CA bundle of the server's TLS certificate")
+
+
+def _load(args: argparse.Namespace, extra_overrides: tuple[str, ...] = ()):
+    from hoh.config import builtin_config_path, load_config
+    from hoh.errors import HohError
+
+    if args.config and args.profile:
+        raise HohError("give either --config or --profile, not both")
+    path = builtin_config_path(args.profile) if args.profile else args.config
+    return load_config(path, [*args.overrides, *extra_overrides])
+
+
+def _target(args: argparse.Namespace, cfg):
+    from hoh.pipeline import kubeflow
+
+    return kubeflow.resolve_target(cfg, image=args.image, pipeline_root=args.pipeline_root, data_root=args.data)
+
+
+def _compile_to(args: argparse.Namespace, output: str) -> dict:
+    """Load the config, build and compile; prints what was compiled."""
+    cfg = _load(args)
+    from hoh.pipeline import kfp_params, kubeflow
+
+    target = _target(args, cfg)  # checked before TFX is imported (20-45 s)
+    print("loading TFX ...", flush=True)
+    pipeline = kubeflow.build_pipeline(cfg, target)
+    spec = kubeflow.compile_pipeline(pipeline, target.image, output)
+    defaults = kubeflow.runtime_parameter_defaults(pipeline)
+    print(f"compiled {cfg.pipeline_name}: {len(spec['root']['dag']['tasks'])} tasks, image {target.image}")
+    print(f"pipeline root {target.pipeline_root}; parameters and defaults:")
+    for line in kfp_params.describe_parameters(defaults):
+        print(line)
+    print(f"wrote {output}")
+    return spec
+
+
+def _compile(args: argparse.Namespace) -> int:
+    _compile_to(args, args.output)
+    return 0
+
+
+def _defaults_for(args: argparse.Namespace):
+    """`overrides -> parameter defaults` of the pipeline built from the submit's own config.
+
+    Image and pipeline root shape no parameter, and the data root only its own (never changed
+    by a shortcut), so stand-ins do when a package is submitted without them.
+    """
+
+    def build(overrides: list[str]) -> dict:
+        from hoh.pipeline import kubeflow
+
+        cfg = _load(args, tuple(overrides))
+        target = kubeflow.resolve_target(
+            cfg,
+            image=args.image or cfg.kubeflow.image or "unused",
+            pipeline_root=args.pipeline_root or cfg.kubeflow.pipeline_root or "gs://unused",
+            data_root=args.data or cfg.kubeflow.data_root or "gs://unused",
+        )
+        print("loading TFX to apply the --param shortcuts ...", flush=True)
+        return kubeflow.runtime_parameter_defaults(kubeflow.build_pipeline(cfg, target))
+
+    return build
+
+
+def _request(args: argparse.Namespace, package: str):
+    from hoh.pipeline import kfp_client, kfp_params
+
+    compiled = kfp_params.read_package(package)
+    given = kfp_client.parse_params(args.params)
+    params = kfp_params.parameter_values(given, compiled.parameters, _defaults_for(args))
+    cfg = _load(args)
+    return kfp_client.Request(
+        host=args.host,
+        package=package,
+        pipeline_name=compiled.name,
+        experiment=args.experiment,
+        params=params,
+        pipeline_root=args.pipeline_root or cfg.kubeflow.pipeline_root,
+        run_name=args.run_name,
+        enable_caching=args.cache,
+        service_account=args.service_account,
+        auth=_auth(args),
+    )
+
+
+def _auth(args: argparse.Namespace):
+    from hoh.pipeline import kfp_client
+
+    return kfp_client.Auth(
+        token=args.token or kfp_client.token_from_env(),
+        token_file=args.token_file,
+        cookie=args.cookie,
+        namespace=args.namespace,
+        ssl_ca_cert=args.ssl_ca_cert,
+    )
+
+
+def _check_before_compiling(args: argparse.Namespace) -> None:
+    """Every mistake in the flags is reported before a minute of compiling, not after."""
+    from hoh.pipeline import kfp_client
+
+    kfp_client.parse_params(args.params)
+    kfp_client.client_kwargs(args.host, _auth(args))
+    if getattr(args, "cron", None) is not None:
+        kfp_client.validate_cron(args.cron)
+        kfp_client.validate_max_concurrency(args.max_concurrency)
+
+
+def _with_package(args: argparse.Namespace, send) -> int:
+    _check_before_compiling(args)
+    if args.package:
+        if not Path(args.package).is_file():
+            from hoh.errors import HohError
+
+            raise HohError(f"--package {args.package}: no such file")
+        submitted = send(_request(args, args.package))
+    else:
+        with tempfile.TemporaryDirectory(prefix="hoh-kfp-") as tmp:
+            package = str(Path(tmp) / "pipeline.yaml")
+            _compile_to(args, package)
+            submitted = send(_request(args, package))
+    for line in submitted.lines():
+        print(line)
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from hoh.pipeline import kfp_client
+
+    return _with_package(args, kfp_client.submit)
+
+
+def _schedule(args: argparse.Namespace) -> int:
+    from hoh.pipeline import kfp_client
+
+    return _with_package(
+        args, lambda request: kfp_client.schedule(request, args.cron, args.max_concurrency, args.catchup)
+    )
+
+
+def register(subparsers) -> None:
+    kfp = subparsers.add_parser(
+        "kfp", help="Kubeflow Pipelines: compile the DAG, submit a run, schedule retraining",
+        description="See docs/KUBEFLOW.md.",
+    )
+    sub = kfp.add_subparsers(dest="kfp_command", metavar="SUBCOMMAND")
+    sub.required = True
+
+    compile_ = sub.add_parser("compile", help="compile the pipeline to KFP v2 pipeline YAML")
+    _add_compile_args(compile_, output_required=True)
+    compile_.set_defaults(handler=_compile)
+
+    submit = sub.add_parser("submit", help="upload the pipeline as a new version and start a run")
+    _add_compile_args(submit, output_required=False)
+    _add_submit_args(submit)
+    submit.set_defaults(handler=_submit)
+
+    schedule = sub.add_parser("schedule", help="upload the pipeline and create a recurring run")
+    _add_compile_args(schedule, output_required=False)
+    _add_submit_args(schedule)
+    schedule.add_argument(
+        "--cron", required=True,
+        help="six fields, seconds first: 'SEC MIN HOUR DAY MONTH WEEKDAY', e.g. '0 0 3 * * *' (daily 03:00)",
+    )
+    schedule.add_argument("--max-concurrency", type=int, default=1, help="runs at once (default 1)")
+    schedule.add_argument(
+        "--catchup", action=argparse.BooleanOptionalAction, default=False,
+        help="run missed intervals after a pause (default --no-catchup: each run takes the newest span anyway)",
+    )
+    schedule.set_defaults(handler=_schedule)

@@ -1,0 +1,248 @@
+"""Config -> the hoh DAG for Kubeflow Pipelines -> pipeline.yaml (KubeflowV2DagRunner).
+
+The DAG is `create_pipeline`'s, unchanged; what differs from the local runner is only what a pod
+can see and what open-source Kubeflow can run:
+- paths are the pods' (gs:// or mounted volumes), never the compiling machine's; the curated
+  schema and all module code come from the package installed in the image;
+- the baseline is the model Triton serves (LatestPushedModel) instead of a Resolver, which
+  open-source Kubeflow's v2 backend refuses (`kubeflow.baseline: latest_blessed` keeps the
+  Resolver for Vertex);
+- data root, span, training and evaluation settings are pipeline parameters
+  (hoh.pipeline.kfp_params turns `--param` into their values);
+- Beam args come from a preset (hoh.pipeline.beam_presets), pod resources from the config.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Optional
+
+import yaml
+
+from hoh.config import HohConfig, pod_uri
+from hoh.errors import HohError
+from hoh.pipeline import beam_presets, factory
+
+# Where the Dockerfile installs the package: the curated schema is read from there in the pods.
+IMAGE_VENV = "/opt/hoh/venv"
+IMAGE_PYTHON = "3.11"
+IMAGE_SITE_PACKAGES = f"{IMAGE_VENV}/lib/python{IMAGE_PYTHON}/site-packages"
+IMAGE_SCHEMA_PATH = f"{IMAGE_SITE_PACKAGES}/hoh/schemas/schema.pbtxt"
+
+REPOSITORY_PROPERTY = "model_repository"  # TritonPusher's exec property
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Where the compiled pipeline runs: the image and the pods' view of storage."""
+
+    image: str
+    pipeline_root: str
+    data_root: str
+    model_repository: Optional[str]
+
+
+def _required(value: Optional[str], key: str, flag: str) -> str:
+    if not value:
+        raise HohError(f"compiling for Kubeflow needs kubeflow.{key} in the config or {flag}")
+    return value
+
+
+def _pods_view(value: Optional[str], key: str, flag: str) -> str:
+    try:
+        return str(pod_uri(_required(value, key, flag)))
+    except ValueError as exc:
+        raise HohError(f"{flag} / kubeflow.{key}: {exc}") from None
+
+
+def resolve_target(
+    cfg: HohConfig,
+    image: Optional[str] = None,
+    pipeline_root: Optional[str] = None,
+    data_root: Optional[str] = None,
+) -> Target:
+    """CLI flags win over the config's kubeflow section; each missing value is named."""
+    k = cfg.kubeflow
+    root = _pods_view(pipeline_root or k.pipeline_root, "pipeline_root", "--pipeline-root")
+    data = _pods_view(data_root or k.data_root, "data_root", "--data")
+    needs_repository = cfg.push.enabled or k.baseline == "latest_pushed"
+    if needs_repository and not k.model_repository:
+        raise HohError(
+            "compiling for Kubeflow needs kubeflow.model_repository (the Triton repository as "
+            "the pods see it: gs://... or a mounted path) for the pusher and the baseline"
+        )
+    return Target(
+        image=_required(image or k.image, "image", "--image"),
+        pipeline_root=root,
+        data_root=data,
+        model_repository=k.model_repository,
+    )
+
+
+def num_classes(cfg: HohConfig, data_root: str) -> int:
+    """From the config, else from the span's import report when the data is mounted here too."""
+    if cfg.data.num_classes:
+        return cfg.data.num_classes
+    if "://" in data_root or not Path(data_root).is_dir():
+        raise HohError(
+            f"cannot read the classes of {data_root} from this machine; set data.num_classes "
+            "(e.g. --set data.num_classes=2)"
+        )
+    span = factory.resolve_span(data_root, cfg.data.span)
+    return len(factory.detect_classes(data_root, span))
+
+
+def schema_path(setting: str) -> Optional[str]:
+    """'auto' -> the schema installed in the image; explicit paths are the pods' own."""
+    if setting == "infer":
+        return None
+    if setting == "auto":
+        return IMAGE_SCHEMA_PATH if factory.resolve_schema_path("auto") else None
+    if not (setting.startswith("gs://") or setting.startswith("/")):
+        raise HohError(f"schema.path={setting!r}: on Kubeflow use 'auto', 'infer', gs://... or a mounted path")
+    return setting
+
+
+def trainer_config(cfg: HohConfig) -> Dict[str, Any]:
+    """factory.trainer_config, but a weights file stays the pods' path (not resolved here)."""
+    config = factory.trainer_config(cfg)
+    weights = cfg.model.weights
+    if weights not in ("imagenet", "none") and not (weights.startswith("gs://") or weights.startswith("/")):
+        raise HohError(f"model.weights={weights!r}: on Kubeflow use imagenet, none or a mounted .h5 path")
+    config["model"]["weights"] = weights
+    return config
+
+
+def pusher_factory(cfg: HohConfig, model_repository: str) -> Optional[Callable[..., Any]]:
+    """The local runner's TritonPusher (same settings, kept in one place), writing to the pods'
+    repository: the local factory resolves the path on this machine, which would turn
+    gs://bucket into ./gs:/bucket, so that one exec property is replaced."""
+    from hoh.pipeline.local import triton_pusher_factory
+
+    make_local = triton_pusher_factory(cfg)
+    if make_local is None:
+        return None
+
+    def make(model, model_blessing):
+        pusher = make_local(model, model_blessing)
+        pusher.exec_properties[REPOSITORY_PROPERTY] = model_repository
+        return pusher
+
+    return make
+
+
+def baseline_factory(cfg: HohConfig, model_repository: Optional[str]) -> Optional[Callable[[Any], Any]]:
+    """None = TFX's Resolver (cfg.kubeflow.baseline == 'latest_blessed')."""
+    if cfg.kubeflow.baseline == "latest_blessed":
+        return None
+    from hoh.components.latest_pushed_model.component import LatestPushedModel
+
+    def make(candidate):
+        return LatestPushedModel(
+            candidate=candidate, model_repository=model_repository, model_name=cfg.push.model_name
+        )
+
+    return make
+
+
+def _apply_resources(components: Mapping[str, Any], cfg: HohConfig) -> None:
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    Resource = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
+    for component_id, res in cfg.kubeflow.resources.items():
+        if component_id not in components:
+            raise HohError(
+                f"kubeflow.resources.{component_id}: no such component; known: {', '.join(components)}"
+            )
+        spec = Resource()
+        if res.cpu:
+            spec.cpu_limit = res.cpu
+            spec.resource_cpu_limit = f"{res.cpu:g}"
+        if res.memory_gb:
+            spec.memory_limit = res.memory_gb
+            spec.resource_memory_limit = f"{res.memory_gb:g}G"
+        if res.gpu:
+            spec.accelerator.type = res.gpu_type
+            spec.accelerator.count = res.gpu
+            spec.accelerator.resource_type = res.gpu_type
+            spec.accelerator.resource_count = str(res.gpu)
+        components[component_id].with_platform_config(spec)
+
+
+def build_pipeline(cfg: HohConfig, target: Target, beam_args: Optional[list[str]] = None):
+    """The TFX pipeline object that `compile_pipeline` compiles (also runnable locally).
+
+    `beam_args`: None = the config's preset; a local run of this very DAG passes [] (in-process
+    Beam, as `hoh run`), because the presets describe pods and clusters.
+    """
+    from hoh.pipeline.pipeline import create_components
+    from tfx import v1 as tfx
+
+    options = factory.component_options(
+        cfg,
+        target.data_root,
+        num_classes(cfg, target.data_root),
+        pusher_factory(cfg, target.model_repository) if target.model_repository else None,
+    )
+    options.update(
+        schema_path=schema_path(cfg.schema_.path),
+        trainer_config=trainer_config(cfg),
+        baseline=baseline_factory(cfg, target.model_repository),
+        runtime_parameters=True,
+    )
+    components = create_components(**options)
+    _apply_resources(components, cfg)
+    k = cfg.kubeflow
+    return tfx.dsl.Pipeline(
+        pipeline_name=cfg.pipeline_name,
+        pipeline_root=target.pipeline_root,
+        components=list(components.values()),
+        enable_cache=k.enable_cache,
+        beam_pipeline_args=(
+            beam_presets.beam_args(k.beam_preset, k.beam_options, k.beam_args, target.image)
+            if beam_args is None else beam_args
+        ),
+    )
+
+
+def runtime_parameter_defaults(pipeline) -> Dict[str, str]:
+    """Pipeline parameter name -> default, as the components of `pipeline` declare them."""
+    from tfx.orchestration import data_types
+
+    return {
+        value.name: value.default
+        for node in pipeline.components
+        for value in node.exec_properties.values()
+        if isinstance(value, data_types.RuntimeParameter)
+    }
+
+
+def compile_pipeline(pipeline, image: str, output: str) -> Dict[str, Any]:
+    """Write the KFP v2 pipeline spec YAML to `output`; returns the spec as a dict.
+
+    TFX leaves two things in the job's runtime config, which the YAML drops; they are put back
+    where the pipeline spec keeps them: the pipeline root as `defaultPipelineRoot` (a run
+    submitted without one still writes where it was compiled for) and each parameter's default
+    as its `defaultValue` (else Kubeflow asks for every parameter on every run).
+    """
+    from tfx import v1 as tfx
+
+    runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
+        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
+            default_image=image, use_pipeline_spec_2_1=True
+        ),
+        output_filename=Path(output).name,
+    )
+    spec = runner.run(pipeline, write_out=False)["pipelineSpec"]
+    spec["defaultPipelineRoot"] = pipeline.pipeline_info.pipeline_root
+    declared = spec["root"].get("inputDefinitions", {}).get("parameters", {})
+    for name, default in runtime_parameter_defaults(pipeline).items():
+        declared[name].update(defaultValue=default, isOptional=True)
+    header = (
+        f"# hoh pipeline {spec['pipelineInfo']['name']} for Kubeflow Pipelines v2, compiled by "
+        f"`hoh kfp compile` ({spec.get('sdkVersion', '')}).\n# Parameters: "
+        + ", ".join(sorted(spec["root"].get("inputDefinitions", {}).get("parameters", {})))
+        + "\n"
+    )
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    Path(output).write_text(header + yaml.safe_dump(spec, sort_keys=True), encoding="utf-8")
+    return spec

@@ -1,0 +1,146 @@
+"""`hoh kfp submit | schedule` against a local stand-in of the KFP v2beta1 API (tests/kfp_fake_server.py).
+
+There is no Kubeflow cluster here: what is checked is what the kfp SDK, driven by hoh, sends to
+the documented REST endpoints - the uploaded package, the parameters, the cron, the credentials -
+and that mistakes are refused before the first request.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from hoh.cli import main
+from kfp_fake_server import FakeKfpServer
+from test_kubeflow_compile import compile_args
+
+TOKEN = "t0k3n-for-tests"
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
+    output = tmp_path_factory.mktemp("kfp") / "pipeline.yaml"
+    assert main(compile_args(output)) == 0
+    return output
+
+
+@pytest.fixture
+def kfp():
+    with FakeKfpServer() as server:
+        yield server
+
+
+def _run(*args: str) -> int:
+    return main(["kfp", *args])
+
+
+def test_submit_uploads_the_compiled_pipeline_and_starts_a_run(kfp, package, capsys):
+    assert _run("submit", "--host", kfp.url, "--package", str(package), "--experiment", "nightly",
+                "--param", "data_root=gs://lake/horses", "--param", "span=3", "--token", TOKEN) == 0
+    upload, = kfp.calls("POST", "/pipelines/upload")
+    assert upload.files["uploadfile"] == package.read_bytes()  # the compiled pipeline, byte for byte
+    assert upload.query["name"] == "hoh"
+    run, = kfp.calls("POST", "/runs")
+    version = kfp.versions[upload_pipeline_id(kfp)][0]
+    assert run.json["pipeline_version_reference"] == {
+        "pipeline_id": version["pipeline_id"], "pipeline_version_id": version["pipeline_version_id"]}
+    from hoh.pipeline.pipeline import as_runtime_parameter, span_range_config
+
+    assert run.json["runtime_config"]["parameters"] == {
+        "data_root": "gs://lake/horses",
+        "range_config": as_runtime_parameter("range_config", span_range_config(3)).default,
+    }
+    assert json.loads(run.json["runtime_config"]["parameters"]["range_config"])["static_range"] == {
+        "start_span_number": 3, "end_span_number": 3}
+    assert run.json["experiment_id"] == next(iter(kfp.experiments))
+    assert next(iter(kfp.experiments.values()))["display_name"] == "nightly"
+    assert all(r.headers.get("authorization") == f"Bearer {TOKEN}" for r in kfp.requests)
+    out = capsys.readouterr().out
+    run_id = next(iter(kfp.runs))
+    assert f"run {run_id}" in out and f"{kfp.url}/#/runs/details/{run_id}" in out
+
+
+def upload_pipeline_id(kfp: FakeKfpServer) -> str:
+    return next(iter(kfp.pipelines))
+
+
+def test_a_second_submit_adds_a_version_of_the_same_pipeline(kfp, package):
+    for _ in range(2):
+        assert _run("submit", "--host", kfp.url, "--package", str(package)) == 0
+    assert len(kfp.pipelines) == 1 and len(kfp.calls("POST", "/pipelines/upload_version")) == 1
+    versions = kfp.versions[upload_pipeline_id(kfp)]
+    assert [v["package"] for v in versions] == [package.read_text()] * 2
+    runs = [r.json for r in kfp.calls("POST", "/runs")]
+    assert [r["pipeline_version_reference"]["pipeline_version_id"] for r in runs] == [
+        v["pipeline_version_id"] for v in versions]
+    assert all(r["runtime_config"].get("parameters", {}) == {} for r in runs)  # compiled defaults
+
+
+def test_schedule_sends_the_cron_and_parameters_as_given(kfp, package, capsys):
+    assert _run("schedule", "--host", kfp.url, "--package", str(package), "--cron", "0 30 2 * * MON-FRI",
+                "--param", "data_root=/mnt/lake", "--max-concurrency", "1", "--name", "nightly-retrain",
+                "--pipeline-root", "gs://other/root") == 0
+    job, = kfp.calls("POST", "/recurringruns")
+    assert job.json["trigger"] == {"cron_schedule": {"cron": "0 30 2 * * MON-FRI"}}
+    assert job.json["runtime_config"] == {"parameters": {"data_root": "/mnt/lake"}, "pipeline_root": "gs://other/root"}
+    assert job.json["max_concurrency"] == 1 and job.json["no_catchup"] is True
+    assert job.json["mode"] == "ENABLE" and job.json["display_name"] == "nightly-retrain"
+    assert kfp.calls("POST", "/pipelines/upload")[0].files["uploadfile"] == package.read_bytes()
+    job_id = next(iter(kfp.recurring_runs))
+    out = capsys.readouterr().out
+    assert f"recurring run {job_id}" in out and f"{kfp.url}/#/recurringrun/details/{job_id}" in out
+
+
+def test_schedule_with_catchup_and_concurrency(kfp, package):
+    assert _run("schedule", "--host", kfp.url, "--package", str(package), "--cron", "@daily",
+                "--catchup", "--max-concurrency", "2") == 0
+    job, = kfp.calls("POST", "/recurringruns")
+    assert job.json["no_catchup"] is False and job.json["max_concurrency"] == 2
+    assert job.json["trigger"]["cron_schedule"]["cron"] == "@daily"
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["schedule", "--cron", "0 3 * * *"], "Kubeflow Pipelines wants 6 with seconds first"),
+    (["schedule", "--cron", "0 0 3 * * *", "--max-concurrency", "0"], "--max-concurrency"),
+    (["submit", "--param", "epoch=5"], "no such parameter"),
+    (["submit", "--param", "span"], "NAME=VALUE"),
+    (["submit", "--token", "a", "--token-file", "b"], "not both"),
+])
+def test_mistakes_are_refused_before_any_request(kfp, package, capsys, args, needle):
+    assert _run(*args, "--host", kfp.url, "--package", str(package)) == 2
+    assert needle in capsys.readouterr().err
+    assert kfp.requests == []
+
+
+def test_a_bad_cron_is_refused_before_compiling_or_any_request(kfp, capsys, tmp_path):
+    """No --package: the flags are checked before a minute of compiling."""
+    assert _run("schedule", "--host", kfp.url, "--cron", "*/5 * * * *", "--profile", "tiny") == 2
+    assert "6 with seconds first" in capsys.readouterr().err and kfp.requests == []
+
+
+def test_server_errors_are_one_line(kfp, package, capsys):
+    url = kfp.url
+    kfp.stop()  # nothing listens there any more
+    assert _run("submit", "--host", url, "--package", str(package)) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach Kubeflow Pipelines" in err and "Traceback" not in err
+
+
+def test_parameter_shortcuts_rewrite_the_compiled_defaults(kfp, package):
+    """`--param epochs=5` sends trainer_config = the compiled one with training.epochs 5."""
+    args = compile_args(package)[2:-2]  # the compile flags, without "kfp compile" and --output
+    assert _run("submit", "--host", kfp.url, "--package", str(package), *args,
+                "--param", "epochs=5", "--param", "min_auc=0.8") == 0
+    sent = kfp.calls("POST", "/runs")[0].json["runtime_config"]["parameters"]
+    defaults = {name: p["defaultValue"] for name, p in
+                yaml.safe_load(package.read_text())["root"]["inputDefinitions"]["parameters"].items()}
+    assert set(sent) == {"trainer_config", "eval_config"}
+    trainer, compiled = json.loads(sent["trainer_config"]), json.loads(defaults["trainer_config"])
+    assert trainer["training"]["epochs"] == 5
+    compiled["training"]["epochs"] = 5
+    assert trainer == compiled  # nothing else changed
+    auc = next(m for spec in json.loads(sent["eval_config"])["metrics_specs"] for m in spec["metrics"]
+               if m["class_name"] == "AUC")
+    assert auc["per_slice_thresholds"][0]["threshold"]["value_threshold"]["lower_bound"] == 0.8
+    assert sent["eval_config"].replace("0.8", "0.0") == defaults["eval_config"]  # only that changed

@@ -1,0 +1,59 @@
+"""Train the head on backbone features computed once, when the backbone cannot change.
+
+With a frozen backbone (BatchNorm in inference mode) and no augmentation, every epoch feeds
+the same images through the same fixed function: recomputing it is most of the training cost
+(MobileNetV2 224 forward ~25 ms/image on 2 cores vs. microseconds for the head). The features
+are computed in one pass, cached on local disk by tf.data (so memory stays flat however large
+the span), and the head sub-model is fitted on them. The exported model is the full
+image->probabilities model either way; only the arithmetic that is provably repeated is skipped.
+"""
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import tensorflow as tf
+import tf_keras as keras
+
+from hoh.trainer.model import ModelSpec, feature_extractor
+
+AUTOTUNE = tf.data.AUTOTUNE
+_SHUFFLE_BUFFER = 8192  # features, ~5 KB each at alpha 1.0: 40 MB
+
+
+def applies(spec: ModelSpec) -> bool:
+    return spec.frozen_backbone and not spec.augment
+
+
+class FeatureCache:
+    """Backbone features of (images, labels) datasets, cached under one temporary directory."""
+
+    def __init__(self, model: keras.Model, directory: str):
+        self._extractor = feature_extractor(model)
+        self._dir = Path(directory)
+        self._count = 0
+
+    @tf.function(reduce_retracing=True)
+    def _extract(self, images):
+        return self._extractor(images, training=False)
+
+    def features(self, dataset: tf.data.Dataset, *, shuffle: bool, seed: int, batch_size: int) -> tf.data.Dataset:
+        """The first pass computes and writes the cache; later epochs only read it."""
+        self._count += 1
+        cached = dataset.map(lambda x, y: (self._extract(x), y)).cache(str(self._dir / f"features-{self._count}"))
+        if shuffle:
+            cached = cached.unbatch().shuffle(_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+            cached = cached.batch(batch_size)
+        return cached.prefetch(AUTOTUNE)
+
+
+@contextlib.contextmanager
+def feature_cache(model: keras.Model) -> Iterator[FeatureCache]:
+    directory = tempfile.mkdtemp(prefix="hoh-features-")
+    try:
+        yield FeatureCache(model, directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

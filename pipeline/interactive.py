@@ -113,17 +113,11 @@ def interactive_context(cfg: HohConfig):
     """An InteractiveContext whose pipeline root and MLMD live under the output dir, as the
     local runner's do (its defaults are a fresh /tmp directory per kernel: every restart would
     retrain from scratch and the Resolver would never find a blessed model)."""
-    from tfx.orchestration import metadata
     from tfx.orchestration.experimental.interactive.interactive_context import InteractiveContext
 
-    return InteractiveContext(
-        pipeline_name=cfg.pipeline_name,
-        pipeline_root=str(Path(cfg.pipeline_root).resolve()),
-        metadata_connection_config=metadata.sqlite_metadata_connection_config(
-            str(Path(cfg.metadata_path).resolve())
-        ),
-        beam_pipeline_args=list(cfg.beam.args),
-    )
+    from hoh.pipeline.mlmd import local_pipeline_args
+
+    return InteractiveContext(**local_pipeline_args(cfg))
 
 
 def output(component: Any, key: str) -> Any:

@@ -13,6 +13,7 @@ from hoh import features
 from hoh.config import HohConfig
 from hoh.errors import HohError
 from hoh.pipeline import factory
+from hoh.pipeline.mlmd import local_pipeline_args
 from hoh.pipeline.progress import ProgressHandler
 from hoh.pipeline.summary import RunSummary, summarize
 
@@ -66,19 +67,12 @@ def triton_pusher_factory(cfg: HohConfig) -> Optional[Callable[..., Any]]:
 
 
 def build_local_pipeline(cfg: HohConfig, data_root: str):
-    from tfx.orchestration import metadata
-
     span = factory.resolve_span(data_root, cfg.data.span)
     num_classes = cfg.data.num_classes or len(factory.detect_classes(data_root, span))
     from hoh.pipeline.pipeline import create_pipeline
 
     return create_pipeline(
-        pipeline_name=cfg.pipeline_name,
-        pipeline_root=str(Path(cfg.pipeline_root).resolve()),
-        metadata_connection_config=metadata.sqlite_metadata_connection_config(
-            str(Path(cfg.metadata_path).resolve())
-        ),
-        beam_pipeline_args=list(cfg.beam.args),
+        **local_pipeline_args(cfg),
         **factory.component_options(cfg, data_root, num_classes, triton_pusher_factory(cfg)),
     )
 
@@ -144,7 +138,7 @@ def run_local(cfg: HohConfig, echo: Optional[Callable[[str], None]] = None) -> R
         terminal(f"pipeline {cfg.pipeline_name}: data {data_root}, output {cfg.output_dir}")
         progress = ProgressHandler(terminal)
         terminal("loading TFX ...")
-        from tfx import v1 as tfx
+        from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
         _quiet_tensorflow_logger()
         pipeline = build_local_pipeline(cfg, str(Path(data_root).resolve()))
@@ -154,7 +148,7 @@ def run_local(cfg: HohConfig, echo: Optional[Callable[[str], None]] = None) -> R
         # drop the INFO records progress is made of; pin the level until the run ends.
         absl_logger.setLevel = lambda level: None  # type: ignore[method-assign]
         try:
-            tfx.orchestration.LocalDagRunner().run(pipeline)
+            LocalDagRunner().run(pipeline)
         except Exception as exc:
             logging.exception("pipeline failed")
             failed = progress.running.component_id if progress.running else "the pipeline"

@@ -8,7 +8,19 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, Optional
 
 from google.protobuf import message
-from tfx import v1 as tfx
+# Direct imports, not `from tfx import v1`: the v1 facade also loads the Google Cloud and Kubeflow
+# extensions, 7 s of every `hoh run` start (measured: 20.3 s vs 13.3 s).
+from tfx.components import (
+    Evaluator, ExampleValidator, ImportExampleGen, SchemaGen, StatisticsGen, Trainer, Transform,
+)
+from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen
+from tfx.dsl.components.common.resolver import Resolver
+from tfx.dsl.experimental.conditionals.conditional import Cond
+from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
+from tfx.orchestration.data_types import RuntimeParameter
+from tfx.orchestration.pipeline import Pipeline
+from tfx.types import standard_artifacts
+from tfx.types.channel import Channel
 from tfx.proto import example_gen_pb2, range_config_pb2
 from tfx.utils import json_utils, proto_utils
 
@@ -60,7 +72,7 @@ def as_runtime_parameter(name: str, value: Any) -> Any:
         default = str(value)
     if not default:  # TFX's compiler drops an empty default, leaving the parameter unset
         raise ValueError(f"pipeline parameter {name} needs a non-empty default, got {value!r}")
-    return tfx.dsl.experimental.RuntimeParameter(name=name, ptype=str, default=default)
+    return RuntimeParameter(name=name, ptype=str, default=default)
 
 
 def _plain_value(name: str, value: Any) -> Any:
@@ -97,7 +109,7 @@ def create_components(
     `runtime_parameters`: turn RUNTIME_PARAMETERS into pipeline parameters whose defaults are
     the values given here (LocalDagRunner runs them with those defaults).
     `drift`: DriftCheck parameters (None = no drift check); `drift_blocks_push` puts the pusher
-    under a `tfx.dsl.Cond` on the drift verdict. `pool_root`: an unlabeled pool's data root
+    under a `Cond` on the drift verdict. `pool_root`: an unlabeled pool's data root
     (None = no sampling); `sampling`: ActiveLearningSampler parameters. See docs/DRIFT.md and
     docs/ACTIVE_LEARNING.md.
 
@@ -105,26 +117,26 @@ def create_components(
     by one with InteractiveContext.
     """
     param = as_runtime_parameter if runtime_parameters else _plain_value
-    example_gen = tfx.components.ImportExampleGen(
+    example_gen = ImportExampleGen(
         input_base=param("data_root", data_root),
         input_config=example_gen_input_config(),
         range_config=param("range_config", span_range_config(span, explicit_latest=runtime_parameters)),
     )
-    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"])
     if schema_path:
-        schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_path)
+        schema_gen = ImportSchemaGen(schema_file=schema_path)
     else:
-        schema_gen = tfx.components.SchemaGen(
+        schema_gen = SchemaGen(
             statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True
         )
-    example_validator = tfx.components.ExampleValidator(
+    example_validator = ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]
     )
     anomalies_gate = AnomaliesGate(
         anomalies=example_validator.outputs["anomalies"],
         fail_on_anomalies=int(fail_on_anomalies),
     )
-    transform = tfx.components.Transform(
+    transform = Transform(
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN,
@@ -134,7 +146,7 @@ def create_components(
         custom_config={"image_size": image_size},
     )
     transform.add_upstream_node(anomalies_gate)
-    trainer = tfx.components.Trainer(
+    trainer = Trainer(
         run_fn=RUN_FN,
         examples=(transform.outputs["transformed_examples"] if materialize else example_gen.outputs["examples"]),
         transform_graph=transform.outputs["transform_graph"],
@@ -145,14 +157,14 @@ def create_components(
         ),
     )
     if baseline is None:
-        model_resolver = tfx.dsl.Resolver(
-            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-            model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-            model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+        model_resolver = Resolver(
+            strategy_class=LatestBlessedModelStrategy,
+            model=Channel(type=standard_artifacts.Model),
+            model_blessing=Channel(type=standard_artifacts.ModelBlessing),
         ).with_id("latest_blessed_model_resolver")
     else:
         model_resolver = baseline(trainer.outputs["model"])
-    evaluator = tfx.components.Evaluator(
+    evaluator = Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
         baseline_model=model_resolver.outputs["model"],
@@ -178,7 +190,7 @@ def create_components(
         components.insert(components.index(model_resolver) + 1, drift_check)
     if pusher is not None:
         if drift_check is not None and drift_blocks_push:
-            with tfx.dsl.Cond(push_allowed(drift_check)):
+            with Cond(push_allowed(drift_check)):
                 components.append(pusher(trainer.outputs["model"], evaluator.outputs["blessing"]))
         else:
             components.append(pusher(trainer.outputs["model"], evaluator.outputs["blessing"]))
@@ -203,9 +215,9 @@ def create_pipeline(
     beam_pipeline_args: Optional[List[str]] = None,
     enable_cache: bool = True,
     **component_options: Any,
-) -> tfx.dsl.Pipeline:
+) -> Pipeline:
     """The hoh DAG; `component_options` are `create_components`' parameters."""
-    return tfx.dsl.Pipeline(
+    return Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
         components=list(create_components(**component_options).values()),

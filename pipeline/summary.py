@@ -5,6 +5,7 @@ import dataclasses
 import os
 from typing import Dict, List, Optional
 
+from hoh.pipeline.mlmd import open_readonly
 from hoh.pipeline.progress import ComponentRun
 
 
@@ -118,14 +119,8 @@ def describe_failure(failure) -> str:
 
 
 def summarize(metadata_path: str, components: List[ComponentRun]) -> RunSummary:
-    from ml_metadata.metadata_store import metadata_store
-    from ml_metadata.proto import metadata_store_pb2
-
     summary = RunSummary(components=components)
-    config = metadata_store_pb2.ConnectionConfig()
-    config.sqlite.filename_uri = metadata_path
-    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
-    store = metadata_store.MetadataStore(config)
+    store = open_readonly(metadata_path)
     run = _latest_run_context(store)
     if run is None:
         return summary

@@ -2,9 +2,9 @@
 
 With a frozen backbone (BatchNorm in inference mode) and no augmentation, every epoch feeds
 the same images through the same fixed function: recomputing it is most of the training cost
-(MobileNetV2 224 forward ~25 ms/image on 2 cores vs. microseconds for the head). The features
-are computed in one pass, cached on local disk by tf.data (so memory stays flat however large
-the span), and the head sub-model is fitted on them. The exported model is the full
+(MobileNetV2 224 forward ~16 ms/image on 2 cores vs. microseconds for the head). The features
+are computed in one pass, streamed to a TFRecord file on local disk (so memory stays flat
+however large the span), and the head sub-model is fitted on them. The exported model is the full
 image->probabilities model either way; only the arithmetic that is provably repeated is skipped.
 """
 from __future__ import annotations
@@ -41,13 +41,40 @@ class FeatureCache:
         return self._extractor(images, training=False)
 
     def features(self, dataset: tf.data.Dataset, *, shuffle: bool, seed: int, batch_size: int) -> tf.data.Dataset:
-        """The first pass computes and writes the cache; later epochs only read it."""
+        """Compute every batch's features once, then serve them from disk for every epoch.
+
+        The backbone runs here, on the main executor, not inside `dataset.map`: ops in a
+        tf.data function run on tf.data's own thread pool with little intra-op parallelism,
+        which measured 45 ms/image for MobileNetV2 224 against 16 ms/image here (2 cores).
+        """
         self._count += 1
-        cached = dataset.map(lambda x, y: (self._extract(x), y)).cache(str(self._dir / f"features-{self._count}"))
+        path = str(self._dir / f"features-{self._count}.tfrecord")
+        with tf.io.TFRecordWriter(path) as writer:
+            for images, labels in dataset:
+                writer.write(_serialize(self._extract(images), labels))
+        cached = tf.data.TFRecordDataset(path).map(_parse, num_parallel_calls=AUTOTUNE)
         if shuffle:
             cached = cached.unbatch().shuffle(_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
             cached = cached.batch(batch_size)
         return cached.prefetch(AUTOTUNE)
+
+
+_SPEC = {"features": tf.io.FixedLenFeature([], tf.string), "labels": tf.io.FixedLenFeature([], tf.string)}
+
+
+def _serialize(features: tf.Tensor, labels: tf.Tensor) -> bytes:
+    def _bytes(t):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[tf.io.serialize_tensor(t).numpy()]))
+
+    example = tf.train.Example(features=tf.train.Features(
+        feature={"features": _bytes(features), "labels": _bytes(labels)}))
+    return example.SerializeToString()
+
+
+def _parse(record):
+    parsed = tf.io.parse_single_example(record, _SPEC)
+    return (tf.io.parse_tensor(parsed["features"], tf.float32),
+            tf.io.parse_tensor(parsed["labels"], tf.int64))
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ again each epoch on the Trainer's cores. `transform.materialize: true` switches 
 """
 from __future__ import annotations
 
+import os
 from typing import List, Tuple
 
 import tensorflow as tf
@@ -56,7 +57,21 @@ def make_dataset(
             return tft_layer({k: v for k, v in raw.items() if k in keep})
 
         dataset = dataset.map(_transform, num_parallel_calls=AUTOTUNE)
-    return dataset.map(_to_xy, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+    return dataset.map(_to_xy, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE).with_options(_bounded_threads())
+
+
+def _bounded_threads() -> tf.data.Options:
+    """Keep the input pipeline from fighting the model for the cores.
+
+    With tf.data's defaults each input op may itself use the whole intra-op pool while the
+    model's convolutions want the same cores: measured on 2 cores, decode+resize alone 1.7
+    ms/image, MobileNetV2 224 alone 7.0 ms/image, both overlapped 18.3 ms/image; with a private
+    pool of one thread per core and single-threaded ops inside it, 10.6 ms/image.
+    """
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = os.cpu_count() or 1
+    options.threading.max_intra_op_parallelism = 1
+    return options
 
 
 def _to_xy(transformed) -> Tuple[tf.Tensor, tf.Tensor]:

@@ -9,7 +9,6 @@ from hoh import features
 from hoh.config import HohConfig
 from hoh.errors import HohError
 
-CURATED_SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "schema.pbtxt"
 IMPORT_REPORT = "import_report.json"
 
 
@@ -18,12 +17,9 @@ def resolve_schema_path(setting: str) -> Optional[str]:
     if setting == "infer":
         return None
     if setting == "auto":
-        try:
-            from hoh import schemas  # the installed copy, also inside a container image
+        from hoh import schemas  # the installed copy, also inside a container image
 
-            curated = Path(schemas.__file__).parent / "schema.pbtxt"
-        except ImportError:  # pragma: no cover - the package always ships it
-            curated = CURATED_SCHEMA
+        curated = Path(schemas.__file__).parent / "schema.pbtxt"
         return str(curated) if curated.is_file() else None
     path = Path(setting)
     if not path.is_file():

@@ -43,10 +43,9 @@ def ensure_demo_data(cfg: HohConfig, echo: Callable[[str], None] = print) -> str
 def triton_pusher_factory(cfg: HohConfig) -> Optional[Callable[..., Any]]:
     if not cfg.push.enabled:
         return None
-    try:
-        from hoh.components.triton_pusher.component import TritonPusher
-    except ImportError:  # pusher not installed in this build
-        return None
+    # Imported unguarded: a broken pusher install must fail the run, not silently skip the push.
+    from hoh.components.triton_pusher.component import TritonPusher
+
     p = cfg.push
 
     def make(model, model_blessing):

@@ -1,4 +1,4 @@
-"""One console line per component (start, end, duration, cached) while LocalDagRunner works.
+"""One console line per component (start, end, duration, peak memory, cached) while LocalDagRunner works.
 
 LocalDagRunner has no callback API, but it logs "Component X is running." / "... is finished."
 and "A cached execution N is used." through absl; a logging handler turns exactly those records
@@ -12,6 +12,8 @@ import re
 import time
 from typing import Callable, Dict, List, Optional
 
+from hoh.pipeline.peak_memory import PeakMemory, format_mb
+
 _RUNNING = re.compile(r"^Component (\S+) is running\.$")
 _FINISHED = re.compile(r"^Component (\S+) is finished\.$")
 _CACHED = re.compile(r"^A cached execution \d+ is used\.$")
@@ -24,6 +26,8 @@ class ComponentRun:
     started: float
     seconds: Optional[float] = None
     cached: bool = False
+    # The process's peak RSS while this component ran (None: not measurable here).
+    peak_rss_mb: Optional[float] = None
 
     @property
     def status(self) -> str:
@@ -33,10 +37,12 @@ class ComponentRun:
 
 
 class ProgressHandler(logging.Handler):
-    def __init__(self, echo: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, echo: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic,
+                 memory: Optional[PeakMemory] = None):
         super().__init__(level=logging.INFO)
         self.echo = echo
         self.clock = clock
+        self.memory = memory or PeakMemory()
         self.runs: List[ComponentRun] = []
         self._by_id: Dict[str, ComponentRun] = {}
 
@@ -51,6 +57,7 @@ class ProgressHandler(logging.Handler):
         except Exception:  # a malformed third-party log record must not break the run
             return
         if m := _RUNNING.match(message):
+            self.memory.reset()
             run = ComponentRun(m.group(1), self.clock())
             self.runs.append(run)
             self._by_id[run.component_id] = run
@@ -59,7 +66,9 @@ class ProgressHandler(logging.Handler):
             run = self._by_id.get(m.group(1))
             if run is not None:
                 run.seconds = self.clock() - run.started
-                suffix = " (cached)" if run.cached else ""
+                run.peak_rss_mb = self.memory.peak_mb()
+                peak = format_mb(run.peak_rss_mb)
+                suffix = (f", peak RSS {peak}" if peak else "") + (" (cached)" if run.cached else "")
                 self.echo(f"✔ {run.component_id} {run.seconds:.1f}s{suffix}")
         elif _CACHED.match(message):
             if (run := self.running) is not None:

@@ -49,9 +49,22 @@ def test_multiclass_eval_config_has_accuracy_gate_per_class_metrics_and_confusio
     assert list(binarized[0].binarize.class_ids.values) == [0, 1, 2]
 
 
-def test_progress_handler_reports_start_end_duration_and_cache():
+class _FakeMemory:
+    def __init__(self, peaks):
+        self.peaks, self.resets = iter(peaks), 0
+
+    def reset(self):
+        self.resets += 1
+        return True
+
+    def peak_mb(self):
+        return next(self.peaks)
+
+
+def test_progress_handler_reports_start_end_duration_memory_and_cache():
     lines, clock = [], iter([0.0, 2.5, 10.0, 10.5, 11.0])
-    handler = ProgressHandler(lines.append, clock=lambda: next(clock))
+    memory = _FakeMemory([812.0, None])
+    handler = ProgressHandler(lines.append, clock=lambda: next(clock), memory=memory)
     logger = logging.getLogger("test-progress")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
@@ -65,9 +78,11 @@ def test_progress_handler_reports_start_end_duration_and_cache():
         logger.info("Component %s is running.", "Evaluator")
     finally:
         logger.removeHandler(handler)
-    assert lines == ["▶ Transform ...", "✔ Transform 2.5s", "▶ Trainer ...", "    epoch 1: loss 0.1",
-                     "✔ Trainer 0.5s (cached)", "▶ Evaluator ..."]
+    assert lines == ["▶ Transform ...", "✔ Transform 2.5s, peak RSS 812 MB", "▶ Trainer ...",
+                     "    epoch 1: loss 0.1", "✔ Trainer 0.5s (cached)", "▶ Evaluator ..."]
     assert [r.status for r in handler.runs] == ["done", "cached", "failed"]
+    assert [r.peak_rss_mb for r in handler.runs] == [812.0, None, None]
+    assert memory.resets == 3  # once per started component
     assert handler.running.component_id == "Evaluator"
 
 

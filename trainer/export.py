@@ -18,6 +18,7 @@ import tensorflow_transform as tft
 import tf_keras as keras
 
 from hoh import features
+from hoh.autograph import exempt_tf_keras
 
 EXTRA_DIR = "assets.extra"
 LABELS_FILE = "labels.txt"
@@ -87,6 +88,7 @@ def export_model(
     sample_image: bytes,
     extra_info: dict | None = None,
 ) -> None:
+    exempt_tf_keras()  # the signatures trace the whole model
     signatures = make_serving_signatures(model, tf_transform_output, class_names)
     # save_traces=False: Keras otherwise traces every layer's call for re-loading as Keras, which
     # took ~50 s for MobileNetV2; consumers use the signatures only (3 s).

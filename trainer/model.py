@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 import hoh  # noqa: F401  (TF_USE_LEGACY_KERAS before tf_keras/tensorflow)
 import tf_keras as keras
 
+from hoh.autograph import exempt_tf_keras
 from hoh.errors import HohError
 from hoh.features import IMAGE_XF
 
@@ -20,6 +21,9 @@ RESCALE_NAME = "to_minus1_1"
 # MobileNetV2 ImageNet weights exist only for these input sizes; Keras falls back to 224 weights
 # (with a warning) for other sizes, which still works for the frozen-feature use here.
 _IMAGENET_SIZES = (96, 128, 160, 192, 224)
+
+# Every tf-keras model hoh builds, trains, extracts features from or exports is traced after this.
+exempt_tf_keras()
 
 
 @dataclasses.dataclass(frozen=True)

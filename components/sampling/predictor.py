@@ -106,6 +106,7 @@ class Predictor:
     def _keras_runner(self, tf: Any) -> Any:
         import tf_keras as keras
 
+        from hoh.autograph import exempt_tf_keras
         from hoh.trainer.export import to_probabilities
         from hoh.transforms.images import decode_and_resize
 
@@ -116,6 +117,7 @@ class Predictor:
             self.note = f"no embeddings: the model does not reload as a Keras model ({type(exc).__name__}: {exc})"
             return None
         size, num_classes = self.image_size, len(self.class_names)
+        exempt_tf_keras()
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
         def run(images):

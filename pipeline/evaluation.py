@@ -47,8 +47,14 @@ def make_eval_config(
     Labels come from the model's own `transform_features`, so each model (candidate and baseline)
     is scored with its own vocabulary even if the class-id order differs between them.
     Note TFMA's lower bounds are inclusive: a constant predictor has AUC 0.5, so never gate at 0.5.
+
+    `model_type` is set because TFMA otherwise finds it by loading the model as Keras (rebuilding
+    every layer from its config) and then loads it again for scoring: 3.3 s + 2.1 s of the
+    Evaluator's 13.8 s on MobileNetV2. Only the signatures are used, which a plain SavedModel
+    load provides.
     """
     model_spec = tfma.ModelSpec(
+        model_type=tfma.TF_GENERIC,
         signature_name=SIGNATURE,
         preprocessing_function_names=[PREPROCESSING],
         label_key=features.LABEL_XF,

@@ -147,7 +147,8 @@ def run_local(cfg: HohConfig, echo: Optional[Callable[[str], None]] = None) -> R
         # drop the INFO records progress is made of; pin the level until the run ends.
         absl_logger.setLevel = lambda level: None  # type: ignore[method-assign]
         try:
-            LocalDagRunner().run(pipeline)
+            with progress.memory:
+                LocalDagRunner().run(pipeline)
         except Exception as exc:
             logging.exception("pipeline failed")
             failed = progress.running.component_id if progress.running else "the pipeline"

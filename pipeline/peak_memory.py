@@ -1,43 +1,76 @@
-"""Peak resident memory of this process per pipeline step, from Linux's own high-water mark.
+"""Peak resident memory of this process per pipeline step.
 
 LocalDagRunner runs every component in one process, so the process's overall peak says nothing
-about which step needs the memory. Linux keeps the peak (`VmHWM` in /proc/self/status) and lets
-a process reset it (writing 5 to /proc/self/clear_refs, kernel 4.0+), so each step's own peak
-costs two small file operations and no sampling thread. Where that is unavailable (not Linux, a
-restricted /proc) the peak is simply not reported.
+about which step needs the memory. Two sources, neither with side effects on the process:
+
+- Linux's high-water mark (`VmHWM`): if it rose while a step ran, the step set the process's
+  peak and the mark is exact;
+- otherwise the largest `VmRSS` a background thread sampled during the step (every 0.1 s, so a
+  spike shorter than that can be missed; the step stayed below an earlier peak anyway).
+
+Resetting the mark (/proc/self/clear_refs) would be simpler but would also reset what `time`,
+`getrusage` and `wait4` report for the whole process. Where /proc is missing, nothing is reported.
 """
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 from typing import Optional
 
 _STATUS = Path("/proc/self/status")
-_CLEAR_REFS = Path("/proc/self/clear_refs")
-_HWM = re.compile(r"^VmHWM:\s+(\d+) kB$", re.M)
-_RESET_PEAK = "5"
+_FIELD = {name: re.compile(rf"^{name}:\s+(\d+) kB$", re.M) for name in ("VmHWM", "VmRSS")}
 
 
 class PeakMemory:
-    """Reset, then read, the process's peak RSS; every method is a no-op where /proc lacks it."""
-
-    def __init__(self, status: Path = _STATUS, clear_refs: Path = _CLEAR_REFS):
+    def __init__(self, status: Path = _STATUS, interval: float = 0.1):
         self._status = status
-        self._clear_refs = clear_refs
+        self._interval = interval
+        self._hwm_at_reset: Optional[int] = None
+        self._sampled = 0
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
 
-    def reset(self) -> bool:
+    def _read(self, field: str) -> Optional[int]:
         try:
-            self._clear_refs.write_text(_RESET_PEAK)
-            return True
-        except OSError:
-            return False
-
-    def peak_mb(self) -> Optional[float]:
-        try:
-            match = _HWM.search(self._status.read_text())
+            match = _FIELD[field].search(self._status.read_text())
         except OSError:
             return None
-        return int(match.group(1)) / 1024.0 if match else None
+        return int(match.group(1)) if match else None
+
+    def _sample(self) -> None:
+        rss = self._read("VmRSS")
+        if rss is not None and rss > self._sampled:
+            self._sampled = rss
+
+    def reset(self) -> None:
+        """A step starts: measure from here."""
+        self._hwm_at_reset = self._read("VmHWM")
+        self._sampled = 0
+        self._sample()
+
+    def peak_mb(self) -> Optional[float]:
+        """The peak since `reset`, in MB (None where /proc is unavailable)."""
+        self._sample()
+        hwm = self._read("VmHWM")
+        if hwm is not None and self._hwm_at_reset is not None and hwm > self._hwm_at_reset:
+            return hwm / 1024.0
+        return self._sampled / 1024.0 if self._sampled else None
+
+    def __enter__(self) -> "PeakMemory":
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="hoh-peak-memory", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._sample()
 
 
 def format_mb(mb: Optional[float]) -> str:

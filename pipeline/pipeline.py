@@ -11,7 +11,7 @@ from google.protobuf import message
 # Direct imports, not `from tfx import v1`: the v1 facade also loads the Google Cloud and Kubeflow
 # extensions, 7 s of every `hoh run` start (measured: 20.3 s vs 13.3 s).
 from tfx.components import (
-    Evaluator, ExampleValidator, ImportExampleGen, SchemaGen, StatisticsGen, Trainer, Transform,
+    Evaluator, ExampleValidator, SchemaGen, StatisticsGen, Trainer, Transform,
 )
 from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen
 from tfx.dsl.components.common.resolver import Resolver
@@ -27,6 +27,7 @@ from tfx.utils import json_utils, proto_utils
 from hoh import features
 from hoh.components.anomalies_gate.component import AnomaliesGate
 from hoh.components.drift.component import DriftCheck, push_allowed
+from hoh.components.example_copy.component import CopyingImportExampleGen
 from hoh.components.sampling.component import ActiveLearningSampler, pool_example_gen
 from hoh.pipeline.evaluation import make_eval_config
 
@@ -45,6 +46,21 @@ def example_gen_input_config() -> example_gen_pb2.Input:
             for split in features.SPLITS
         ]
     )
+
+
+def image_bytes_stats_options() -> Any:
+    """Statistics options that treat the image feature as bytes when no schema says so.
+
+    Without a schema TFDV takes `image_raw` for a string feature and keeps top-k/unique sketches
+    of its values, i.e. image bytes, in memory: StatisticsGen's peak grew with the span. The
+    curated schema says the same with `image_domain` (schemas/schema.pbtxt).
+    """
+    import tensorflow_data_validation as tfdv
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    schema = schema_pb2.Schema()
+    schema.feature.add(name=features.IMAGE_KEY, type=schema_pb2.BYTES).image_domain.SetInParent()
+    return tfdv.StatsOptions(schema=schema)
 
 
 def span_range_config(
@@ -117,15 +133,16 @@ def create_components(
     by one with InteractiveContext.
     """
     param = as_runtime_parameter if runtime_parameters else _plain_value
-    example_gen = ImportExampleGen(
+    example_gen = CopyingImportExampleGen(
         input_base=param("data_root", data_root),
         input_config=example_gen_input_config(),
         range_config=param("range_config", span_range_config(span, explicit_latest=runtime_parameters)),
-    )
-    statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"])
+    ).with_id("ImportExampleGen")
     if schema_path:
         schema_gen = ImportSchemaGen(schema_file=schema_path)
+        statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"])
     else:
+        statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"], stats_options=image_bytes_stats_options())
         schema_gen = SchemaGen(
             statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True
         )

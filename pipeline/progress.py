@@ -42,6 +42,7 @@ class ProgressHandler(logging.Handler):
         super().__init__(level=logging.INFO)
         self.echo = echo
         self.clock = clock
+        # Run inside `with handler.memory:` for sampling between the start and end records.
         self.memory = memory or PeakMemory()
         self.runs: List[ComponentRun] = []
         self._by_id: Dict[str, ComponentRun] = {}

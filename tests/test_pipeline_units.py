@@ -55,7 +55,6 @@ class _FakeMemory:
 
     def reset(self):
         self.resets += 1
-        return True
 
     def peak_mb(self):
         return next(self.peaks)

@@ -102,13 +102,13 @@ def ActiveLearningSampler(
 def pool_example_gen(pool_root: object) -> object:
     """ImportExampleGen over the pool's data root: the latest span's `pool/` split, kept whole
     (with one input split and no output config, ExampleGen would re-split it 2:1 into train/eval)."""
-    from tfx.components import ImportExampleGen
     from tfx.proto import example_gen_pb2
 
     from hoh import features
+    from hoh.components.example_copy.component import CopyingImportExampleGen
 
     name = features.POOL_SPLIT
-    return ImportExampleGen(
+    return CopyingImportExampleGen(
         input_base=pool_root,
         input_config=example_gen_pb2.Input(
             splits=[example_gen_pb2.Input.Split(name=name, pattern=features.split_pattern(name))]

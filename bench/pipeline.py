@@ -166,11 +166,15 @@ def table(result: dict) -> str:
     row("held-out accuracy", "accuracy", p["metrics"].get("binary_accuracy"), ratio=False)
     row("held-out AUC", "auc", p["metrics"].get("auc"), ratio=False)
     peaks = p.get("components_peak_rss_mb", {})
-    lines = ["\n".join(rows), "", "| pipeline step | seconds | peak RSS MB |", "|---|---|---|",
-             f"| hoh data import ({p['import'].get('images_per_second', '?')} images/s) | {p['import']['seconds']:.1f} "
+    rates = {"Transform": p.get("transform_images_per_second"), "Trainer": p.get("train_images_per_second")}
+    fmt_rate = lambda r: f"{r:.1f}" if r else ""
+    lines = ["\n".join(rows), "", "| pipeline step | seconds | images/s | peak RSS MB |", "|---|---|---|---|",
+             f"| hoh data import (own process) | {p['import']['seconds']:.1f} | {fmt_rate(p['import'].get('images_per_second'))} "
              f"| {p['import']['peak_rss_mb']:.0f} |"]
-    lines += [f"| {name} | {secs:.1f} | {peaks[name]:.0f} |" if name in peaks else f"| {name} | {secs:.1f} | |"
+    lines += [f"| {name} | {secs:.1f} | {fmt_rate(rates.get(name))} | {peaks.get(name, 0):.0f} |"
               for name, secs in p["components_seconds"].items()]
+    lines.append(f"| `hoh run` outside components (start-up, loading TFX, summary) | "
+                 f"{p['run']['seconds'] - sum(p['components_seconds'].values()):.1f} | | |")
     return "\n".join(lines)
 
 

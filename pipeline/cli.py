@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 
@@ -49,14 +48,17 @@ def _run(args: argparse.Namespace) -> int:
 
 def _promote(args: argparse.Namespace) -> int:
     from hoh.errors import HohError
-    from hoh.pipeline.schema_promotion import latest_inferred_schema
+    from hoh.pipeline.schema_promotion import latest_inferred_schema, promotable_schema
 
     source = latest_inferred_schema(str(Path(args.output) / "metadata.sqlite"))
     target = Path(args.to)
     if target.exists() and not args.force:
         raise HohError(f"{target} exists; review the diff and pass --force to replace it")
+    text, changes = promotable_schema(Path(source).read_text())
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, target)
+    target.write_text(text)
+    for change in changes:
+        print(f"  {change}")
     print(f"copied {source} -> {target}; review it, commit it, and runs will use ImportSchemaGen")
     return 0
 

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+from typing import List, Tuple
 
+from hoh import features
 from hoh.errors import HohError
 from hoh.pipeline.mlmd import open_readonly
 
@@ -24,3 +26,22 @@ def latest_inferred_schema(metadata_path: str) -> str:
         )
     latest = max(schemas, key=lambda a: (a.create_time_since_epoch, a.id))
     return os.path.join(latest.uri, SCHEMA_FILE)
+
+
+def promotable_schema(schema_text: str) -> Tuple[str, List[str]]:
+    """The inferred schema as it should be committed, and what was changed in it.
+
+    SchemaGen cannot know that `image_raw` holds images; without `image_domain` TFDV keeps
+    sketches of the image bytes and StatisticsGen's memory grows with the span (docs/SCHEMA.md),
+    so promotion adds the domain rather than relying on the reviewer to remember it.
+    """
+    from google.protobuf import text_format
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    schema = text_format.Parse(schema_text, schema_pb2.Schema())
+    changes = []
+    for feature in schema.feature:
+        if feature.name == features.IMAGE_KEY and feature.WhichOneof("domain_info") is None:
+            feature.image_domain.SetInParent()
+            changes.append(f"added image_domain to {features.IMAGE_KEY!r} (TFDV then keeps byte sizes, not the bytes)")
+    return text_format.MessageToString(schema), changes

@@ -124,3 +124,18 @@ def test_failure_description_names_value_and_bound():
         tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(lower_bound={"value": 0.9}))
     )
     assert describe_failure(failure) == "auc 0.6100 is below the minimum 0.9"
+
+
+def test_promotion_adds_the_image_domain_and_keeps_everything_else():
+    from hoh.pipeline.schema_promotion import promotable_schema
+
+    inferred = (
+        'feature { name: "image_raw" type: BYTES shape { dim { size: 1 } } }\n'
+        'feature { name: "label" type: BYTES domain: "label" }\n'
+        'string_domain { name: "label" value: "horses" value: "humans" }\n'
+    )
+    text, changes = promotable_schema(inferred)
+    assert len(changes) == 1 and "image_domain" in changes[0]
+    assert "image_domain {" in text and 'value: "humans"' in text and "size: 1" in text
+    again, none = promotable_schema(text)
+    assert none == [] and again == text

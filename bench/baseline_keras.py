@@ -2,7 +2,9 @@
 
 Deliberately free of hoh code: image_dataset_from_directory, a frozen ImageNet MobileNetV2,
 global average pooling, dropout, one sigmoid unit; pixels /255 then rescaled to [-1, 1]; Adam
-1e-3, batch 32. Prints one JSON object with its timings and held-out metrics.
+1e-3, batch 32. Prints one JSON object with its timings and held-out metrics. The one exception
+is opt-in: `--exempt-tf-keras-autograph` applies hoh's AutoGraph rule (hoh/autograph.py), for the
+stricter comparison in docs/BENCHMARKS.md.
 
     python bench/baseline_keras.py --train DIR --eval DIR --weights backbone.h5 --epochs 3
 """

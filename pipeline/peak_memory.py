@@ -28,6 +28,9 @@ class PeakMemory:
         self._interval = interval
         self._hwm_at_reset: Optional[int] = None
         self._sampled = 0
+        # The sampler thread and `reset` both write `_sampled`: without the lock a reading taken
+        # before a reset could land after it and be charged to the next step.
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -39,14 +42,16 @@ class PeakMemory:
         return int(match.group(1)) if match else None
 
     def _sample(self) -> None:
-        rss = self._read("VmRSS")
-        if rss is not None and rss > self._sampled:
-            self._sampled = rss
+        with self._lock:
+            rss = self._read("VmRSS")
+            if rss is not None and rss > self._sampled:
+                self._sampled = rss
 
     def reset(self) -> None:
         """A step starts: measure from here."""
-        self._hwm_at_reset = self._read("VmHWM")
-        self._sampled = 0
+        with self._lock:
+            self._hwm_at_reset = self._read("VmHWM")
+            self._sampled = 0
         self._sample()
 
     def peak_mb(self) -> Optional[float]:

@@ -41,12 +41,11 @@ def _read(split_dir):
     return sorted(r.numpy() for r in records)
 
 
-def _span_splits(span_root):
-    return [(split, os.path.join("span-1", split, "*")) for split in features.SPLITS]
+SPAN_SPLITS = [(split, os.path.join("span-1", split, "*")) for split in features.SPLITS]
 
 
 def test_copies_each_split_byte_for_byte_with_the_stock_artifact_properties(tmp_path, tiny_span):
-    examples = _run(tmp_path, _exec_properties(tiny_span, _span_splits(tiny_span)))
+    examples = _run(tmp_path, _exec_properties(tiny_span, SPAN_SPLITS))
     assert artifact_utils.decode_split_names(examples.split_names) == list(features.SPLITS)
     assert examples.get_string_custom_property(example_gen_utils.PAYLOAD_FORMAT_PROPERTY_NAME) == "FORMAT_TF_EXAMPLE"
     assert examples.get_string_custom_property(example_gen_utils.FILE_FORMAT_PROPERTY_NAME) == "tfrecords_gzip"
@@ -79,7 +78,7 @@ def test_hash_bucket_splits_and_other_formats_take_the_stock_beam_path(tmp_path,
     together = _read(artifact_utils.get_split_uri([examples], "a")) + _read(artifact_utils.get_split_uri([examples], "b"))
     original = _read(features.span_dir(tiny_span, 1) / "train") + _read(features.span_dir(tiny_span, 1) / "eval")
     assert len(together) == len(original)
-    proto = _exec_properties(tiny_span, _span_splits(tiny_span))
+    proto = _exec_properties(tiny_span, SPAN_SPLITS)
     proto[specs.OUTPUT_DATA_FORMAT_KEY] = example_gen_pb2.FORMAT_PROTO
     assert "payload format" in copy_executor.reencode_reason(proto)
 
@@ -137,5 +136,5 @@ def test_a_bad_split_writes_nothing(tmp_path, tiny_span):
     victim = sorted((bad_root / "span-1" / "eval").iterdir())[0]
     victim.write_bytes(victim.read_bytes()[:100])
     with pytest.raises(HohError, match="eval"):
-        _run(tmp_path, _exec_properties(bad_root, _span_splits(bad_root)))
+        _run(tmp_path, _exec_properties(bad_root, SPAN_SPLITS))
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.gz"))

@@ -78,7 +78,14 @@ class ModelConfig(_Section):
     hidden_units: list[int] = Field(default_factory=list, description="Dense layers of the head.")
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     augment: bool = Field(False, description="Random flip/rotation/zoom while training only.")
-    class_weights: Literal["none", "balanced"] = "none"
+    class_weights: Literal["auto", "none", "balanced"] = Field(
+        "auto",
+        description="'balanced' weighs each class by n / (classes * count); 'auto' does so only "
+        "when the largest training class exceeds `class_balance_ratio` times the smallest.",
+    )
+    class_balance_ratio: float = Field(
+        1.5, ge=1.0, description="Largest/smallest class ratio above which 'auto' balances."
+    )
     batch_norm_momentum: Optional[float] = Field(
         None,
         gt=0.0,

@@ -68,6 +68,7 @@ def trainer_config(cfg: HohConfig) -> Dict[str, Any]:
             "batch_norm_momentum": m.batch_norm_momentum,
         },
         "class_weights": m.class_weights,
+        "class_balance_ratio": m.class_balance_ratio,
         "training": t.model_dump(),
     }
 

@@ -193,7 +193,7 @@ def training_history(model_run: Any) -> dict[str, list[float]]:
     """The per-epoch Keras history the Trainer writes beside its TensorBoard logs."""
     import tensorflow as tf
 
-    from hoh.trainer.task import HISTORY_FILE
+    from hoh.trainer import HISTORY_FILE
 
     with tf.io.gfile.GFile(os.path.join(model_run.uri, HISTORY_FILE)) as f:
         return json.load(f)

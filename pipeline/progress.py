@@ -13,11 +13,11 @@ import time
 from typing import Callable, Dict, List, Optional
 
 from hoh.pipeline.peak_memory import PeakMemory, format_mb
+from hoh.trainer import EPOCH_PREFIX
 
 _RUNNING = re.compile(r"^Component (\S+) is running\.$")
 _FINISHED = re.compile(r"^Component (\S+) is finished\.$")
 _CACHED = re.compile(r"^A cached execution \d+ is used\.$")
-EPOCH_PREFIX = "hoh-epoch: "  # written by the Trainer's epoch callback, echoed indented
 
 
 @dataclasses.dataclass

@@ -25,6 +25,7 @@ class RunSummary:
     artifacts: Dict[str, str] = dataclasses.field(default_factory=dict)
     drift: Optional[dict] = None  # DriftCheck's summary.json
     sampling: Optional[dict] = None  # ActiveLearningSampler's summary.json
+    class_weights: Optional[str] = None  # the Trainer's class-weight decision and its reason
 
     def lines(self) -> List[str]:
         out = []
@@ -37,6 +38,8 @@ class RunSummary:
                 for k, v in sorted(self.metrics.items())
             )
             out.append(f"metrics (eval split): {shown}")
+        if self.class_weights:
+            out.append(f"class weights: {self.class_weights}")
         if self.blessed is not None:
             against = "against the last blessed model" if self.has_baseline else "no baseline yet"
             if self.blessed:
@@ -81,6 +84,19 @@ def _example_counts(uri: str) -> Dict[str, int]:
             stats = tfdv.load_stats_binary(path)
             counts[split] = int(sum(d.num_examples for d in stats.datasets))
     return counts
+
+
+def _training_facts(uri: str) -> dict:
+    """The Trainer's timing.json ({} for a run written before it existed or without one)."""
+    import json
+
+    from hoh.trainer import TIMING_FILE
+
+    try:
+        with open(os.path.join(uri, TIMING_FILE), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
 
 
 def _evaluation(uri: str, summary: RunSummary) -> None:
@@ -131,6 +147,8 @@ def summarize(metadata_path: str, components: List[ComponentRun]) -> RunSummary:
         summary.artifacts[kind] = artifact.uri
         if kind == "ExampleStatistics":
             summary.example_counts = _example_counts(artifact.uri)
+        elif kind == "ModelRun":
+            summary.class_weights = _training_facts(artifact.uri).get("class_weights")
         elif kind == "ModelBlessing":
             summary.blessed = artifact.custom_properties["blessed"].int_value == 1
         elif kind == "ModelEvaluation":

@@ -107,3 +107,20 @@ def test_cached_features_feed_the_same_head_the_full_model_uses():
     head = model.get_layer("head")
     np.testing.assert_allclose(head(first, training=False).numpy(), model(images, training=False).numpy(),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_auto_class_weights_balance_only_past_the_ratio():
+    names = ["birds", "horses", "humans"]
+    weights, reason = model_lib.choose_class_weights("auto", [10, 30, 30], names, 1.5)
+    assert weights == pytest.approx({0: 70 / 30, 1: 70 / 90, 2: 70 / 90})
+    assert reason.startswith("balanced (auto: largest class 3.00x the smallest > 1.5")
+    assert "birds 10" in reason
+    weights, reason = model_lib.choose_class_weights("auto", [20, 30, 30], names, 1.5)
+    assert weights is None and reason.startswith("none (auto: largest class 1.50x the smallest <= 1.5")
+    assert model_lib.choose_class_weights("none", [1, 30, 30], names, 1.5)[0] is None
+    assert model_lib.choose_class_weights("balanced", [30, 30, 30], names, 1.5)[0] == pytest.approx(
+        {0: 1.0, 1: 1.0, 2: 1.0})
+    with pytest.raises(HohError, match="no training examples"):
+        model_lib.choose_class_weights("auto", [0, 30, 30], names, 1.5)
+    with pytest.raises(HohError, match="expected auto, none or balanced"):
+        model_lib.choose_class_weights("sometimes", [3, 3], names[:2], 1.5)

@@ -53,6 +53,9 @@ def test_first_run_executes_every_component_and_blesses(two_class_runs):
     assert first.blessed is True and not first.has_baseline
     assert {"auc", "binary_accuracy", "example_count"} <= set(first.metrics)
     assert first.metrics["example_count"] == first.example_counts["eval"]
+    # The default `model.class_weights: auto` decided, and the summary says what and why.
+    assert first.class_weights.startswith("none (auto: largest class "), first.class_weights
+    assert any(line.startswith("class weights: none (auto") for line in first.lines())
 
 
 def test_artifacts_and_mlmd_state(two_class_runs):

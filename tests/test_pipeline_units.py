@@ -11,7 +11,8 @@ from hoh.components.anomalies_gate.anomalies import describe
 from hoh.errors import HohError
 from hoh.pipeline import factory
 from hoh.pipeline.evaluation import make_eval_config
-from hoh.pipeline.progress import EPOCH_PREFIX, ProgressHandler
+from hoh.pipeline.progress import ProgressHandler
+from hoh.trainer import EPOCH_PREFIX
 
 
 def _thresholds(config):

@@ -52,7 +52,9 @@ class FeatureCache:
         with tf.io.TFRecordWriter(path) as writer:
             for images, labels in dataset:
                 writer.write(_serialize(self._extract(images), labels))
-        cached = tf.data.TFRecordDataset(path).map(_parse, num_parallel_calls=AUTOTUNE)
+        dim = int(self._extractor.output_shape[-1])
+        cached = tf.data.TFRecordDataset(path).map(lambda r: _parse(r, dim),
+                                                   num_parallel_calls=AUTOTUNE)
         if shuffle:
             cached = cached.unbatch().shuffle(_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
             cached = cached.batch(batch_size)
@@ -71,10 +73,16 @@ def _serialize(features: tf.Tensor, labels: tf.Tensor) -> bytes:
     return example.SerializeToString()
 
 
-def _parse(record):
+def _parse(record, feature_dim: int):
+    """A cached batch back as ([B, feature_dim] float32, [B] int64), static ranks included.
+
+    `parse_tensor` returns tensors of unknown rank; Keras reads ranks while building the graph
+    (the softmax head, class-weight mapping), so an N-class head or `class_weight` fails on
+    them while a 2-class sigmoid head happens not to look.
+    """
     parsed = tf.io.parse_single_example(record, _SPEC)
-    return (tf.io.parse_tensor(parsed["features"], tf.float32),
-            tf.io.parse_tensor(parsed["labels"], tf.int64))
+    return (tf.ensure_shape(tf.io.parse_tensor(parsed["features"], tf.float32), [None, feature_dim]),
+            tf.ensure_shape(tf.io.parse_tensor(parsed["labels"], tf.int64), [None]))
 
 
 @contextlib.contextmanager

@@ -179,6 +179,31 @@ def unfreeze_top_layers(model: keras.Model, num_layers: int) -> int:
     return changed
 
 
+def choose_class_weights(
+    mode: str, counts: Sequence[int], class_names: Sequence[str], ratio: float
+) -> tuple[Optional[dict[int, float]], str]:
+    """(Keras `class_weight` or None, the reason in words) for the config's `class_weights` mode.
+
+    The reason travels to the run summary: a user who sees a rare class' recall jump between two
+    runs must be able to tell that balancing switched on, and why.
+    """
+    shown = ", ".join(f"{name} {count}" for name, count in zip(class_names, counts))
+    if mode == "none":
+        return None, f"none (model.class_weights=none; train counts {shown})"
+    if mode == "balanced":
+        return balanced_class_weights(counts), f"balanced (model.class_weights=balanced; {shown})"
+    if mode != "auto":
+        raise HohError(f"model.class_weights={mode!r}: expected auto, none or balanced")
+    smallest, largest = min(counts), max(counts)
+    if smallest <= 0:
+        raise HohError(f"cannot train: a class has no training examples ({shown})")
+    skew = largest / smallest
+    if skew > ratio:
+        return balanced_class_weights(counts), (
+            f"balanced (auto: largest class {skew:.2f}x the smallest > {ratio:g}; {shown})")
+    return None, f"none (auto: largest class {skew:.2f}x the smallest <= {ratio:g}; {shown})"
+
+
 def balanced_class_weights(counts: Sequence[int]) -> dict[int, float]:
     """sklearn's 'balanced' rule: n_samples / (n_classes * count_c), so rare classes weigh more."""
     total = float(sum(counts))

@@ -18,13 +18,12 @@ import tf_keras as keras
 from absl import logging
 
 from hoh import features
+from hoh.config import ModelConfig
 from hoh.errors import HohError
-from hoh.pipeline.progress import EPOCH_PREFIX
-from hoh.trainer import export, features_cache, inputs, model as model_lib
+from hoh.trainer import EPOCH_PREFIX, HISTORY_FILE, TIMING_FILE, export, features_cache, inputs
+from hoh.trainer import model as model_lib
 from hoh.transforms.preprocessing import LABEL_COUNTS_NAME
 
-HISTORY_FILE = "history.json"
-TIMING_FILE = "timing.json"
 
 
 def _class_names(tf_transform_output: tft.TFTransformOutput) -> List[str]:
@@ -101,9 +100,14 @@ def run_fn(fn_args) -> None:
         )
 
     train_ds, eval_ds = dataset(fn_args.train_files, True), dataset(fn_args.eval_files, False)
-    class_weight = None
-    if config.get("class_weights") == "balanced":
-        class_weight = model_lib.balanced_class_weights(_label_counts(tf_transform_output, class_names))
+    defaults = ModelConfig()
+    class_weight, balance_reason = model_lib.choose_class_weights(
+        str(config.get("class_weights", defaults.class_weights)),
+        _label_counts(tf_transform_output, class_names),
+        class_names,
+        float(config.get("class_balance_ratio", defaults.class_balance_ratio)),
+    )
+    logging.info("Class weights: %s", balance_reason)
 
     model = model_lib.build_model(spec)
     epochs = int(train_cfg.get("epochs", 3))
@@ -148,7 +152,7 @@ def run_fn(fn_args) -> None:
     # Wall time of the first training phase (incl. graph tracing and, when cached, the one
     # backbone pass), for benchmarks: images/s = train examples * epochs / fit_seconds.
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, TIMING_FILE), "w") as f:
-        json.dump({"fit_seconds": fit_seconds, "epochs": epochs,
+        json.dump({"fit_seconds": fit_seconds, "epochs": epochs, "class_weights": balance_reason,
                    "cached_features": bool(train_cfg.get("cache_backbone_features", True)
                                            and features_cache.applies(spec))}, f)
     export.export_model(

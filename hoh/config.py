@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hoh.errors import HohError
+from hoh.fileio import is_remote
 
 
 class ConfigError(HohError, ValueError):
@@ -255,7 +256,7 @@ def pod_uri(value: Optional[str]) -> Optional[str]:
     exit (code 134), which Kubeflow reads as a failed step."""
     if value is None or value.startswith("gs://"):
         return value
-    if "://" in value:
+    if is_remote(value):
         raise ValueError(f"{value!r}: use gs://... or a mounted absolute path (TF 2.16 reads no other scheme)")
     if not value.startswith("/"):
         raise ValueError(f"{value!r} is relative; pods need gs://... or an absolute mounted path")

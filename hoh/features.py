@@ -33,14 +33,13 @@ def span_dir(root: str | Path, span: int) -> Path:
 
 
 def list_spans(root: str | Path) -> list[int]:
-    """Span numbers present under `root`, ascending; [] when there are none."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
+    """Span numbers present under `root` (a local path or a gs:// URI), ascending; [] if none."""
+    from hoh import fileio
+
     spans = []
-    for child in root.iterdir():
-        m = _SPAN_RE.match(child.name)
-        if m and child.is_dir():
+    for name in fileio.listdir(str(root)):
+        m = _SPAN_RE.match(name)
+        if m and (fileio.is_remote(root) or (Path(root) / name).is_dir()):
             spans.append(int(m.group(1)))
     return sorted(spans)
 

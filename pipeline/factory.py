@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
+from hoh.fileio import is_remote
 from hoh import features
 from hoh.config import HohConfig
 from hoh.errors import HohError
@@ -111,7 +112,7 @@ def resolve_pool_root(pool_root: Optional[str], data_root: str) -> Optional[str]
     """The pool's data root, checked where it is readable (a local path): it must hold a span
     with a pool/ split and must not be the training data root, whose latest span must stay a
     labeled one (class detection and the drift reference read it)."""
-    if not pool_root or "://" in pool_root:
+    if not pool_root or is_remote(pool_root):
         return pool_root or None
     root = Path(pool_root).resolve()
     if "://" not in str(data_root) and root == Path(data_root).resolve():

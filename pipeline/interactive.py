@@ -154,7 +154,7 @@ def split_statistics(statistics: Any, split: str):
 def example_records(examples: Any, split: str, n: int) -> list:
     """The first `n` raw examples of an Examples artifact's split, as ImageRecords
     (id, source, label, encoded bytes)."""
-    from hoh.components.drift import sources
+    from hoh.data import sources
 
     source = sources.tfrecord_source([split_uri(examples, split)], f"{split} examples")
     return list(islice(iter(source), n))
@@ -162,7 +162,7 @@ def example_records(examples: Any, split: str, n: int) -> list:
 
 def span_records(data_root: str, split: str, n: int) -> list:
     """The first `n` ImageRecords of a split of the latest span in a data root."""
-    from hoh.components.drift import sources
+    from hoh.data import sources
 
     spans = features.list_spans(data_root)
     if not spans:

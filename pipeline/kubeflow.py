@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, Mapping, Optional
 
 import yaml
 
+from hoh.fileio import is_remote
 from hoh.config import HohConfig, pod_uri
 from hoh.errors import HohError
 from hoh.pipeline import beam_presets, factory
@@ -82,7 +83,7 @@ def num_classes(cfg: HohConfig, data_root: str) -> int:
     """From the config, else from the span's import report when the data is mounted here too."""
     if cfg.data.num_classes:
         return cfg.data.num_classes
-    if "://" in data_root or not Path(data_root).is_dir():
+    if is_remote(data_root) or not Path(data_root).is_dir():
         raise HohError(
             f"cannot read the classes of {data_root} from this machine; set data.num_classes "
             "(e.g. --set data.num_classes=2)"

@@ -5,6 +5,7 @@ import dataclasses
 import os
 from typing import Dict, List, Optional
 
+from hoh.fileio import read_json
 from hoh.pipeline.mlmd import open_readonly
 from hoh.pipeline.progress import ComponentRun
 
@@ -88,15 +89,9 @@ def _example_counts(uri: str) -> Dict[str, int]:
 
 def _training_facts(uri: str) -> dict:
     """The Trainer's timing.json ({} for a run written before it existed or without one)."""
-    import json
-
     from hoh.trainer import TIMING_FILE
 
-    try:
-        with open(os.path.join(uri, TIMING_FILE), encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
+    return read_json(os.path.join(uri, TIMING_FILE)) or {}
 
 
 def _evaluation(uri: str, summary: RunSummary) -> None:
@@ -154,9 +149,13 @@ def summarize(metadata_path: str, components: List[ComponentRun]) -> RunSummary:
         elif kind == "ModelEvaluation":
             _evaluation(artifact.uri, summary)
         elif kind in ("hoh.DriftReport", "hoh.SampledImages"):
-            from hoh.components.drift.report import read_summary
+            from hoh.components.drift.report import SUMMARY_FILE as DRIFT_SUMMARY
+            from hoh.components.sampling.sample import SUMMARY_FILE as SAMPLING_SUMMARY
 
-            setattr(summary, "drift" if kind == "hoh.DriftReport" else "sampling", read_summary(artifact.uri))
+            drift = kind == "hoh.DriftReport"
+            name = DRIFT_SUMMARY if drift else SAMPLING_SUMMARY
+            setattr(summary, "drift" if drift else "sampling",
+                    read_json(os.path.join(artifact.uri, name)))
         elif kind == "PushedModel":
             props = artifact.custom_properties
             summary.pushed = props["pushed"].int_value == 1 if "pushed" in props else None

@@ -16,7 +16,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 from hoh.components.drift import descriptors
 from hoh.components.drift.evaluation import DriftSettings, descriptor_report, embedding_report, verdict
 from hoh.components.drift.profile import Profile, ReducedEmbeddings, build_profile, fit_pca
-from hoh.components.drift.sources import ImageRecord, ImageSource, reference_span, resolve_path, span_source
+from hoh.data.sources import ImageRecord, ImageSource, reference_span, resolve_path, span_source
 from test_sampling_model import known_model, solid_png  # noqa: F401
 
 

@@ -77,7 +77,7 @@ def _colours() -> np.ndarray:
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
     """pool/c_XX.png, a truncated PNG and a text file; returns the folder and colour per file."""
-    from hoh.components.drift.sources import _sha256
+    from hoh.data.sources import _sha256
 
     root = tmp_path_factory.mktemp("pool")
     by_id = {}
@@ -104,8 +104,8 @@ def _expected(by_id: dict[str, np.ndarray], strategy: str, k: int) -> list[str]:
 
 
 def _sample(pool_dir: Path, model_dir: Path, out: Path, **settings):
-    from hoh.components.drift.sources import resolve_path
-    from hoh.components.sampling.predictor import Predictor
+    from hoh.data.sources import resolve_path
+    from hoh.trainer.predictor import Predictor
     from hoh.components.sampling.sample import SamplingSettings, sample_pool
 
     settings = SamplingSettings(**{"k": K, **settings})
@@ -193,8 +193,8 @@ def test_image_urls_can_name_the_sample_directory(pool, known_model, tmp_path):
 
 
 def test_already_labeled_images_are_not_proposed(pool, known_model, tmp_path):
-    from hoh.components.drift.sources import resolve_path
-    from hoh.components.sampling.predictor import Predictor
+    from hoh.data.sources import resolve_path
+    from hoh.trainer.predictor import Predictor
     from hoh.components.sampling.sample import SamplingSettings, sample_pool
 
     pool_dir, by_id = pool

@@ -81,7 +81,7 @@ COLOURS = np.array([[200, 10, 10], [120, 110, 100], [10, 240, 30], [90, 90, 200]
 
 
 def test_keras_path_gives_known_probabilities_and_colour_embeddings(known_model):
-    from hoh.components.sampling.predictor import Predictor
+    from hoh.trainer.predictor import Predictor
 
     predictor = Predictor(known_model, embeddings=True)
     assert predictor.has_embeddings and predictor.class_names == list(CLASSES)
@@ -94,7 +94,7 @@ def test_keras_path_gives_known_probabilities_and_colour_embeddings(known_model)
 
 def test_signature_path_agrees_with_the_keras_path(known_model):
     """The single-pass Keras path must see the pixels serving_default sees (no train/serve skew)."""
-    from hoh.components.sampling.predictor import Predictor
+    from hoh.trainer.predictor import Predictor
 
     images = [solid_png(c) for c in COLOURS] + [noise_jpeg(3)]
     keras_path = Predictor(known_model, embeddings=True).predict(images)
@@ -104,7 +104,7 @@ def test_signature_path_agrees_with_the_keras_path(known_model):
 
 
 def test_undecodable_images_in_a_batch_are_isolated(known_model):
-    from hoh.components.sampling.predictor import Predictor
+    from hoh.trainer.predictor import Predictor
 
     predictor = Predictor(known_model, embeddings=True)
     good = solid_png((10, 20, 30))
@@ -115,7 +115,7 @@ def test_undecodable_images_in_a_batch_are_isolated(known_model):
 
 
 def test_model_paths_that_are_not_hoh_models_are_refused(tmp_path, known_model):
-    from hoh.components.sampling.predictor import Predictor, find_serving_dir
+    from hoh.trainer.predictor import Predictor, find_serving_dir
     from hoh.errors import HohError
 
     assert find_serving_dir(known_model) == known_model / "Format-Serving"

@@ -9,9 +9,10 @@ import os
 from typing import Callable, Optional
 
 from hoh.components.drift import report
+from hoh.fileio import write_file
 from hoh.components.drift.evaluation import DriftSettings, descriptor_report, embedding_report, verdict
 from hoh.components.drift.profile import Profile, ReducedEmbeddings, build_profile
-from hoh.components.drift.sources import ImageSource
+from hoh.data.sources import ImageSource
 from hoh.errors import HohError
 
 Echo = Callable[[str], None]
@@ -45,7 +46,7 @@ def _makedirs(out_dir: str) -> None:
 def no_reference(current: str, out_dir: str, reason: str, context: Optional[dict] = None) -> dict:
     """The first span has nothing to be compared with: say so, and never block on it."""
     _makedirs(out_dir)
-    report.write_file(os.path.join(out_dir, report.REPORT_FILE), report.no_reference_html(current, reason))
+    write_file(os.path.join(out_dir, report.REPORT_FILE), report.no_reference_html(current, reason))
     summary = report.make_summary(
         current={"description": current}, reference=None, reasons=[], drifted_share=0.0,
         features=[], descriptors=None, labels=None, embeddings=None, notes=[reason],
@@ -74,7 +75,7 @@ def check_drift(
     notes: list[str] = []
     predictor = None
     if model_path:
-        from hoh.components.sampling.predictor import Predictor
+        from hoh.trainer.predictor import Predictor
 
         predictor = Predictor(model_path, embeddings=True)
         if not predictor.has_embeddings:

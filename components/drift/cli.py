@@ -15,7 +15,7 @@ def _run(args: argparse.Namespace) -> int:
     from hoh.components.drift.check import check_drift
     from hoh.components.drift.evaluation import DriftSettings
     from hoh.components.drift.report import summary_lines
-    from hoh.components.drift.sources import resolve_path
+    from hoh.data.sources import resolve_path
     from hoh.config import DriftConfig
 
     defaults = DriftConfig()

@@ -23,16 +23,6 @@ CURRENT_SPAN = "current_span"
 BLOCKS_PUSH = "blocks_push"  # in summary.json: whether create_components gated the pusher on it
 
 
-def span_of(examples: artifact.Artifact) -> int:
-    """ExampleGen's span. Declared as a property of Examples, it reaches a @component executor
-    under LocalDagRunner as a custom property, where `examples.span` silently reads 0."""
-    mlmd = examples.mlmd_artifact
-    for values in (mlmd.properties, mlmd.custom_properties):
-        if "span" in values:
-            return int(values["span"].int_value)
-    return 0
-
-
 class DriftReport(artifact.Artifact):
     """report.html (+ embeddings.html) and summary.json of one drift check."""
 
@@ -60,11 +50,12 @@ def DriftCheck(
 ) -> None:
     import logging
 
-    from hoh.components.drift import sources
+    from hoh import features
+    from hoh.components.artifacts import span_of
     from hoh.components.drift.check import check_drift
     from hoh.components.drift.evaluation import DriftSettings
     from hoh.components.drift.report import summary_lines
-
+    from hoh.data import sources
     from hoh.errors import HohError
 
     if not data_root:
@@ -76,7 +67,7 @@ def DriftCheck(
         f"span {current_span} ({', '.join(split_names)}; Examples artifact {examples.id})",
     )
     ref_span = sources.reference_span(
-        sources.list_spans(data_root), current_span, reference_span if reference_span >= 0 else None
+        features.list_spans(data_root), current_span, reference_span if reference_span >= 0 else None
     )
     reference = sources.span_source(data_root, ref_span, split_names) if ref_span is not None else None
     settings = DriftSettings(

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Optional
 import numpy as np
 
 from hoh.components.drift.descriptors import COLUMNS, UndecodableImage, describe_image
-from hoh.components.drift.sources import ImageRecord
+from hoh.data.sources import ImageRecord
 
 LABEL = "label"
 ID = "id"
@@ -97,7 +97,7 @@ class Profile:
         return frame
 
 
-Embed = Callable[[list[bytes]], Any]  # -> hoh.components.sampling.predictor.Prediction
+Embed = Callable[[list[bytes]], Any]  # -> hoh.trainer.predictor.Prediction
 
 
 def build_profile(

@@ -8,9 +8,10 @@ plain folders never loads TensorFlow for writing.
 from __future__ import annotations
 
 import html
-import json
 import os
 from typing import Any, Optional
+
+from hoh.fileio import is_remote, read_json, write_file, write_json
 
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.html"
@@ -18,27 +19,9 @@ EMBEDDINGS_REPORT_FILE = "embeddings.html"
 SCHEMA_VERSION = 1
 
 
-def _is_remote(path: str) -> bool:
-    return "://" in path
-
-
-def write_file(path: str, content: str | bytes) -> None:
-    """Write text or bytes to a local path (parents created) or any tf.io.gfile URI."""
-    mode = "wb" if isinstance(content, bytes) else "w"
-    if _is_remote(path):
-        import tensorflow as tf
-
-        with tf.io.gfile.GFile(path, mode) as f:
-            f.write(content)
-        return
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as f:
-        f.write(content)
-
-
 def save_snapshot_html(snapshot: Any, path: str) -> None:
     """Evidently writes local files only; a remote target gets a local temporary copy first."""
-    if not _is_remote(path):
+    if not is_remote(path):
         snapshot.save_html(path)
         return
     import tempfile
@@ -88,9 +71,7 @@ def make_summary(
 
 
 def write_summary(out_dir: str, summary: dict) -> str:
-    path = os.path.join(out_dir, SUMMARY_FILE)
-    write_file(path, json.dumps(summary, indent=2, sort_keys=False, default=str) + "\n")
-    return path
+    return write_json(os.path.join(out_dir, SUMMARY_FILE), summary)
 
 
 def summary_lines(summary: dict) -> list[str]:
@@ -116,11 +97,5 @@ def summary_lines(summary: dict) -> list[str]:
 
 
 def read_summary(out_dir: str) -> Optional[dict]:
-    """The summary.json of a drift check or a sample directory; None when absent or unreadable."""
-    import tensorflow as tf
-
-    try:
-        with tf.io.gfile.GFile(os.path.join(out_dir, SUMMARY_FILE), "r") as f:
-            return json.loads(f.read())
-    except (tf.errors.OpError, ValueError):
-        return None
+    """The summary.json of a drift check; None when absent or unreadable."""
+    return read_json(os.path.join(out_dir, SUMMARY_FILE))

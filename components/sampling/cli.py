@@ -13,8 +13,8 @@ from hoh import features
 
 
 def _run_sample(args: argparse.Namespace) -> int:
-    from hoh.components.drift.sources import resolve_path
-    from hoh.components.sampling.predictor import Predictor
+    from hoh.data.sources import resolve_path
+    from hoh.trainer.predictor import Predictor
     from hoh.components.sampling.sample import SamplingSettings, read_ids, sample_pool, summary_lines
     from hoh.config import SamplingConfig
     from hoh.errors import HohError

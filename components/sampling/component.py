@@ -56,14 +56,20 @@ def ActiveLearningSampler(
     to_name: Parameter[str] = DEFAULT_TO_NAME,
     url_prefix: Parameter[str] = DEFAULT_URL_PREFIX,
 ) -> None:
-    import json
     import logging
     import os
 
-    from hoh.components.drift import report, sources
-    from hoh.components.drift.component import span_of
-    from hoh.components.sampling.predictor import Predictor
-    from hoh.components.sampling.sample import SUMMARY_FILE, SamplingSettings, read_ids, sample_pool, summary_lines
+    from hoh import fileio
+    from hoh.components.artifacts import span_of
+    from hoh.components.sampling.sample import (
+        SUMMARY_FILE,
+        SamplingSettings,
+        read_ids,
+        sample_pool,
+        summary_lines,
+    )
+    from hoh.data import sources
+    from hoh.trainer.predictor import Predictor
 
     blessed = None
     if model_blessing is not None:
@@ -72,8 +78,8 @@ def ActiveLearningSampler(
     samples.set_string_custom_property(MODEL_SOURCE, which)
     if model_uri is None:
         reason = "the model of this run was not blessed and there is no earlier blessed model"
-        report.write_file(os.path.join(samples.uri, SUMMARY_FILE),
-                          json.dumps({"schema_version": 1, "selected": 0, "notes": [reason]}, indent=2) + "\n")
+        fileio.write_json(os.path.join(samples.uri, SUMMARY_FILE),
+                          {"schema_version": 1, "selected": 0, "notes": [reason]})
         samples.set_int_custom_property(SELECTED, 0)
         logging.info("hoh-sampling: nothing sampled: %s", reason)
         return

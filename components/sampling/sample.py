@@ -20,9 +20,9 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from hoh.components.drift.report import write_file
-from hoh.components.drift.sources import ImageRecord, ImageSource
 from hoh.components.sampling import contact_sheet, labelstudio, scoring
+from hoh.data.sources import ImageRecord, ImageSource
+from hoh.fileio import is_remote, write_file
 
 SELECTED_JSONL = "selected.jsonl"
 SELECTED_CSV = "selected.csv"
@@ -142,7 +142,7 @@ def sample_pool(
     exclude_ids: frozenset = frozenset(),
     echo: Echo = lambda line: None,
 ) -> dict:
-    """Score `pool` with `predictor` (hoh.components.sampling.predictor.Predictor or anything
+    """Score `pool` with `predictor` (hoh.trainer.predictor.Predictor or anything
     with its `predict`, `class_names`, `has_embeddings`, `model_version`) and write the outputs
     listed in docs/ACTIVE_LEARNING.md into `out_dir`; returns the summary."""
     notes: list[str] = []
@@ -160,7 +160,7 @@ def sample_pool(
     images = _collect(pool, {payload[0] for _, _, payload in chosen})
 
     classes = list(predictor.class_names)
-    where = out_dir if "://" in out_dir else os.path.abspath(out_dir)
+    where = out_dir if is_remote(out_dir) else os.path.abspath(out_dir)
     url_prefix = settings.url_prefix.replace("{out_dir}", where.lstrip("/"))
     rows, tasks, thumbnails = [], [], {}
     for rank, (score, _, (image_id, source, probabilities, _)) in enumerate(chosen, 1):

@@ -82,20 +82,6 @@ def reference_span(spans: Sequence[int], current: int, pinned: Optional[int] = N
     return max(older) if older else None
 
 
-def list_spans(data_root: str) -> list[int]:
-    """Span numbers under `data_root`, also for gs:// roots (features.list_spans is local only)."""
-    import tensorflow as tf
-
-    spans = []
-    if not tf.io.gfile.isdir(data_root):
-        return spans
-    for name in tf.io.gfile.listdir(data_root):
-        name = name.rstrip("/")
-        if name.startswith(features.SPAN_PREFIX) and name[len(features.SPAN_PREFIX):].isdigit():
-            spans.append(int(name[len(features.SPAN_PREFIX):]))
-    return sorted(spans)
-
-
 def _iter_tfrecords(files: Sequence[str]) -> Iterator[ImageRecord]:
     import tensorflow as tf
 

@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The image every step of the compiled Kubeflow pipeline runs in: the locked stack plus hoh,
 # installed as a package so `hoh.trainer.task.run_fn` & co. import by dotted path.
 #   make image IMAGE=registry.example.com/hoh:0.1.0 && docker push registry.example.com/hoh:0.1.0
@@ -6,28 +5,39 @@
 # Kubeflow starts each step as `python -m tfx.orchestration.kubeflow.v2.container.
 # kubeflow_v2_run_executor --executor_class_path ...` (the compiled spec sets the command), so
 # `python` on PATH must be the venv's; the ENTRYPOINT is the same command for a bare `docker run`.
+#
+# Supply chain: the base image is pulled by digest (a tag is moved to a new build every few
+# weeks), every Python package is checked against the hashes in requirements.lock and uv against
+# requirements-image.lock; no `# syntax=` line, so no frontend image is pulled by tag either.
+# PYTHON_DIGEST is the digest of PYTHON_IMAGE (the multi-platform index), looked up where a
+# registry is reachable and committed here:
+#   docker buildx imagetools inspect python:3.11-slim-bookworm    # the "Digest:" line
+# Until then it holds the all-zero placeholder, which no registry serves: a build fails (and
+# `make image` says why) instead of quietly taking whatever the tag points at today.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG PYTHON_DIGEST=sha256:0000000000000000000000000000000000000000000000000000000000000000
 
 # ---- build: compilers live only in this stage -------------------------------------------------
-FROM ${PYTHON_IMAGE} AS build
+FROM ${PYTHON_IMAGE}@${PYTHON_DIGEST} AS build
 # Two locked packages ship no wheel for Python 3.11 (pyfarmhash: C++, crcmod: C): build them here.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential \
  && rm -rf /var/lib/apt/lists/*
-ARG UV_VERSION=0.13.9
-RUN pip install --no-cache-dir "uv==${UV_VERSION}"
+COPY requirements-image.lock /tmp/
+RUN pip install --no-cache-dir --require-hashes --no-deps -r /tmp/requirements-image.lock
 ENV UV_PYTHON_DOWNLOADS=never \
     UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
     UV_NO_CACHE=1
 WORKDIR /src
-# The lock first: the dependency layer is rebuilt only when requirements.lock changes.
+# The lock first: the dependency layer is rebuilt only when requirements.lock changes. Only the
+# runtime lock: no JupyterLab, pytest or lint tools in the image (they are requirements-dev.lock).
 COPY requirements.lock ./
 RUN uv venv --python /usr/local/bin/python3.11 /opt/hoh/venv \
- && uv pip sync --python /opt/hoh/venv/bin/python requirements.lock
+ && uv pip sync --python /opt/hoh/venv/bin/python --require-hashes requirements.lock
 # Every folder setup.py maps into the `hoh` namespace (tests/test_kubeflow_image.py checks it).
-COPY setup.py README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY hoh/ hoh/
 COPY pipeline/ pipeline/
 COPY components/ components/
@@ -40,7 +50,7 @@ RUN uv pip install --python /opt/hoh/venv/bin/python --no-deps --no-build-isolat
  && /opt/hoh/venv/bin/python -c "import hoh.pipeline.kubeflow, hoh.trainer.task, hoh.transforms.preprocessing"
 
 # ---- runtime ----------------------------------------------------------------------------------
-FROM ${PYTHON_IMAGE}
+FROM ${PYTHON_IMAGE}@${PYTHON_DIGEST}
 RUN useradd --create-home --uid 1000 --user-group --shell /usr/sbin/nologin hoh
 COPY --from=build /opt/hoh/venv /opt/hoh/venv
 # What hoh.env sets at import time, for code that imports TensorFlow before hoh (Beam workers).

@@ -25,7 +25,7 @@ def _add_compile_args(parser: argparse.ArgumentParser, output_required: bool) ->
 
 
 def _add_submit_args(parser: argparse.ArgumentParser) -> None:
-    from hoh.pipeline.kfp_client import TOKEN_ENV
+    from hoh.pipeline.kfp_client import COOKIE_ENV, TOKEN_ENV
 
     parser.add_argument("--host", required=True, help="Kubeflow Pipelines API, e.g. http://localhost:8080")
     parser.add_argument("--experiment", default="hoh", help="experiment name (created if missing)")
@@ -40,10 +40,17 @@ def _add_submit_args(parser: argparse.ArgumentParser) -> None:
         help="force Kubeflow caching on/off for this run (default: as compiled)",
     )
     parser.add_argument("--service-account", help="Kubernetes service account of the run's pods")
-    auth = parser.add_argument_group("authentication (passed to the kfp SDK)")
-    auth.add_argument("--token", help=f"bearer token (default: ${TOKEN_ENV})")
+    auth = parser.add_argument_group(
+        "authentication (passed to the kfp SDK)",
+        f"Keep secrets off the command line, where `ps` and the shell history show them: "
+        f"${TOKEN_ENV} or --token-file for a bearer token, ${COOKIE_ENV} or --cookie-file for "
+        "a session cookie.",
+    )
     auth.add_argument("--token-file", help="file holding a bearer token, re-read on every request")
-    auth.add_argument("--cookie", help="session cookie NAME=VALUE (Dex / oauth2-proxy deployments)")
+    auth.add_argument("--cookie-file",
+                      help="file holding a session cookie NAME=VALUE (Dex / oauth2-proxy)")
+    auth.add_argument("--token", help=f"bearer token (visible in `ps`: prefer ${TOKEN_ENV})")
+    auth.add_argument("--cookie", help=f"session cookie (visible in `ps`: prefer ${COOKIE_ENV})")
     auth.add_argument("--namespace", help="profile namespace of a multi-user deployment")
     auth.add_argument("--ssl-ca-cert", help="CA bundle of the server's TLS certificate")
 
@@ -110,7 +117,7 @@ def _defaults_for(args: argparse.Namespace):
     return build
 
 
-def _request(args: argparse.Namespace, package: str):
+def _request(args: argparse.Namespace, package: str, auth):
     from hoh.pipeline import kfp_client, kfp_params
 
     compiled = kfp_params.read_package(package)
@@ -127,20 +134,26 @@ def _request(args: argparse.Namespace, package: str):
         run_name=args.run_name,
         enable_caching=args.cache,
         service_account=args.service_account,
-        auth=_auth(args),
+        auth=auth,
     )
 
 
 def _auth(args: argparse.Namespace):
+    """Credentials from the environment, a file or (with a warning) a flag; checked, and
+    warned about when they would cross the network in clear text."""
+    import sys
+
     from hoh.pipeline import kfp_client
 
-    return kfp_client.Auth(
-        token=args.token or kfp_client.token_from_env(),
-        token_file=args.token_file,
-        cookie=args.cookie,
-        namespace=args.namespace,
-        ssl_ca_cert=args.ssl_ca_cert,
+    auth, warnings = kfp_client.read_auth(
+        token=args.token, token_file=args.token_file, cookie=args.cookie,
+        cookie_file=args.cookie_file, namespace=args.namespace, ssl_ca_cert=args.ssl_ca_cert,
     )
+    kfp_client.client_kwargs(args.host, auth)
+    insecure = kfp_client.transport_warning(args.host, auth)
+    for warning in [*warnings, *([insecure] if insecure else [])]:
+        print(f"hoh: warning: {warning}", file=sys.stderr)
+    return auth
 
 
 def _check_before_compiling(args: argparse.Namespace) -> None:
@@ -148,7 +161,6 @@ def _check_before_compiling(args: argparse.Namespace) -> None:
     from hoh.pipeline import kfp_client
 
     kfp_client.parse_params(args.params)
-    kfp_client.client_kwargs(args.host, _auth(args))
     if getattr(args, "cron", None) is not None:
         kfp_client.validate_cron(args.cron)
         kfp_client.validate_max_concurrency(args.max_concurrency)
@@ -156,17 +168,18 @@ def _check_before_compiling(args: argparse.Namespace) -> None:
 
 def _with_package(args: argparse.Namespace, send) -> int:
     _check_before_compiling(args)
+    auth = _auth(args)
     if args.package:
         if not Path(args.package).is_file():
             from hoh.errors import HohError
 
             raise HohError(f"--package {args.package}: no such file")
-        submitted = send(_request(args, args.package))
+        submitted = send(_request(args, args.package, auth))
     else:
         with tempfile.TemporaryDirectory(prefix="hoh-kfp-") as tmp:
             package = str(Path(tmp) / "pipeline.yaml")
             _compile_to(args, package)
-            submitted = send(_request(args, package))
+            submitted = send(_request(args, package, auth))
     for line in submitted.lines():
         print(line)
     return 0

@@ -20,6 +20,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 from hoh.errors import HohError
 
 TOKEN_ENV = "HOH_KFP_TOKEN"
+COOKIE_ENV = "HOH_KFP_COOKIE"
 
 # --------------------------------------------------------------------------- validation (pure)
 
@@ -102,6 +103,13 @@ def parse_params(items: Sequence[str]) -> dict[str, str]:
 
 
 def validate_host(host: str) -> str:
+    authority = re.sub(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", "", host or "")
+    if "@" in re.split(r"[/?#]", authority, maxsplit=1)[0]:
+        # user:password@host: refused without showing it, as it would land in logs and `ps`
+        raise HohError(
+            "--host: a user name or password in the URL is refused (the URL is shown in `ps` "
+            f"and in messages); give the token in ${TOKEN_ENV} or --token-file instead"
+        )
     if not re.match(r"https?://[^/\s]+", host or ""):
         raise HohError(
             f"--host {host!r}: give the Kubeflow Pipelines API URL with its scheme, e.g. "
@@ -125,31 +133,103 @@ class Auth:
 
     token: a bearer token (e.g. `gcloud auth print-access-token`, an OIDC id token);
     token_file: a file holding one, re-read on every request (a projected service-account token
-    that rotates); cookie: `name=value` of a session (Dex / oauth2-proxy deployments);
+    that rotates); cookie: `name=value` of a session (Dex / oauth2-proxy deployments), and where
+    it came from, for messages that must name the input without showing it;
     namespace: the profile namespace of a multi-user deployment.
+    The secrets are left out of repr(), so a stray print or traceback does not show them.
     """
 
-    token: Optional[str] = None
+    token: Optional[str] = dataclasses.field(default=None, repr=False)
     token_file: Optional[str] = None
-    cookie: Optional[str] = None
+    cookie: Optional[str] = dataclasses.field(default=None, repr=False)
     namespace: Optional[str] = None
     ssl_ca_cert: Optional[str] = None
+    cookie_source: str = "--cookie"
+
+    def has_credentials(self) -> bool:
+        return bool(self.token or self.token_file or self.cookie)
+
+
+def _secret_file(flag: str, path: str) -> str:
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        raise HohError(f"{flag} {path}: cannot read it ({reason})") from None
+    if not text:
+        raise HohError(f"{flag} {path}: the file is empty")
+    return text
+
+
+def read_auth(
+    token: Optional[str] = None,
+    token_file: Optional[str] = None,
+    cookie: Optional[str] = None,
+    cookie_file: Optional[str] = None,
+    namespace: Optional[str] = None,
+    ssl_ca_cert: Optional[str] = None,
+    environ: Mapping[str, str] = os.environ,
+) -> tuple[Auth, list[str]]:
+    """Credentials from the environment or a file, and warnings about the flags that take them
+    on the command line, where any user of the machine sees them in `ps` and the shell keeps
+    them in its history. A flag or file given for a credential wins over its variable."""
+    warnings = []
+    if token is not None:
+        warnings.append(f"--token shows the token to every user of this machine (`ps`) and "
+                        f"keeps it in your shell history; set ${TOKEN_ENV} or use --token-file")
+    if cookie is not None:
+        warnings.append(f"--cookie shows the session to every user of this machine (`ps`) and "
+                        f"keeps it in your shell history; set ${COOKIE_ENV} or use --cookie-file")
+    if token is not None and token_file:
+        raise HohError("give either --token or --token-file, not both")
+    if cookie is not None and cookie_file:
+        raise HohError("give either --cookie or --cookie-file, not both")
+    cookie_source = "--cookie"
+    if cookie_file:
+        cookie = _secret_file("--cookie-file", cookie_file)
+        cookie_source = f"--cookie-file {cookie_file}"
+    elif cookie is None and environ.get(COOKIE_ENV):
+        cookie, cookie_source = environ[COOKIE_ENV], f"${COOKIE_ENV}"
+    if token is None and not token_file:
+        token = environ.get(TOKEN_ENV) or None
+    auth = Auth(token=token or None, token_file=token_file, cookie=cookie or None,
+                namespace=namespace, ssl_ca_cert=ssl_ca_cert, cookie_source=cookie_source)
+    return auth, warnings
+
+
+def transport_warning(host: str, auth: Auth) -> Optional[str]:
+    """Plain http:// carries the token or cookie readable to anything on the way."""
+    if auth.has_credentials() and host.lower().startswith("http://"):
+        return (f"credentials are sent unencrypted to {validate_host(host)} (http://); use "
+                "https:// unless this is a port-forward to this machine")
+    return None
+
+
+def _one_line(value: str, source: str) -> None:
+    """A line break in a header value would start a new header: refused, without the value."""
+    if any(c in value for c in "\r\n\0"):
+        raise HohError(f"{source}: holds a line break or NUL character (value not shown)")
 
 
 def client_kwargs(host: str, auth: Auth) -> dict[str, Any]:
-    """Keyword arguments of `kfp.Client` (without importing kfp); errors name the flag."""
+    """Keyword arguments of `kfp.Client` (without importing kfp); errors name the flag and
+    never show a token or cookie."""
     if auth.token and auth.token_file:
         raise HohError(f"give either --token (or ${TOKEN_ENV}) or --token-file, not both")
     kwargs: dict[str, Any] = {"host": validate_host(host)}
     if auth.token:
+        _one_line(auth.token, f"--token / ${TOKEN_ENV}")
         kwargs["existing_token"] = auth.token
     if auth.token_file:
         if not Path(auth.token_file).is_file():
             raise HohError(f"--token-file {auth.token_file}: no such file")
         kwargs["token_file"] = auth.token_file  # becomes `credentials` in make_client
     if auth.cookie:
-        if "=" not in auth.cookie:
-            raise HohError(f"--cookie {auth.cookie!r}: expected NAME=VALUE (e.g. authservice_session=...)")
+        _one_line(auth.cookie, auth.cookie_source)
+        name, sep, _ = auth.cookie.partition("=")
+        if not sep or not name.strip():
+            raise HohError(f"{auth.cookie_source}: expected NAME=VALUE, e.g. "
+                           "authservice_session=... (the value given is not shown)")
         kwargs["cookies"] = auth.cookie
     if auth.namespace:
         kwargs["namespace"] = auth.namespace
@@ -310,6 +390,3 @@ def schedule(request: Request, cron: str, max_concurrency: int = 1, catchup: boo
     return Submitted("recurring run", rid, ui_url(request.host, f"recurringrun/details/{rid}"),
                      pipeline_id, version_id, experiment_id)
 
-
-def token_from_env() -> Optional[str]:
-    return os.environ.get(TOKEN_ENV) or None

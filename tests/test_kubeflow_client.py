@@ -45,7 +45,8 @@ def test_submit_uploads_the_compiled_pipeline_and_starts_a_run(kfp, package, cap
     version = kfp.versions[upload_pipeline_id(kfp)][0]
     assert run.json["pipeline_version_reference"] == {
         "pipeline_id": version["pipeline_id"], "pipeline_version_id": version["pipeline_version_id"]}
-    from hoh.pipeline.pipeline import as_runtime_parameter, span_range_config
+    from hoh.pipeline.factory import span_range_config
+    from hoh.pipeline.pipeline import as_runtime_parameter
 
     assert run.json["runtime_config"]["parameters"] == {
         "data_root": "gs://lake/horses",
@@ -144,3 +145,111 @@ def test_parameter_shortcuts_rewrite_the_compiled_defaults(kfp, package):
                if m["class_name"] == "AUC")
     assert auc["per_slice_thresholds"][0]["threshold"]["value_threshold"]["lower_bound"] == 0.8
     assert sent["eval_config"].replace("0.8", "0.0") == defaults["eval_config"]  # only that changed
+
+
+# --- credentials: from the environment or a file, never echoed, warned about in clear text ------
+
+SECRET = "s3cr3t-session-value-7f3a"
+
+
+def _submit(kfp, package, *extra: str) -> int:
+    return _run("submit", "--host", kfp.url, "--package", str(package), *extra)
+
+
+def test_token_from_the_environment_reaches_the_server(kfp, package, capsys, monkeypatch):
+    monkeypatch.setenv("HOH_KFP_TOKEN", TOKEN)
+    assert _submit(kfp, package) == 0
+    assert kfp.requests and all(
+        r.headers.get("authorization") == f"Bearer {TOKEN}" for r in kfp.requests)
+    captured = capsys.readouterr()
+    assert "--token shows" not in captured.err  # no flag, no warning about flags
+    assert TOKEN not in captured.out + captured.err
+
+
+def test_token_flag_still_works_but_warns_that_ps_shows_it(kfp, package, capsys):
+    assert _submit(kfp, package, "--token", TOKEN) == 0
+    assert all(r.headers.get("authorization") == f"Bearer {TOKEN}" for r in kfp.requests)
+    captured = capsys.readouterr()
+    assert "hoh: warning: --token shows the token" in captured.err
+    assert "HOH_KFP_TOKEN" in captured.err and TOKEN not in captured.out + captured.err
+
+
+@pytest.mark.parametrize("source", ["file", "env", "flag"])
+def test_the_cookie_is_sent_from_a_file_the_environment_or_the_flag(
+        kfp, package, capsys, monkeypatch, tmp_path, source):
+    cookie = f"authservice_session={SECRET}"
+    if source == "file":
+        (tmp_path / "cookie").write_text(cookie + "\n")
+        args = ["--cookie-file", str(tmp_path / "cookie")]
+    elif source == "env":
+        monkeypatch.setenv("HOH_KFP_COOKIE", cookie)
+        args = []
+    else:
+        args = ["--cookie", cookie]
+    assert _submit(kfp, package, *args) == 0
+    assert kfp.requests and all(r.headers.get("cookie") == cookie for r in kfp.requests)
+    captured = capsys.readouterr()
+    assert ("--cookie shows the session" in captured.err) == (source == "flag")
+    assert SECRET not in captured.out + captured.err
+
+
+@pytest.mark.parametrize("source", ["file", "env", "flag"])
+@pytest.mark.parametrize("bad", [SECRET, f"{SECRET}\r\nX-Injected: 1", f"=x{SECRET}"])
+def test_a_malformed_cookie_is_refused_without_showing_it(
+        kfp, package, capsys, monkeypatch, tmp_path, source, bad):
+    if source == "file":
+        (tmp_path / "cookie").write_text(bad)
+        args = ["--cookie-file", str(tmp_path / "cookie")]
+    elif source == "env":
+        monkeypatch.setenv("HOH_KFP_COOKIE", bad)
+        args = []
+    else:
+        args = ["--cookie", bad]
+    assert _submit(kfp, package, *args) == 2
+    captured = capsys.readouterr()
+    assert SECRET not in captured.out + captured.err
+    assert {"file": "--cookie-file", "env": "$HOH_KFP_COOKIE", "flag": "--cookie"}[source] in (
+        captured.err)
+    assert "Traceback" not in captured.err and kfp.requests == []
+
+
+def test_a_token_with_a_line_break_is_refused_without_showing_it(kfp, package, capsys,
+                                                                   monkeypatch):
+    monkeypatch.setenv("HOH_KFP_TOKEN", f"{SECRET}\nX-Injected: 1")
+    assert _submit(kfp, package) == 2
+    captured = capsys.readouterr()
+    assert "line break" in captured.err and SECRET not in captured.out + captured.err
+    assert kfp.requests == []
+
+
+def test_credentials_over_plain_http_warn_and_none_do_not(kfp, package, capsys, monkeypatch):
+    monkeypatch.setenv("HOH_KFP_TOKEN", TOKEN)
+    assert _submit(kfp, package) == 0
+    assert f"credentials are sent unencrypted to {kfp.url}" in capsys.readouterr().err
+    monkeypatch.delenv("HOH_KFP_TOKEN")
+    assert _submit(kfp, package) == 0
+    assert "unencrypted" not in capsys.readouterr().err
+
+
+def test_https_with_credentials_does_not_warn():
+    from hoh.pipeline.kfp_client import Auth, transport_warning
+
+    assert transport_warning("https://kfp.example.com/pipeline", Auth(token=TOKEN)) is None
+    assert "unencrypted" in transport_warning("http://kfp.example.com", Auth(cookie="a=b"))
+
+
+def test_a_password_in_the_host_url_is_refused_without_showing_it(kfp, package, capsys):
+    host = kfp.url.replace("http://", f"http://admin:{SECRET}@")
+    assert _run("submit", "--host", host, "--package", str(package)) == 2
+    captured = capsys.readouterr()
+    assert "user name or password in the URL" in captured.err
+    assert SECRET not in captured.out + captured.err and kfp.requests == []
+
+
+def test_secrets_stay_out_of_repr(tmp_path):
+    from hoh.pipeline.kfp_client import read_auth
+
+    (tmp_path / "cookie").write_text(f"session={SECRET}")
+    auth, warnings = read_auth(token=TOKEN, cookie_file=str(tmp_path / "cookie"), environ={})
+    assert auth.token == TOKEN and auth.cookie == f"session={SECRET}" and len(warnings) == 1
+    assert TOKEN not in repr(auth) and SECRET not in repr(auth)

@@ -1,6 +1,7 @@
-"""The Dockerfile, checked without a Docker engine (none here): it installs the lock, then the
-package non-editable, copies every folder setup.py installs, and leaves a small non-root
-runtime whose `python` is the venv the compiled pipeline's commands call."""
+"""The Dockerfile, checked without a Docker engine (none here): it installs the runtime lock with
+hash checking on a base image pulled by digest, then the package non-editable, copies every
+folder setup.py installs, and leaves a small non-root runtime whose `python` is the venv the
+compiled pipeline's commands call."""
 from __future__ import annotations
 
 import fnmatch
@@ -77,21 +78,71 @@ def test_installs_the_lock_then_the_package_non_editable():
     runs = [a for i, a in _stage(0) if i == "RUN"]
     copies = [a for i, a in _stage(0) if i == "COPY"]
     sync = next(i for i, r in enumerate(runs) if "uv pip sync" in r)
-    assert "requirements.lock" in runs[sync]
+    assert "requirements.lock" in runs[sync] and "--require-hashes" in runs[sync]
+    assert not any("requirements-dev" in a for _, a, _ in _instructions())  # no test/lint tools
     assert any(c.split()[0] == "requirements.lock" for c in copies)
     install = next(r for r in runs if "uv pip install" in r and " ." in r)
     assert "--no-deps" in install and " -e " not in install and "--editable" not in install
     assert runs.index(install) > sync
-    # The only thing installed from outside the lock is uv itself, pinned.
+    # The only thing installed from outside the lock is uv itself, checked against its own lock.
     others = [r for r in runs if "pip install" in r and "uv pip" not in r]
-    assert others and all(re.search(r"uv==\$\{UV_VERSION\}|uv==\d", r) for r in others)
-    assert re.search(r"ARG UV_VERSION=\d+\.\d+\.\d+", (REPO / "Dockerfile").read_text())
+    assert others and all("--require-hashes -" in r and "requirements-image.lock" in r
+                          for r in others)
+
+
+PLACEHOLDER_DIGEST = "sha256:" + "0" * 64
+
+
+def test_every_base_image_is_pulled_by_digest():
+    """A tag is moved to a new build every few weeks; the digest names the bytes. Until the real
+    digest is committed, the documented all-zero placeholder stands in (no registry serves it)."""
+    text = (REPO / "Dockerfile").read_text()
+    assert not re.search(r"^#\s*syntax=", text, re.M | re.I)  # no frontend image pulled by tag
+    digest = re.search(r"^ARG PYTHON_DIGEST=(\S+)$", text, re.M)
+    assert digest, "ARG PYTHON_DIGEST=sha256:... before the first FROM"
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest.group(1))
+    assert digest.group(1) == PLACEHOLDER_DIGEST or set(digest.group(1)[7:]) != {"0"}
+    images = [a.split()[0] for i, a, _ in _instructions() if i == "FROM"]
+    assert images and all(image == "${PYTHON_IMAGE}@${PYTHON_DIGEST}" for image in images)
+    default = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", text, re.M).group(1)
+    assert "@" not in default  # the digest is given once, in PYTHON_DIGEST
+
+
+def test_make_image_refuses_the_placeholder_digest_and_passes_a_given_one(tmp_path):
+    """`make image` with a stand-in `docker` on PATH that records its arguments."""
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    calls = tmp_path / "docker-calls"
+    fake = tmp_path / "bin" / "docker"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"}
+
+    def make(*args):
+        return subprocess.run(["make", "-s", "image", "IMAGE=hoh:test", *args], cwd=REPO, env=env,
+                              capture_output=True, text=True)
+
+    text = (REPO / "Dockerfile").read_text()
+    if PLACEHOLDER_DIGEST in text:
+        refused = make()
+        assert refused.returncode != 0 and "digest is still the placeholder" in refused.stderr
+        assert not calls.exists()
+    digest = "sha256:" + "ab" * 32
+    built = make(f"PYTHON_DIGEST={digest}")
+    assert built.returncode == 0, built.stderr
+    assert calls.read_text().split() == [
+        "build", "--build-arg", f"PYTHON_DIGEST={digest}", "-t", "hoh:test", "."]
 
 
 def test_copies_every_folder_setup_py_installs():
     folders = set(setup_folders().values())
     assert folders <= copied_folders()
-    assert {"setup.py", "README.md"} <= copied_folders()  # setup.py reads README.md
+    # pyproject.toml holds the metadata and reads README.md; setup.py maps the folders.
+    assert {"pyproject.toml", "setup.py", "README.md"} <= copied_folders()
     for package in setup_kwargs()["packages"]:
         assert folder_of(package) in copied_folders(), package
 
@@ -103,7 +154,7 @@ def test_runtime_stage_is_slim_non_root_and_has_no_build_tools():
     text = (REPO / "Dockerfile").read_text()
     assert re.search(r"ARG PYTHON_IMAGE=python:3\.11-slim", text)
     runtime = _stage(1)
-    assert runtime[0] == ("FROM", "${PYTHON_IMAGE}")
+    assert runtime[0] == ("FROM", "${PYTHON_IMAGE}@${PYTHON_DIGEST}")
     runtime_runs = " ".join(a for i, a in runtime if i == "RUN")
     assert "apt-get" not in runtime_runs and "pip install" not in runtime_runs
     assert any(i == "COPY" and a.startswith("--from=build /opt/hoh/venv") for i, a in runtime)
@@ -127,7 +178,8 @@ def test_environment_and_entrypoint_match_the_compiled_pipeline():
     assert entrypoint == '["' + '", "'.join(KUBEFLOW_TFX_CMD) + '"]'
 
 
-@pytest.mark.parametrize("needed", ["setup.py", "README.md", "requirements.lock", "hoh/cli.py",
+@pytest.mark.parametrize("needed", ["setup.py", "pyproject.toml", "README.md", "requirements.lock",
+                                    "requirements-image.lock", "hoh/cli.py",
                                     "pipeline/kubeflow.py", "components/latest_pushed_model/component.py",
                                     "schemas/schema.pbtxt", "serving/triton_model.py"])
 def test_dockerignore_keeps_what_the_build_needs(needed):
@@ -142,4 +194,4 @@ def test_dockerignore_keeps_what_the_build_needs(needed):
 def test_make_image_builds_the_dockerfile():
     makefile = (REPO / "Makefile").read_text()
     assert re.search(r"^image:", makefile, re.M)
-    assert "docker build -t $(IMAGE) ." in makefile
+    assert "docker build --build-arg PYTHON_DIGEST=$(PYTHON_DIGEST) -t $(IMAGE) ." in makefile

@@ -234,7 +234,7 @@ def test_model_choice_follows_the_blessing():
 # --- the command line and the way back from Label Studio -----------------------------------------
 
 
-def test_cli_sample_then_labels_then_import_as_a_new_span(pool, known_model, tmp_path):
+def test_cli_sample_then_labels_then_import_as_a_new_span(pool, known_model, tmp_path, capsys):
     from hoh.cli import main
     from hoh.data.importer import import_images
 
@@ -257,6 +257,7 @@ def test_cli_sample_then_labels_then_import_as_a_new_span(pool, known_model, tmp
     assert sorted(p.parent.name for p in src.rglob("*.png")) == ["cool"] * 3 + ["warm"] * 3
     assert main(["labels", str(export), "--sample", str(out), "--out", str(src)]) == 0  # idempotent
     assert len(list(src.rglob("*.png"))) == 6
+    assert "left alone: 6" in capsys.readouterr().out
 
     report = import_images(src, tmp_path / "data")
     assert report.span == 1 and report.written == 6 and report.classes == ["cool", "warm"]
@@ -280,3 +281,118 @@ def test_cli_refuses_a_non_empty_output_and_bad_labels(tmp_path, known_model, po
     (tmp_path / "s" / "images" / "a.png").write_bytes(solid_png((1, 1, 1)))
     assert main(["labels", str(tmp_path / "bad.json"), "--sample", str(tmp_path / "s"), "--out", str(tmp_path / "o")]) == 2
     assert "cannot be a class folder" in capsys.readouterr().err
+
+
+# --- `hoh labels` with hostile exports: only the sample folder is read, only OUT/<class>/ written -
+
+
+def _task(hoh_file, label: str) -> dict:
+    choice = {"from_name": "choice", "to_name": "image", "type": "choices",
+              "value": {"choices": [label]}}
+    return {"data": {"hoh_file": hoh_file}, "annotations": [{"result": [choice]}]}
+
+
+@pytest.fixture
+def sample_dir(tmp_path):
+    """A `hoh sample` folder with two images, and a file outside it an attacker would want."""
+    sample = tmp_path / "batch"
+    (sample / "images").mkdir(parents=True)
+    (sample / "images" / "a.png").write_bytes(solid_png((10, 20, 30)))
+    (sample / "images" / "b.png").write_bytes(solid_png((40, 50, 60)))
+    (tmp_path / "private").mkdir()
+    (tmp_path / "private" / "secret.png").write_bytes(b"not yours")
+    return sample
+
+
+def _labels(tmp_path, sample, tasks) -> int:
+    from hoh.cli import main
+
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps(tasks))
+    return main(["labels", str(export), "--sample", str(sample), "--out", str(tmp_path / "src")])
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
+
+
+@pytest.mark.parametrize("attack, needle", [
+    ("absolute", "is not a path inside the sample directory"),
+    ("dotdot", "is not a path inside the sample directory"),
+    ("symlink", "leads out of the sample directory"),
+    ("nul_in_path", "is not a path inside the sample directory"),
+    ("nul_in_label", "NUL"),
+    ("slash_in_label", "cannot be a class folder name"),
+    ("dotdot_label", "cannot be a class folder name"),
+    ("backslash_in_label", "cannot be a class folder name"),
+])
+def test_labels_refuses_a_hostile_export_before_copying_anything(
+        tmp_path, sample_dir, capsys, attack, needle):
+    secret = tmp_path / "private" / "secret.png"
+    hostile = {
+        "absolute": _task(str(secret), "horse"),
+        "dotdot": _task("../private/secret.png", "horse"),
+        "symlink": _task("images/innocent.png", "horse"),
+        "nul_in_path": _task("images/a.png\0.txt", "horse"),
+        "nul_in_label": _task("images/b.png", "hor\0se"),
+        "slash_in_label": _task("images/b.png", "../../escaped"),
+        "dotdot_label": _task("images/b.png", ".."),
+        "backslash_in_label": _task("images/b.png", "a\\b"),
+    }[attack]
+    if attack == "symlink":
+        (sample_dir / "images" / "innocent.png").symlink_to(secret)
+    # A good entry comes first: it must not be copied either, the export is checked as a whole.
+    assert _labels(tmp_path, sample_dir, [_task("images/a.png", "human"), hostile]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+    assert _files(tmp_path / "src") == []
+    assert _files(tmp_path) == sorted(  # nothing was written anywhere outside the inputs
+        ["batch", "batch/images", "batch/images/a.png", "batch/images/b.png", "export.json",
+         "private", "private/secret.png"] + (["batch/images/innocent.png"] if attack == "symlink"
+                                             else []))
+
+
+def test_labels_reads_a_symlink_that_stays_inside_the_sample_folder(tmp_path, sample_dir):
+    (sample_dir / "images" / "alias.png").symlink_to(sample_dir / "images" / "a.png")
+    assert _labels(tmp_path, sample_dir, [_task("images/alias.png", "human")]) == 0
+    copied = tmp_path / "src" / "human" / "alias.png"
+    assert copied.read_bytes() == (sample_dir / "images" / "a.png").read_bytes()
+    assert not copied.is_symlink()
+
+
+def test_labels_refuses_to_overwrite_a_different_existing_file(tmp_path, sample_dir, capsys):
+    """Before, a file already at OUT/<class>/<name> was silently kept and counted as added."""
+    mine = tmp_path / "src" / "horse" / "a.png"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"someone else's picture")
+    tasks = [_task("images/b.png", "human"), _task("images/a.png", "horse")]
+    assert _labels(tmp_path, sample_dir, tasks) == 2
+    err = capsys.readouterr().err
+    assert f"{mine} already exists with different content" in err
+    assert mine.read_bytes() == b"someone else's picture"
+    assert _files(tmp_path / "src") == ["horse", "horse/a.png"]  # b.png was not copied either
+
+
+def test_labels_reports_files_already_there_instead_of_counting_them(tmp_path, sample_dir, capsys):
+    tasks = [_task("images/a.png", "horse"), _task("images/b.png", "human"),
+             {"data": {"hoh_file": "images/c.png"}, "annotations": []}]
+    assert _labels(tmp_path, sample_dir, tasks) == 0
+    out = capsys.readouterr().out
+    assert "copied into" in out and "horse 1, human 1" in out and "without a label yet" in out
+    assert _labels(tmp_path, sample_dir, tasks) == 0  # the same export again
+    out = capsys.readouterr().out
+    assert "nothing" in out and "left alone: 2" in out
+    assert str(tmp_path / "src" / "horse" / "a.png") in out
+    assert _files(tmp_path / "src") == ["horse", "horse/a.png", "human", "human/b.png"]
+
+
+@pytest.mark.parametrize("tasks, needle", [
+    ([_task("images/a.png", "horse"), _task("images/a.png", "human")], "labeled both"),
+    (["just a string"], "task 1 is not a JSON object"),
+    ([{"data": "images/a.png", "annotations": []}], "task 1 has no 'data' object"),
+])
+def test_labels_refuses_contradictory_or_malformed_tasks(
+        tmp_path, sample_dir, capsys, tasks, needle):
+    assert _labels(tmp_path, sample_dir, tasks) == 2
+    assert needle in capsys.readouterr().err
+    assert _files(tmp_path / "src") == []

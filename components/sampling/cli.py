@@ -53,10 +53,22 @@ def _run_labels(args: argparse.Namespace) -> int:
     from hoh.config import SamplingConfig
 
     _fill_defaults(args, SamplingConfig())
-    counts = write_labeled(args.export, args.sample, args.out, args.from_name)
-    print(", ".join(f"{label} {n}" for label, n in counts.items()) or "no tasks in the export")
+    result = write_labeled(args.export, args.sample, args.out, args.from_name)
+    copied = ", ".join(f"{label} {n}" for label, n in result.copied.items())
+    print(f"copied into {args.out}: {copied or 'nothing'}")
+    if result.existing:
+        print(f"already there with the same bytes, left alone: {len(result.existing)}")
+        for path in result.existing[:_LISTED]:
+            print(f"  {path}")
+        if len(result.existing) > _LISTED:
+            print(f"  ... and {len(result.existing) - _LISTED} more")
+    if result.unlabeled:
+        print(f"tasks without a label yet (not copied): {result.unlabeled}")
     print(f"next: hoh data import {args.out} --out DATA_DIR   (a new span for the next run)")
     return 0
+
+
+_LISTED = 10  # existing files named one per line; more are counted
 
 
 # option -> SamplingConfig field supplying its default
@@ -99,7 +111,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="copy images labeled in Label Studio into SRC/<class>/ for `hoh data import`",
         description="Read a Label Studio JSON export of tasks made by `hoh sample` and copy each "
         "labeled image from the sample directory into OUT/<class>/. Tasks without an annotation "
-        "are counted and left out.",
+        "are counted and left out; images already in OUT/<class>/ with the same bytes are listed "
+        "and left alone. The whole export is checked first: a path leading out of the sample "
+        "directory, a label that is not a plain folder name or a clash with a different file in "
+        "OUT stops the command before anything is copied.",
     )
     labels.add_argument("export", metavar="EXPORT.json", help="Label Studio export (format 'JSON')")
     labels.add_argument("--sample", required=True, metavar="DIR", help="the `hoh sample` output directory")

@@ -7,10 +7,14 @@ that does). The task also carries `hoh_id` and `hoh_file`, which Label Studio ke
 export, so the labels can be matched back to the exact bytes without parsing URLs.
 
 Back: `labels_from_export` reads Label Studio's JSON export and `write_labeled` copies each
-labeled image into SRC/<class>/, the layout `hoh data import` reads.
+labeled image into SRC/<class>/, the layout `hoh data import` reads. The export is untrusted
+input (anyone who can edit a task can change `hoh_file` or a label): only files inside the
+sample folder are read, only `OUT/<class>/` is written, and the whole export is checked before
+the first copy.
 """
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import shutil
@@ -71,7 +75,9 @@ def labeling_config(classes: Iterable[str], from_name: str = DEFAULT_FROM_NAME, 
 
 
 def _chosen_label(annotation: dict, from_name: Optional[str]) -> Optional[str]:
-    for result in annotation.get("result", []):
+    for result in annotation.get("result") or []:
+        if not isinstance(result, dict) or not isinstance(result.get("value"), dict):
+            continue
         if result.get("type") != "choices" or (from_name and result.get("from_name") != from_name):
             continue
         choices = result.get("value", {}).get("choices", [])
@@ -80,17 +86,23 @@ def _chosen_label(annotation: dict, from_name: Optional[str]) -> Optional[str]:
     return None
 
 
-def labels_from_export(export: Any, from_name: Optional[str] = DEFAULT_FROM_NAME) -> tuple[list[tuple[str, str]], int]:
+def labels_from_export(
+    export: Any, from_name: Optional[str] = DEFAULT_FROM_NAME
+) -> tuple[list[tuple[str, str]], int]:
     """(hoh_file, label) for every task with a usable annotation (the latest one that was not
     cancelled), and how many tasks had none (not labeled yet, or skipped by the annotator)."""
     if not isinstance(export, list):
         raise HohError("Label Studio export: expected a JSON list of tasks (export as 'JSON')")
     labeled, unlabeled = [], 0
-    for item in export:
-        data = item.get("data", {}) if isinstance(item, dict) else {}
-        annotations = [a for a in item.get("annotations", []) if not a.get("was_cancelled")]
+    for number, item in enumerate(export, start=1):
+        if not isinstance(item, dict):
+            raise HohError(f"Label Studio export: task {number} is not a JSON object")
+        data = item.get("data") or {}
+        if not isinstance(data, dict):
+            raise HohError(f"Label Studio export: task {number} has no 'data' object")
+        annotations = [a for a in item.get("annotations") or [] if isinstance(a, dict)]
         label = None
-        for annotation in reversed(annotations):
+        for annotation in reversed([a for a in annotations if not a.get("was_cancelled")]):
             label = _chosen_label(annotation, from_name)
             if label:
                 break
@@ -102,9 +114,74 @@ def labels_from_export(export: Any, from_name: Optional[str] = DEFAULT_FROM_NAME
 
 
 def _safe_class(label: str) -> str:
+    """The label becomes a directory name under OUT, so it must not be able to name another one."""
+    if "\0" in label:
+        raise HohError(f"label {label!r} holds a NUL character; it cannot be a class folder name")
     if not label or label.startswith(".") or "/" in label or "\\" in label:
         raise HohError(f"label {label!r} cannot be a class folder name (no '/', no leading '.')")
     return label
+
+
+def _source_in(sample_dir: Path, hoh_file: str) -> Path:
+    """The file `hoh_file` names inside the sample folder, resolved; anything that would read
+    outside it (an absolute path, `..`, a symlink pointing out) is refused, since the export is
+    written by whoever can edit tasks in Label Studio, not by `hoh sample`."""
+    relative = Path(hoh_file)
+    if "\0" in hoh_file or relative.is_absolute() or ".." in relative.parts:
+        raise HohError(f"image {hoh_file!r} is not a path inside the sample directory {sample_dir}")
+    root = sample_dir.resolve()
+    source = (root / relative).resolve()
+    if not source.is_relative_to(root):
+        raise HohError(
+            f"image {hoh_file!r} leads out of the sample directory {sample_dir} (to {source})"
+        )
+    if not source.is_file():
+        raise HohError(f"image {hoh_file} is not in the sample directory {sample_dir}")
+    return source
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    return a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
+
+
+@dataclasses.dataclass
+class Labeled:
+    """What `write_labeled` did: images copied per class, images already in place (same bytes,
+    left alone, so a second run adds nothing) and tasks still without a label."""
+
+    copied: dict[str, int]
+    existing: list[Path]
+    unlabeled: int
+
+
+def _plan(
+    labeled: list[tuple[str, str]], sample_dir: Path, out: Path
+) -> tuple[list[tuple[Path, Path, str]], list[Path]]:
+    """(source, target, label) to copy and targets already holding the same bytes; every entry
+    is checked before the first copy, so a bad export leaves OUT untouched."""
+    copies, existing, planned, labels = [], [], {}, {}
+    for hoh_file, label in labeled:
+        target = out / _safe_class(label) / Path(hoh_file).name
+        source = _source_in(sample_dir, hoh_file)
+        if labels.setdefault(source, label) != label:
+            raise HohError(f"image {hoh_file} is labeled both {labels[source]!r} and {label!r}")
+        if target in planned:
+            if planned[target] != source:
+                raise HohError(f"{hoh_file} and another image would both be copied to {target}")
+            continue
+        planned[target] = source
+        if target.is_symlink() or (target.exists() and not target.is_file()):
+            raise HohError(f"{target} exists and is not a regular file; move it away first")
+        if target.exists():
+            if not _same_bytes(source, target):
+                raise HohError(
+                    f"{target} already exists with different content than {hoh_file}; "
+                    "move one of them away (nothing was copied)"
+                )
+            existing.append(target)
+            continue
+        copies.append((source, target, label))
+    return copies, existing
 
 
 def write_labeled(
@@ -112,24 +189,21 @@ def write_labeled(
     sample_dir: str | Path,
     out: str | Path,
     from_name: Optional[str] = DEFAULT_FROM_NAME,
-) -> dict[str, int]:
-    """Copy each labeled image of a Label Studio export into `out/<label>/`; returns counts per
-    class. Files already there are left alone, so running it twice adds nothing."""
+) -> Labeled:
+    """Copy each labeled image of a Label Studio export into `out/<label>/`."""
     export_path, sample_dir, out = Path(export_path), Path(sample_dir), Path(out)
     try:
         export = json.loads(export_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise HohError(f"Label Studio export {export_path}: cannot read it ({exc})") from None
     labeled, unlabeled = labels_from_export(export, from_name)
-    counts: dict[str, int] = {}
-    for hoh_file, label in labeled:
-        source = sample_dir / hoh_file
-        if not source.is_file():
-            raise HohError(f"{export_path}: image {hoh_file} is not in the sample directory {sample_dir}")
-        target = out / _safe_class(label) / source.name
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, target)
-        counts[label] = counts.get(label, 0) + 1
-    counts_unlabeled = {"(no label yet)": unlabeled} if unlabeled else {}
-    return {**dict(sorted(counts.items())), **counts_unlabeled}
+    try:
+        copies, existing = _plan(labeled, sample_dir, out)
+    except HohError as exc:
+        raise HohError(f"{export_path}: {exc}") from None
+    copied: dict[str, int] = {}
+    for source, target, label in copies:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        copied[label] = copied.get(label, 0) + 1
+    return Labeled(dict(sorted(copied.items())), existing, unlabeled)

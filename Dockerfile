@@ -47,7 +47,7 @@ COPY schemas/ schemas/
 COPY serving/ serving/
 # Non-editable, no dependencies (the lock has them all), built with the lock's own setuptools.
 RUN uv pip install --python /opt/hoh/venv/bin/python --no-deps --no-build-isolation . \
- && /opt/hoh/venv/bin/python -c "import hoh.pipeline.kubeflow, hoh.trainer.task, hoh.transforms.preprocessing"
+ && /opt/hoh/venv/bin/python -c "import hoh.pipeline.runners.kubeflow, hoh.trainer.task, hoh.transforms.preprocessing"
 
 # ---- runtime ----------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}@${PYTHON_DIGEST}

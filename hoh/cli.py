@@ -12,13 +12,13 @@ import sys
 from typing import Optional, Sequence
 
 import hoh  # noqa: F401  (sets TF_USE_LEGACY_KERAS & co. before anything imports TensorFlow)
-from hoh.errors import HohError
+from hoh.errors import ExitCode, HohError
 
 # Each module defines `register(subparsers)`, adding its commands with `set_defaults(handler=...)`.
 _COMMAND_MODULES = (
     "hoh.data.cli",
     "hoh.pipeline.cli",
-    "hoh.pipeline.kfp_cli",
+    "hoh.pipeline.kfp.cli",
     "hoh.serving.cli",
     "hoh.components.drift.cli",
     "hoh.components.sampling.cli",
@@ -45,10 +45,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(args.handler(args) or 0)
     except HohError as exc:
         print(f"hoh: error: {exc}", file=sys.stderr)
-        return 2
+        return int(exc.exit_code)
     except KeyboardInterrupt:
         print("hoh: interrupted", file=sys.stderr)
-        return 130
+        return int(ExitCode.INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Type, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from hoh.errors import HohError
+from hoh.errors import UsageError
 from hoh.fileio import is_remote
 
 
-class ConfigError(HohError, ValueError):
+class ConfigError(UsageError, ValueError):
     """A configuration file or override is unusable; the message names the input and the key."""
 
 
@@ -155,6 +155,37 @@ class PushConfig(_Section):
     versions_to_keep: int = Field(
         2, ge=1, description="Versions kept on disk (>= versions_to_serve), for a quick rollback."
     )
+    # Request limits: written into config.pbtxt `parameters` and enforced by model.py, so a
+    # client cannot make one request hold hundreds of megabytes (docs/SERVING.md#limits).
+    max_image_bytes: int = Field(
+        16 * 1024 * 1024, ge=1, description="Largest encoded image accepted, in bytes."
+    )
+    max_image_pixels: int = Field(
+        50_000_000, ge=1, description="Largest width*height an image header may claim."
+    )
+    max_images_per_request: Optional[int] = Field(
+        None, ge=1, description="Images in one request; null = max_batch_size."
+    )
+    max_request_bytes: int = Field(
+        64 * 1024 * 1024, ge=1, description="Encoded image bytes in one request, all images."
+    )
+    max_gif_frames: int = Field(
+        100,
+        ge=1,
+        description="Frames a GIF may hold, in training and serving alike: TensorFlow decodes "
+        "every frame even when it returns only the first, and all frames together must fit in "
+        "max_image_pixels (hoh/imagecheck.py).",
+    )
+    max_request_pixels: int = Field(
+        100_000_000,
+        ge=1,
+        description="Pixels all images of one request decode to, together (GIF frames count).",
+    )
+    response_cache: bool = Field(
+        False,
+        description="Triton's response cache for the model. Off: Triton 2.51 stores failed "
+        "responses and replays them to every client as empty successes (docs/SERVING.md).",
+    )
 
     @model_validator(mode="after")
     def _keep_what_is_served(self) -> "PushConfig":
@@ -162,6 +193,16 @@ class PushConfig(_Section):
             raise ValueError(
                 f"push.versions_to_keep ({self.versions_to_keep}) must be >= push.versions_to_serve "
                 f"({self.versions_to_serve}): Triton cannot serve versions deleted from disk"
+            )
+        if self.max_image_bytes > self.max_request_bytes:
+            raise ValueError(
+                f"push.max_image_bytes ({self.max_image_bytes}) must be <= push.max_request_bytes "
+                f"({self.max_request_bytes}): an image that fits no request cannot be served"
+            )
+        if (self.max_images_per_request or 0) > self.max_batch_size:
+            raise ValueError(
+                f"push.max_images_per_request ({self.max_images_per_request}) must be <= "
+                f"push.max_batch_size ({self.max_batch_size}): Triton refuses larger requests"
             )
         return self
 
@@ -211,6 +252,10 @@ class DriftConfig(_Section):
     embedding_max_rows: int = Field(
         500, ge=10, description="Images per side fed to MMD (its cost is quadratic); a seeded sample."
     )
+    embedding_fit_rows: int = Field(
+        1000, ge=2, description="Reference images the PCA of the embeddings is fitted on."
+    )
+    seed: int = Field(0, description="Seed of the MMD row sample, so a re-run gives the same score.")
 
 
 class SamplingConfig(_Section):
@@ -240,6 +285,55 @@ class SamplingConfig(_Section):
         "sample directory (without its leading '/'). The default suits Label Studio local-files "
         "serving with the sample directory as document root; see docs/ACTIVE_LEARNING.md.",
     )
+
+
+class IngestConfig(_Section):
+    """`hoh ingest`: broker messages into data-lake spans (docs/INGESTION.md)."""
+
+    batch_size: int = Field(
+        128, ge=1, description="Messages per micro-batch: one shard per split, fsynced, then acked."
+    )
+    batch_wait_seconds: float = Field(
+        1.0, gt=0, description="Write a partial micro-batch after waiting this long for more."
+    )
+    queue_size: int = Field(
+        512,
+        ge=1,
+        description="Messages held in memory before the consumer stops fetching (backpressure); "
+        "also the broker's cap on unacknowledged deliveries (with batch_size).",
+    )
+    seal_count: int = Field(
+        10_000, ge=1, description="Seal the open span once it holds this many images."
+    )
+    seal_age_seconds: float = Field(
+        3600.0, gt=0, description="Seal the open span this long after its first image was written."
+    )
+    dedup_spans: int = Field(
+        1,
+        ge=0,
+        description="Also drop images already in the last N sealed spans (read at start-up), so "
+        "a redelivery after a seal is not stored twice; 0 = within the open span only.",
+    )
+    max_message_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=1,
+        description="Larger message bodies are dead-lettered as too_large (NATS itself caps "
+        "payloads at its max_payload, 1 MB by default).",
+    )
+    dead_letter: Optional[str] = Field(
+        None,
+        description="Subject (NATS) or topic (Kafka) for refused messages; null = '<stream>.dead' "
+        "(NATS, kept in stream '<stream>-dead') or '<topic>.dead' (Kafka).",
+    )
+    consumer: str = Field(
+        "hoh-ingest",
+        description="Durable consumer (NATS) or consumer group (Kafka): consumers sharing it "
+        "share the work.",
+    )
+    ack_wait_seconds: float = Field(
+        60.0, gt=0, description="Redeliver a message not acknowledged within this time (NATS)."
+    )
+    progress_seconds: float = Field(10.0, gt=0, description="Interval of the progress line.")
 
 
 class BeamConfig(_Section):
@@ -291,7 +385,7 @@ class KubeflowConfig(_Section):
         "Kubeflow); 'latest_blessed' = TFX's Resolver, which open-source KFP refuses (Vertex only).",
     )
     beam_preset: Literal["direct", "dataflow", "flink", "spark"] = Field(
-        "direct", description="Beam runner preset, see docs/KUBEFLOW.md and hoh/pipeline/beam_presets.py."
+        "direct", description="Beam runner preset, see docs/KUBEFLOW.md and pipeline/kfp/beam_presets.py."
     )
     beam_options: dict[str, str] = Field(
         default_factory=dict, description="Values for the preset's {placeholders} (project, region, ...)."
@@ -310,6 +404,145 @@ class KubeflowConfig(_Section):
         return pod_uri(v)
 
 
+class GatewayConfig(_Section):
+    """`hoh gateway`: the authenticated public edge in front of Triton (docs/GATEWAY.md).
+
+    Secrets (TLS key password, Redis password) are not options here: they come from the
+    environment or from files, so they never land in a config file or a process listing.
+    """
+
+    triton_url: str = Field("127.0.0.1:8001", description="Triton's gRPC address (host:port).")
+    host: str = Field(
+        "127.0.0.1", description="Address to bind; 0.0.0.0 in a container. Forced to 127.0.0.1 "
+        "by insecure_no_auth."
+    )
+    port: int = Field(8443, ge=0, le=65535, description="Port to bind (0: a free one).")
+    models: list[str] = Field(
+        default_factory=lambda: ["hoh"],
+        description="Models the gateway exposes; any other name is 404 without asking Triton.",
+    )
+    max_body_bytes: int = Field(
+        20 * 1024 * 1024, ge=1, description="Largest request body; more is 413 before reading it."
+    )
+    max_images: int = Field(
+        32, ge=1, description="Images in one predict request; more is 413. Requests are split "
+        "further to fit the model's own limits."
+    )
+    triton_timeout_s: float = Field(30.0, gt=0, description="Deadline of one Triton call.")
+    model_info_ttl_s: float = Field(
+        2.0, gt=0, description="How long the served versions and classes read from Triton are "
+        "reused before asking again (a new version is used at most this late)."
+    )
+    # --- TLS
+    tls_cert: Optional[str] = Field(None, description="PEM certificate chain; null = plain HTTP.")
+    tls_key: Optional[str] = Field(None, description="PEM private key of tls_cert.")
+    tls_key_password_file: Optional[str] = Field(
+        None, description="File holding the key's password (or env HOH_GATEWAY_TLS_KEY_PASSWORD)."
+    )
+    tls_client_ca: Optional[str] = Field(
+        None, description="PEM CA bundle: when set, clients must present a certificate it "
+        "signed (mutual TLS)."
+    )
+    tls_min_version: Literal["1.3", "1.2"] = Field(
+        "1.3", description="Lowest TLS version accepted; 1.2 only for old clients."
+    )
+    # --- authentication
+    insecure_no_auth: bool = Field(
+        False, description="Accept requests without a token (every permission). Binds "
+        "127.0.0.1 only and warns at every start."
+    )
+    oidc_issuer: Optional[str] = Field(
+        None, description="Issuer URL: its discovery document names the jwks_uri. https, or "
+        "http on a loopback address only."
+    )
+    jwks_file: Optional[str] = Field(
+        None, description="A JWKS file instead of discovery (air-gapped sites, dev tokens)."
+    )
+    issuer: Optional[str] = Field(
+        None, description="Expected `iss`; null = oidc_issuer. Required with jwks_file."
+    )
+    audience: str = Field("hoh-gateway", description="Expected `aud` of every token.")
+    algorithms: list[Literal["RS256", "ES256"]] = Field(
+        default_factory=lambda: ["RS256", "ES256"],
+        description="Accepted signature algorithms; `none` and HS* are never accepted.",
+    )
+    leeway_s: float = Field(30.0, ge=0, le=300, description="Clock skew allowed on exp/nbf/iat.")
+    jwks_refresh_s: float = Field(
+        3600.0, gt=0, description="Re-read the JWKS this often (key rotation)."
+    )
+    jwks_min_refetch_s: float = Field(
+        30.0, ge=0, description="An unknown `kid` triggers a refetch at most this often."
+    )
+    scope_claim: str = Field(
+        "scope", description="Claim holding scopes or roles: a space-separated string or a list; "
+        "dotted for nested claims (Keycloak: realm_access.roles)."
+    )
+    scope_map: dict[str, list[Literal["predict", "models:read", "admin"]]] = Field(
+        default_factory=lambda: {
+            "predict": ["predict"], "models:read": ["models:read"],
+            "admin": ["admin", "predict", "models:read"],
+        },
+        description="Scope/role -> permissions it grants.",
+    )
+    metrics_permission: Optional[Literal["predict", "models:read", "admin"]] = Field(
+        "admin", description="Permission /metrics requires; null = open (scraped inside the "
+        "cluster only)."
+    )
+    rate_limit_per_s: float = Field(
+        50.0, ge=0, description="Sustained requests per second per subject (0 = unlimited)."
+    )
+    rate_limit_burst: int = Field(100, ge=1, description="Requests a subject may send at once.")
+    # --- result cache
+    cache_url: Optional[str] = Field(
+        None, description="redis://host:port/db (rediss:// for TLS); null = in-process LRU. The "
+        "password comes from env HOH_GATEWAY_CACHE_PASSWORD or cache_password_file."
+    )
+    cache_password_file: Optional[str] = Field(None, description="File holding Redis' password.")
+    cache_ttl_s: int = Field(3600, ge=1, description="Lifetime of a cached result.")
+    cache_timeout_s: float = Field(
+        0.05, gt=0, description="A Redis call slower than this counts as an error: the request "
+        "goes on uncached."
+    )
+    cache_retry_s: float = Field(
+        1.0, ge=0, description="After a Redis error, skip Redis this long before trying again."
+    )
+    cache_prefix: str = Field("hoh:gw:", description="Prefix of every Redis key.")
+    cache_lru_entries: int = Field(10000, ge=0, description="Size of the in-process LRU.")
+    # --- audit log
+    audit_dir: Optional[str] = Field(
+        "gateway-audit", description="Hash-chained JSONL audit log directory; null = off."
+    )
+    audit_fsync_batch: int = Field(
+        64, ge=1, description="Lines written per fsync at most (lines waiting are synced together)."
+    )
+    audit_anchor_every: int = Field(
+        1000, ge=1, description="Write an anchor line (the chain's hash so far) every N lines."
+    )
+    audit_max_bytes: int = Field(
+        64 * 1024 * 1024, ge=4096, description="Rotate to a new file past this size."
+    )
+    # --- capture
+    capture_dir: Optional[str] = Field(
+        None, description="Save sampled images + results here (CAPTURE_DIR/date=YYYY-MM-DD/); "
+        "null = off."
+    )
+    capture_rate: float = Field(0.0, ge=0.0, le=1.0, description="Share of images captured.")
+    capture_queue: int = Field(
+        256, ge=1, description="Captures waiting to be written; beyond it they are dropped "
+        "(counted), never blocking a request."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "GatewayConfig":
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("gateway.tls_cert and gateway.tls_key go together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("gateway.tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        if self.oidc_issuer and self.jwks_file:
+            raise ValueError("gateway.oidc_issuer and gateway.jwks_file: set one, not both")
+        return self
+
+
 class HohConfig(_Section):
     pipeline_name: str = "hoh"
     output_dir: str = Field("hoh-output", description="Pipeline root, MLMD and repository live here.")
@@ -323,8 +556,10 @@ class HohConfig(_Section):
     push: PushConfig = Field(default_factory=PushConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
     beam: BeamConfig = Field(default_factory=BeamConfig)
     kubeflow: KubeflowConfig = Field(default_factory=KubeflowConfig)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
@@ -448,3 +683,25 @@ def load_config(
         return HohConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(source, exc)) from None
+
+
+SectionT = TypeVar("SectionT", bound=BaseModel)
+
+
+def parse_section(section: Type[SectionT], value: str | dict, source: str) -> SectionT:
+    """One config section from what a component received: a JSON string or a dict.
+
+    Components get their settings as one JSON value (a KFP parameter that a run may override),
+    validated here on arrival with the same rules and defaults as a config file.
+    """
+    try:
+        if isinstance(value, dict):
+            return section.model_validate(value)
+        return section.model_validate_json(value or "{}")
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(source, exc)) from None
+
+
+def section_json(section: BaseModel, exclude: Optional[set[str]] = None) -> str:
+    """The inverse of `parse_section`: what a component parameter carries."""
+    return section.model_dump_json(exclude=exclude)

@@ -21,10 +21,10 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 def load_cli_config(args: argparse.Namespace):
     from hoh.config import builtin_config_path, load_config
-    from hoh.errors import HohError
+    from hoh.errors import UsageError
 
     if args.config and args.profile:
-        raise HohError("give either --config or --profile, not both")
+        raise UsageError("give either --config or --profile, not both")
     path = args.config
     if args.profile:
         path = builtin_config_path(args.profile)
@@ -34,8 +34,21 @@ def load_cli_config(args: argparse.Namespace):
     return load_config(path, args.overrides, **fields), path
 
 
+def run_exit_code(summary, fail_if_not_blessed: bool) -> int:
+    """0 when the run pushed or had nothing to do; NOT_BLESSED only when the caller asked for it.
+
+    A refused model is the Evaluator doing its job, so by default it is not a failure (a daily
+    retrain must not page anyone); a scheduler that wants to know passes --fail-if-not-blessed.
+    """
+    from hoh.errors import ExitCode
+
+    if fail_if_not_blessed and summary.blessed is False:
+        return ExitCode.NOT_BLESSED
+    return ExitCode.OK
+
+
 def _run(args: argparse.Namespace) -> int:
-    from hoh.pipeline.local import run_local
+    from hoh.pipeline.runners.local import run_local
 
     cfg, path = load_cli_config(args)
     print(f"config: {path or 'defaults'}" + (f" + {len(args.overrides)} override(s)" if args.overrides else ""))
@@ -43,7 +56,7 @@ def _run(args: argparse.Namespace) -> int:
     print("-" * 60)
     for line in summary.lines():
         print(line)
-    return 0
+    return run_exit_code(summary, args.fail_if_not_blessed)
 
 
 def _promote(args: argparse.Namespace) -> int:
@@ -66,6 +79,10 @@ def _promote(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     run = subparsers.add_parser("run", help="run the TFX pipeline locally (LocalDagRunner)")
     _add_config_args(run)
+    run.add_argument(
+        "--fail-if-not-blessed", action="store_true",
+        help="exit 3 when the Evaluator refuses the model (for schedulers; default: exit 0)",
+    )
     run.set_defaults(handler=_run)
 
     schema = subparsers.add_parser("schema", help="manage the curated schema")

@@ -1,13 +1,14 @@
 """Typed config -> `create_pipeline` arguments. Shared by the local, notebook and Kubeflow runners."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 from hoh.fileio import is_remote
 from hoh import features
-from hoh.config import HohConfig
+from hoh.config import HohConfig, section_json
 from hoh.errors import HohError
 
 IMPORT_REPORT = "import_report.json"
@@ -55,43 +56,47 @@ def detect_classes(data_root: str, span: int) -> list[str]:
     return list(classes)
 
 
-def trainer_config(cfg: HohConfig) -> Dict[str, Any]:
+def span_range_config(span: Optional[int], explicit_latest: bool = False) -> Optional[Any]:
+    """ImportExampleGen's RangeConfig for `data.span` (also `--param span=` of a KFP run).
+
+    None = ImportExampleGen's default: the latest span. `explicit_latest` spells that default
+    out (a one-span rolling range, what ExampleGen uses when given none) for a pipeline
+    parameter, whose default TFX's compiler drops when empty. Only the proto module is
+    imported (not TFX's DSL), so the KFP client can build the parameter cheaply.
+    """
+    from tfx.proto import range_config_pb2 as rc
+
+    if span is None:
+        return rc.RangeConfig(rolling_range=rc.RollingRange(num_spans=1)) if explicit_latest else None
+    return rc.RangeConfig(static_range=rc.StaticRange(start_span_number=span, end_span_number=span))
+
+
+def local_weights(weights: str) -> str:
+    """model.weights as this machine's Trainer opens it: a file path made absolute."""
+    return weights if weights in ("imagenet", "none") else str(Path(weights).resolve())
+
+
+@dataclasses.dataclass(frozen=True)
+class PathRules:
+    """How config paths become paths the executors open: this machine's (local runs) or the
+    pods' (Kubeflow, hoh.pipeline.runners.kubeflow). The only difference between the two DAGs' options."""
+
+    schema: Callable[[str], Optional[str]] = resolve_schema_path
+    weights: Callable[[str], str] = local_weights
+
+
+def trainer_config(cfg: HohConfig, paths: PathRules = PathRules()) -> Dict[str, Any]:
     """The Trainer's custom_config: JSON-able values only (it is stored in MLMD and compiled for KFP)."""
-    m, t = cfg.model, cfg.training
-    weights = m.weights if m.weights in ("imagenet", "none") else str(Path(m.weights).resolve())
-    return {
-        "model": {
-            "alpha": m.alpha,
-            "weights": weights,
-            "hidden_units": list(m.hidden_units),
-            "dropout": m.dropout,
-            "augment": m.augment,
-            "batch_norm_momentum": m.batch_norm_momentum,
-        },
-        "class_weights": m.class_weights,
-        "class_balance_ratio": m.class_balance_ratio,
-        "training": t.model_dump(),
-    }
+    model = cfg.model.model_dump()
+    model["weights"] = paths.weights(cfg.model.weights)
+    return {"model": model, "training": cfg.training.model_dump()}
 
 
 def drift_parameters(cfg: HohConfig) -> Optional[Dict[str, Any]]:
-    """DriftCheck parameters; KFP-friendly sentinels stand for null ("" / 0.0 / -1). None = off."""
-    d = cfg.drift
-    if not d.enabled:
+    """DriftCheck parameters (the `drift` section as one JSON string); None = no drift check."""
+    if not cfg.drift.enabled:
         return None
-    return dict(
-        reference_span=-1 if d.reference_span is None else d.reference_span,
-        splits=",".join(features.SPLITS),
-        drift_share=d.drift_share,
-        column_method=d.column_method or "",
-        column_threshold=d.column_threshold or 0.0,
-        label_drift=int(d.label_drift),
-        embeddings=int(d.embeddings),
-        embedding_components=d.embedding_components,
-        embedding_threshold=d.embedding_threshold,
-        embedding_min_rows=d.embedding_min_rows,
-        embedding_max_rows=d.embedding_max_rows,
-    )
+    return {"drift_config": section_json(cfg.drift, exclude={"enabled", "block_push"})}
 
 
 def sampling_parameters(cfg: HohConfig) -> Dict[str, Any]:
@@ -135,17 +140,18 @@ def component_options(
     data_root: str,
     num_classes: int,
     pusher: Optional[Callable[..., Any]] = None,
+    paths: PathRules = PathRules(),
 ) -> Dict[str, Any]:
     """Keyword arguments of `create_components` / `create_pipeline` for this config."""
     ev = cfg.evaluation
     return dict(
         data_root=str(data_root),
         span=cfg.data.span,
-        schema_path=resolve_schema_path(cfg.schema_.path),
+        schema_path=paths.schema(cfg.schema_.path),
         fail_on_anomalies=cfg.validation.fail_on_anomalies,
         image_size=cfg.transform.image_size,
         materialize=cfg.transform.materialize,
-        trainer_config=trainer_config(cfg),
+        trainer_config=trainer_config(cfg, paths),
         num_classes=num_classes,
         min_auc=ev.min_auc,
         min_accuracy=ev.min_accuracy,

@@ -21,7 +21,7 @@ from tfx.orchestration.data_types import RuntimeParameter
 from tfx.orchestration.pipeline import Pipeline
 from tfx.types import standard_artifacts
 from tfx.types.channel import Channel
-from tfx.proto import example_gen_pb2, range_config_pb2
+from tfx.proto import example_gen_pb2
 from tfx.utils import json_utils, proto_utils
 
 from hoh import features
@@ -30,12 +30,13 @@ from hoh.components.drift.component import DriftCheck, push_allowed
 from hoh.components.example_copy.component import CopyingImportExampleGen
 from hoh.components.sampling.component import ActiveLearningSampler, pool_example_gen
 from hoh.pipeline.evaluation import make_eval_config
+from hoh.pipeline.factory import span_range_config
 
 PREPROCESSING_FN = "hoh.transforms.preprocessing.preprocessing_fn"
 RUN_FN = "hoh.trainer.task.run_fn"
 # The values an engineer changes per run. Kubeflow's v2 compiler substitutes whole exec
 # properties only, so span, epochs and thresholds travel inside the exec property that holds
-# them; `hoh kfp submit --param span=3 --param epochs=5 ...` rewrites them (hoh.pipeline.kfp_params).
+# them; `hoh kfp submit --param span=3 --param epochs=5 ...` rewrites them (hoh.pipeline.kfp.params).
 RUNTIME_PARAMETERS = ("data_root", "range_config", "trainer_config", "eval_config")
 
 
@@ -61,21 +62,6 @@ def image_bytes_stats_options() -> Any:
     schema = schema_pb2.Schema()
     schema.feature.add(name=features.IMAGE_KEY, type=schema_pb2.BYTES).image_domain.SetInParent()
     return tfdv.StatsOptions(schema=schema)
-
-
-def span_range_config(
-    span: Optional[int], explicit_latest: bool = False
-) -> Optional[range_config_pb2.RangeConfig]:
-    """None = ImportExampleGen's default: the latest span. `explicit_latest` spells that default
-    out (a one-span rolling range, what ExampleGen uses when given none) for a pipeline
-    parameter, whose default TFX's compiler drops when empty."""
-    if span is None:
-        if not explicit_latest:
-            return None
-        return range_config_pb2.RangeConfig(rolling_range=range_config_pb2.RollingRange(num_spans=1))
-    return range_config_pb2.RangeConfig(
-        static_range=range_config_pb2.StaticRange(start_span_number=span, end_span_number=span)
-    )
 
 
 def as_runtime_parameter(name: str, value: Any) -> Any:
@@ -121,7 +107,7 @@ def create_components(
 
     `baseline`: None = the latest blessed model in MLMD (a Resolver: LocalDagRunner and Vertex
     run it, open-source Kubeflow refuses it); else a callable `(candidate_model) -> node` whose
-    `outputs["model"]` is the model to beat (hoh.pipeline.kubeflow uses LatestPushedModel).
+    `outputs["model"]` is the model to beat (hoh.pipeline.runners.kubeflow uses LatestPushedModel).
     `runtime_parameters`: turn RUNTIME_PARAMETERS into pipeline parameters whose defaults are
     the values given here (LocalDagRunner runs them with those defaults).
     `drift`: DriftCheck parameters (None = no drift check); `drift_blocks_push` puts the pusher

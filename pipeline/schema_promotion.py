@@ -6,7 +6,7 @@ from typing import List, Tuple
 
 from hoh import features
 from hoh.errors import HohError
-from hoh.pipeline.mlmd import open_readonly
+from hoh.pipeline.telemetry.mlmd import open_readonly
 
 SCHEMA_FILE = "schema.pbtxt"
 

@@ -41,7 +41,8 @@ def register(subparsers) -> None:
     )
     serve.add_argument("--repository-poll-secs", type=int, default=5, metavar="N")
     serve.add_argument("--cache-size", type=int, default=256 * 1024 * 1024, metavar="BYTES",
-                       help="response cache size (default 256 MiB)")
+                       help="response cache size, used by models whose config enables the "
+                       "cache (hoh pushes it off by default; default 256 MiB)")
     serve.add_argument("--ready-timeout", type=float, default=300.0, metavar="SECONDS")
     serve.add_argument("--log-verbose", type=int, default=0, metavar="LEVEL")
     serve.set_defaults(handler=_serve)
@@ -92,6 +93,8 @@ def _serve(args: argparse.Namespace) -> int:
             f"  gRPC    {server.grpc_url}\n"
             f"  metrics {server.metrics_url}\n"
             f"  models  {server.model_states()}\n"
+            "  admin   repository, shared-memory, trace and logging APIs: refused without the "
+            "key this process holds\n"
             "Ctrl-C to stop.",
             flush=True,
         )

@@ -3,18 +3,21 @@
 It hides the three things every caller otherwise gets wrong with `tritonclient`: images go as
 `np.object_` arrays of raw encoded bytes (not `np.bytes_`, which strips trailing NULs), HTTP must
 send them as binary data (JSON cannot carry non-UTF-8 bytes), and a request may hold at most the
-model's `max_batch_size` images. Class names come from the model config's `class_names`
-parameter, written by the TritonPusher. Failures become HohErrors that say what went wrong:
-no server at the URL, model not ready, or which input image was rejected and why.
+model's limits (`max_batch_size`, and the `max_images_per_request` / `max_request_bytes`
+parameters the TritonPusher writes). Class names come from the model config's `class_names`
+parameter. Failures become HohErrors that say what went wrong: nothing at the URL, something
+that is not Triton's API at the URL (the metrics port, the other protocol's port), model not
+ready, or which input image was rejected and why.
 
-Triton 2.51's response cache also stores *failed* responses (the dynamic batcher inserts every
-response without looking at its status) and replays them as successes without outputs. So a
-request whose exact bytes were rejected before comes back "successful" and empty. The client
-treats an empty answer as that replay: it re-sends the images of that request one by one (good
-ones still get their results) and reports the rejected one as InvalidImage.
+Triton 2.51's response cache stores *failed* responses too (the dynamic batcher inserts every
+response without looking at its status) and replays them, to any client, as successes without
+outputs. hoh pushes models with the cache off; for a model that has it on, the client treats an
+answer without any output as that replay: it re-sends the images of that request one by one
+(good ones still get their results) and reports the rejected one as InvalidImage.
 """
 from __future__ import annotations
 
+import http.client
 import json
 import re
 from dataclasses import dataclass
@@ -32,9 +35,11 @@ PROTOCOLS = ("http", "grpc")
 DEFAULT_URLS = {"http": "127.0.0.1:8000", "grpc": "127.0.0.1:8001"}
 _INPUT_INDEX_RE = re.compile(r"\binput (\d+): (.*)", re.DOTALL)
 CACHED_REJECTION = (
-    "rejected by the server earlier; Triton's response cache now replays that failure as an "
-    "empty answer for these exact bytes (the first attempt reported why)"
+    "the server answered without outputs: Triton's response cache replays a failure of these "
+    "exact bytes (sent earlier by some client) as an empty answer, without the reason; turn the "
+    "model's response cache off (push.response_cache) to get the reason"
 )
+_DEFAULT_PORTS = "by default HTTP is port 8000, gRPC 8001 and metrics 8002"
 
 ImageLike = Union[bytes, bytearray, str, Path]
 
@@ -76,6 +81,29 @@ class ModelInfo:
     name: str
     max_batch_size: int
     class_names: tuple[str, ...]
+    max_images_per_request: int = 0  # 0: max_batch_size (a model pushed before the limits)
+    max_request_bytes: int = 0  # 0: no limit announced
+
+    @property
+    def images_per_request(self) -> int:
+        return min(self.max_images_per_request or self.max_batch_size, self.max_batch_size)
+
+
+def plan_requests(sizes: Sequence[int], max_images: int, max_bytes: int = 0) -> list[slice]:
+    """Consecutive chunks of at most `max_images` images and `max_bytes` bytes (0: no limit).
+
+    An image bigger than `max_bytes` by itself goes alone, so the server names it and the limit.
+    """
+    chunks, start, total = [], 0, 0
+    for i, size in enumerate(sizes):
+        full = i - start >= max_images or (max_bytes and i > start and total + size > max_bytes)
+        if full:
+            chunks.append(slice(start, i))
+            start, total = i, 0
+        total += size
+    if start < len(sizes):
+        chunks.append(slice(start, len(sizes)))
+    return chunks
 
 
 def normalize_url(url: Optional[str], protocol: str) -> str:
@@ -105,7 +133,12 @@ def load_images(images: Sequence[ImageLike]) -> tuple[list[bytes], list[str]]:
 def model_info_from_config(config: dict) -> ModelInfo:
     """Class names and batch limit from a model config as the server returns it (JSON form)."""
     config = config.get("config", config)  # gRPC's as_json wraps it
-    raw = config.get("parameters", {}).get("class_names", {}).get("string_value", "")
+    parameters = config.get("parameters", {})
+    raw = parameters.get("class_names", {}).get("string_value", "")
+
+    def number(key: str) -> int:
+        value = parameters.get(key, {}).get("string_value", "")
+        return int(value) if value.isdigit() else 0
     outputs = {o.get("name"): o for o in config.get("output", [])}
     dims = outputs.get(PROBABILITIES_NAME, {}).get("dims", [])
     num_classes = int(dims[-1]) if dims else 0
@@ -114,6 +147,8 @@ def model_info_from_config(config: dict) -> ModelInfo:
         name=str(config.get("name", "")),
         max_batch_size=max(1, int(config.get("max_batch_size", 1) or 1)),
         class_names=names,
+        max_images_per_request=number("max_images_per_request"),
+        max_request_bytes=number("max_request_bytes"),
     )
 
 
@@ -148,7 +183,17 @@ def _is_connection_error(exc: Exception) -> bool:
         return True
     text = _message(exc).lower()
     return any(s in text for s in ("connection refused", "failed to connect", "connect failed",
-                                   "name resolution", "dns resolution"))
+                                   "name resolution", "dns resolution", "errors resolving",
+                                   "domain name not found", "name or service not known"))
+
+
+def _is_foreign_answer(exc: Exception) -> bool:
+    """Something answered, but not in Triton's protocol: another port, another server."""
+    if isinstance(exc, (ValueError, http.client.HTTPException)):  # bad JSON, not HTTP at all
+        return True
+    text = _message(exc).lower()
+    return any(s in text for s in ("expected http/", "http2 header with status",
+                                   "statuscode.unimplemented", "not a triton"))
 
 
 class TritonImageClient:
@@ -201,7 +246,16 @@ class TritonImageClient:
                 raise ServerUnavailable(
                     f"no Triton server at {self.url} ({self.protocol}): {_message(exc)}"
                 ) from None
+            if _is_foreign_answer(exc):
+                raise ServerUnavailable(self._not_triton(_message(exc))) from None
             raise
+
+    def _not_triton(self, detail: str) -> str:
+        return (
+            f"{self.url} answers, but not as Triton's {self.protocol.upper()} inference API "
+            f"({detail}); is it the metrics port or the other protocol's port? "
+            f"({_DEFAULT_PORTS})"
+        )
 
     def _timeout_kwargs(self) -> dict:
         return {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
@@ -219,7 +273,12 @@ class TritonImageClient:
 
     def check_ready(self) -> None:
         """Raise ServerUnavailable or ModelNotReady with the reason, else return."""
-        self._call(self._client.is_server_live)
+        if not self._call(self._client.is_server_live):
+            raise ServerUnavailable(self._not_triton("its liveness check failed"))
+        kwargs = {"as_json": True} if self.protocol == "grpc" else {}
+        metadata = self._call(self._client.get_server_metadata, **kwargs)
+        if not isinstance(metadata, dict) or "version" not in metadata:
+            raise ServerUnavailable(self._not_triton(f"server metadata {metadata!r}"))
         if not self._call(self._client.is_model_ready, self.model_name, self.model_version):
             version = f" version {self.model_version}" if self.model_version else ""
             raise ModelNotReady(
@@ -277,8 +336,14 @@ class TritonImageClient:
         )
         probabilities = result.as_numpy(PROBABILITIES_NAME)
         raw_labels = result.as_numpy(LABEL_NAME)
+        if probabilities is None and raw_labels is None:
+            raise _EmptyResponse(f"{self.url}: {CACHED_REJECTION}")
         if probabilities is None or raw_labels is None:
-            raise _EmptyResponse(f"{self.url} answered without outputs: {CACHED_REJECTION}")
+            missing = PROBABILITIES_NAME if probabilities is None else LABEL_NAME
+            raise ClientError(
+                f"model {self.model_name!r} on {self.url} answered without its {missing!r} "
+                "output; is it a model pushed by hoh?"
+            )
         labels = [
             x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in raw_labels.reshape(-1)
         ]
@@ -317,14 +382,14 @@ class TritonImageClient:
         return self._infer_chunk(list(images), [f"#{i}" for i in range(len(images))])
 
     def predict(self, images: Sequence[ImageLike]) -> list[Prediction]:
-        """Predictions in input order; requests hold at most the model's max_batch_size images."""
+        """Predictions in input order, in as many requests as the model's limits require."""
         data, sources = load_images(images)
         if not data:
             return []
         info = self.model_info()
         out: list[Prediction] = []
-        for start in range(0, len(data), info.max_batch_size):
-            chunk = slice(start, start + info.max_batch_size)
+        sizes = [len(d) for d in data]
+        for chunk in plan_requests(sizes, info.images_per_request, info.max_request_bytes):
             probabilities, labels = self._infer_chunk(data[chunk], sources[chunk])
             if probabilities.shape[-1] != len(info.class_names):
                 info = self.model_info(refresh=True)  # a new version changed the classes

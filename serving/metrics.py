@@ -3,16 +3,14 @@
 Triton exports counters such as `nv_inference_request_success`, `nv_inference_count` (images)
 and `nv_inference_exec_count` (batches actually executed, so count/exec = the dynamic batcher's
 average batch) per model and version. A notebook or a test wants them for one model, summed over
-its versions; this parses the text format (no Prometheus client needed) and does that.
+its versions; this reads the text format with prometheus_client's parser and does that.
 """
 from __future__ import annotations
 
-import re
 import urllib.request
 from dataclasses import dataclass
 
-_LINE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)")
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+from hoh.errors import HohError
 
 
 @dataclass(frozen=True)
@@ -23,20 +21,23 @@ class Sample:
 
 
 def parse(text: str) -> list[Sample]:
-    """Samples of a Prometheus text exposition; comments and unparsable lines are skipped."""
-    samples = []
-    for line in text.splitlines():
-        match = _LINE.match(line.strip())
-        if not match or line.startswith("#"):
-            continue
-        try:
-            value = float(match["value"])
-        except ValueError:
-            continue
-        labels = {k: v.replace('\\"', '"').replace("\\\\", "\\")
-                  for k, v in _LABEL.findall(match["labels"] or "")}
-        samples.append(Sample(match["name"], labels, value))
-    return samples
+    """Samples of a Prometheus text exposition, read by prometheus_client's own parser.
+
+    The parser renames counter samples to OpenMetrics' `<family>_total`; Triton's counters are
+    queried in Prometheus by their exposed names (`nv_inference_count`), so a counter sample is
+    reported under its family name.
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def name(family, sample) -> str:
+        counter = family.type == "counter" and sample.name == family.name + "_total"
+        return family.name if counter else sample.name
+
+    try:
+        return [Sample(name(family, s), dict(s.labels), float(s.value))
+                for family in text_string_to_metric_families(text) for s in family.samples]
+    except ValueError as exc:
+        raise HohError(f"not a Prometheus text exposition: {exc}") from None
 
 
 def fetch(url: str, timeout: float = 10.0) -> list[Sample]:

@@ -1,20 +1,7 @@
-"""Runs the `tritonserver` binary bundled in the nvidia-pytriton wheel on a hoh model repository.
+"""`TritonServer`: one tritonserver process on a hoh model repository, started and stopped in order.
 
-The wheel ships a complete Triton 2.51 (server, python backend, a stub per Python version, the
-`local` response cache, its shared libraries) but no launcher for a plain model repository, and
-it runs only when its environment is assembled by hand:
-- a backend directory whose `python/` holds the backend library, `triton_python_backend_utils.py`
-  and the stub built for *this* interpreter's Python version (made per server in a temp dir, of
-  symlinks);
-- `LD_LIBRARY_PATH` = this interpreter's LIBDIR first (else a pyenv stub picks up the system
-  libpython and dies), then `nvidia_pytriton.libs`;
-- this environment's `bin` first on `PATH`, so the stub embeds this venv's Python (and finds
-  TensorFlow and numpy 1.x there).
-
-Model control mode is `poll` by default: the server rescans the repository every
-`repository_poll_secs`, so a version published by the TritonPusher goes live without a restart
-(and the version policy retires the old one). `explicit` (all models loaded at start, nothing
-after) is available for fixed deployments.
+How the bundled server is found and its environment assembled: hoh.serving.installation; its
+command line (control mode, restricted admin APIs): hoh.serving.command.
 
 The server runs in its own session so that Ctrl-C reaches only us and we shut it down in order
 (SIGTERM, wait for in-flight requests, SIGKILL to its process group only after a timeout); on
@@ -22,196 +9,27 @@ Linux it also receives SIGTERM if this process dies, so no server outlives its l
 """
 from __future__ import annotations
 
-import ctypes
-import importlib.util
 import json
 import os
+import secrets
 import shutil
 import signal
-import socket
 import subprocess
-import sys
-import sysconfig
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Mapping, Optional, Sequence
+from typing import IO, Optional, Sequence
 
-from hoh.errors import HohError
-
-CONTROL_MODES = ("poll", "explicit")
-DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
-_STUB = "triton_python_backend_stub"
-_BACKEND_LIB = "libtriton_python.so"
-_BACKEND_UTILS = "triton_python_backend_utils.py"
-
-
-class ServerError(HohError):
-    """The Triton server could not be found, started, or did not become ready."""
-
-
-# --------------------------------------------------------------------------- installation
-
-
-@dataclass(frozen=True)
-class TritonInstallation:
-    """Paths inside the nvidia-pytriton wheel, plus this interpreter's library directory."""
-
-    binary: Path
-    python_backend: Path
-    stub: Path
-    caches: Path
-    libs: Path
-    python_libdir: Path
-    python_bin: Path
-
-
-def _python_version() -> str:
-    return f"{sys.version_info.major}.{sys.version_info.minor}"
-
-
-def find_installation(python_version: Optional[str] = None) -> TritonInstallation:
-    """Locate the bundled server; HohError naming what is missing and how to get it."""
-    python_version = python_version or _python_version()
-    spec = importlib.util.find_spec("pytriton")  # finds the package without importing it
-    if spec is None or not spec.origin:
-        raise ServerError(
-            "nvidia-pytriton is not installed in this environment; it carries the tritonserver "
-            "binary hoh runs (`make setup`, or pip install nvidia-pytriton==0.7.0)"
-        )
-    package = Path(spec.origin).parent
-    dist = package / "tritonserver"
-    install = TritonInstallation(
-        binary=dist / "bin" / "tritonserver",
-        python_backend=dist / "backends" / "python",
-        stub=dist / "python_backend_stubs" / python_version / _STUB,
-        caches=dist / "caches",
-        libs=package.parent / "nvidia_pytriton.libs",
-        python_libdir=Path(sysconfig.get_config_var("LIBDIR") or sys.base_prefix + "/lib"),
-        python_bin=Path(sys.executable).parent,
-    )
-    if not install.stub.is_file():
-        available = sorted(p.name for p in (dist / "python_backend_stubs").glob("*"))
-        raise ServerError(
-            f"nvidia-pytriton has no python backend stub for Python {python_version} "
-            f"(it has: {', '.join(available) or 'none'}); run hoh with one of those versions"
-        )
-    for what, path in (
-        ("tritonserver binary", install.binary),
-        ("python backend", install.python_backend / _BACKEND_LIB),
-        ("server libraries", install.libs),
-    ):
-        if not path.exists():
-            raise ServerError(f"the nvidia-pytriton wheel is incomplete: no {what} at {path}")
-    return install
-
-
-def prepare_backend_dir(install: TritonInstallation, dest: Path) -> Path:
-    """Assemble `dest/python/` = backend library + utils + the stub for this Python."""
-    python_dir = dest / "python"
-    python_dir.mkdir(parents=True, exist_ok=True)
-    for src in (
-        install.python_backend / _BACKEND_LIB,
-        install.python_backend / _BACKEND_UTILS,
-        install.stub,
-    ):
-        link = python_dir / src.name
-        if not link.exists():
-            link.symlink_to(src)
-    return dest
-
-
-def server_environment(install: TritonInstallation, base: Mapping[str, str]) -> dict[str, str]:
-    env = dict(base)
-    libs = [str(install.python_libdir), str(install.libs)]
-    if env.get("LD_LIBRARY_PATH"):
-        libs.append(env["LD_LIBRARY_PATH"])
-    env["LD_LIBRARY_PATH"] = ":".join(libs)
-    env["PATH"] = os.pathsep.join(p for p in (str(install.python_bin), env.get("PATH", "")) if p)
-    env.setdefault("TF_USE_LEGACY_KERAS", "1")
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return env
-
-
-def server_command(
-    install: TritonInstallation,
-    backend_dir: Path,
-    model_repository: str,
-    *,
-    host: str,
-    http_port: int,
-    grpc_port: int,
-    metrics_port: int,
-    model_control_mode: str = "poll",
-    repository_poll_secs: int = 5,
-    model_config_name: Optional[str] = None,
-    cache_size_bytes: int = DEFAULT_CACHE_BYTES,
-    exit_timeout_s: int = 5,
-    log_verbose: int = 0,
-    extra_args: Sequence[str] = (),
-) -> list[str]:
-    """The tritonserver command line (pure, so it is unit-tested without starting anything)."""
-    if model_control_mode not in CONTROL_MODES:
-        raise ServerError(
-            f"model control mode must be one of {CONTROL_MODES}, got {model_control_mode!r}"
-        )
-    cmd = [
-        str(install.binary),
-        f"--model-repository={model_repository}",
-        f"--backend-directory={backend_dir}",
-        f"--cache-directory={install.caches}",
-        f"--cache-config=local,size={cache_size_bytes}",
-        f"--model-control-mode={model_control_mode}",
-        f"--http-address={host}",
-        f"--http-port={http_port}",
-        f"--grpc-address={host}",
-        f"--grpc-port={grpc_port}",
-        "--allow-metrics=true",
-        f"--metrics-address={host}",
-        f"--metrics-port={metrics_port}",
-        "--allow-gpu-metrics=false",
-        # One broken model must not take the others (or the server) down.
-        "--exit-on-error=false",
-        f"--exit-timeout-secs={exit_timeout_s}",
-        f"--log-verbose={log_verbose}",
-    ]
-    if model_control_mode == "poll":
-        cmd.append(f"--repository-poll-secs={repository_poll_secs}")
-    else:
-        cmd.append("--load-model=*")
-    if model_config_name:
-        cmd.append(f"--model-config-name={model_config_name}")
-    cmd.extend(extra_args)
-    return cmd
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free right now (the server binds it a moment later; good enough for tests)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def _load_prctl():
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-# Resolved here, not in the child: dlopen between fork and exec can deadlock a threaded parent.
-_PRCTL = _load_prctl() if sys.platform.startswith("linux") else None
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """The server gets SIGTERM when the launching thread dies, so it is never orphaned.
-
-    (PR_SET_PDEATHSIG follows the thread that forked: start servers from a long-lived thread.)
-    """
-    _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+from hoh.serving.command import ADMIN_HEADER, DEFAULT_CACHE_BYTES, server_command
+from hoh.serving.installation import (
+    ServerError,
+    find_installation,
+    prepare_backend_dir,
+    server_environment,
+)
+from hoh.serving.process import PRCTL, die_with_parent, free_port
 
 
 def _connect_host(host: str) -> str:
@@ -224,9 +42,6 @@ def _http_get(url: str, timeout: float) -> tuple[int, bytes]:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
-
-
-# --------------------------------------------------------------------------- server
 
 
 class TritonServer:
@@ -269,6 +84,8 @@ class TritonServer:
         self.extra_args = tuple(extra_args)
         self._process: Optional[subprocess.Popen] = None
         self._workdir: Optional[str] = None
+        # Never printed nor exposed: whoever holds it can load Python code into the server.
+        self._admin_key = secrets.token_urlsafe(32)
         self._log: Optional[IO[bytes]] = None
 
     # ---- endpoints
@@ -321,6 +138,7 @@ class TritonServer:
             exit_timeout_s=self.exit_timeout_s,
             log_verbose=self.log_verbose,
             extra_args=self.extra_args,
+            admin_key=self._admin_key,
         )
         if self.log_file:
             self._log = open(self.log_file, "ab")
@@ -331,7 +149,7 @@ class TritonServer:
             stdout=self._log,
             stderr=subprocess.STDOUT if self._log else None,
             start_new_session=True,
-            preexec_fn=_die_with_parent if _PRCTL is not None else None,
+            preexec_fn=die_with_parent if PRCTL is not None else None,
         )
         return self
 
@@ -363,14 +181,43 @@ class TritonServer:
                 )
             time.sleep(0.25)
 
-    def model_states(self) -> str:
-        """'name vV: STATE (reason)' for every model in the repository index, for messages."""
+    def _admin_post(self, path: str, timeout: float) -> tuple[int, bytes]:
+        """POST `{}` to a restricted repository API, with the key only this object knows."""
         request = urllib.request.Request(
-            f"http://{self.http_url}/v2/repository/index", data=b"{}", method="POST"
+            f"http://{self.http_url}/v2/repository/{path}", data=b"{}", method="POST",
+            headers={ADMIN_HEADER: self._admin_key},
         )
         try:
-            with urllib.request.urlopen(request, timeout=5) as resp:
-                index = json.loads(resp.read())
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def _repository_action(self, action: str, model: str, timeout: float) -> None:
+        try:
+            status, body = self._admin_post(f"models/{model}/{action}", timeout)
+        except OSError as exc:
+            raise ServerError(
+                f"could not {action} model {model!r} on {self.http_url}: {exc}"
+            ) from None
+        if status != 200:
+            text = body.decode("utf-8", "replace").strip()
+            raise ServerError(f"could not {action} model {model!r} (HTTP {status}): {text}")
+
+    def load_model(self, model: str, timeout: float = 300.0) -> None:
+        """Load (or reload) `model` from the repository; explicit mode only (Triton's rule)."""
+        self._repository_action("load", model, timeout)
+
+    def unload_model(self, model: str, timeout: float = 60.0) -> None:
+        self._repository_action("unload", model, timeout)
+
+    def model_states(self) -> str:
+        """'name vV: STATE (reason)' for every model in the repository index, for messages."""
+        try:
+            status, body = self._admin_post("index", timeout=5)
+            if status != 200:
+                return f"unknown (HTTP {status}: {body.decode('utf-8', 'replace').strip()})"
+            index = json.loads(body)
         except (OSError, ValueError) as exc:
             return f"unknown ({exc})"
         parts = [

@@ -3,7 +3,9 @@
 The pusher copies this file next to `model.savedmodel/` in every version directory, so it must
 stand alone: it imports only the standard library, numpy, TensorFlow and Triton's
 `triton_python_backend_utils` (never `hoh`), because a repository may be served by an image that
-has TensorFlow but not hoh installed.
+has TensorFlow but not hoh installed. The one exception is the image validator shared with the
+importer, `hoh/imagecheck.py` (stdlib only), which the pusher copies next to this file as
+`hoh_imagecheck.py` and which is loaded from there by path.
 
 Behaviour that matters to clients:
 - Triton's dynamic batcher hands `execute` several requests at once; they run as ONE
@@ -12,16 +14,19 @@ Behaviour that matters to clients:
   batch still succeed. Within a failing multi-image request the offending element is located and
   named in the message as `input <i>: ...` (clients map it back to a file).
 - Cheap checks run before TensorFlow: empty bytes, bytes over `max_image_bytes`, data that is not a
-  PNG/JPEG/GIF/BMP, and headers claiming more than `max_image_pixels` pixels (a 30000x30000 PNG
-  compresses to a few KB but would make TensorFlow allocate gigabytes).
+  PNG/JPEG/GIF/BMP, headers claiming more than `max_image_pixels` pixels (a 30000x30000 PNG
+  compresses to a few KB but would make TensorFlow allocate gigabytes), images whose size cannot
+  be read from the header, GIFs whose frames together exceed the pixel budget or
+  `max_gif_frames`, and requests whose images add up to more than `max_request_pixels`.
 - TensorFlow is imported in `initialize`, not at module level: Triton imports this module once
   more to auto-complete the config, and a module-level import would load TensorFlow twice.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
-import struct
+import sys
 from typing import Optional, Sequence
 
 import numpy as np
@@ -40,6 +45,31 @@ SIGNATURE = "serving_default"
 # Defaults when config.pbtxt carries no `parameters` for them (the pusher always writes them).
 DEFAULT_MAX_IMAGE_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
+DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024  # images per request default to max_batch_size
+
+IMAGECHECK_FILE = "hoh_imagecheck.py"
+
+
+def _load_imagecheck():
+    """The validator next to this file (in a version directory), else hoh's own module.
+
+    Loaded by path rather than through sys.path so that no other module of that name, wherever
+    the stub's sys.path points, can stand in for it.
+    """
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), IMAGECHECK_FILE)
+    if not os.path.exists(path):
+        from hoh import imagecheck  # imported from the hoh package: tests and tools
+
+        return imagecheck
+    name = IMAGECHECK_FILE[:-3]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+imagecheck = _load_imagecheck()
 
 
 class InputError(ValueError):
@@ -49,71 +79,62 @@ class InputError(ValueError):
 # --------------------------------------------------------------------------- pure helpers
 
 
-def _be16(data: bytes, at: int) -> int:
-    return struct.unpack(">H", data[at : at + 2])[0]
-
-
-def _jpeg_size(data: bytes) -> Optional[tuple[int, int]]:
-    """Width and height from the first SOF marker; None if not found in the bytes given."""
-    i = 2
-    n = len(data)
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in (0x01, *range(0xD0, 0xDA)):  # standalone markers carry no length
-            i += 2
-            continue
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            if i + 9 > n:
-                return None
-            return _be16(data, i + 7), _be16(data, i + 5)
-        i += 2 + _be16(data, i + 2)
-    return None
-
-
 def image_format_and_size(data: bytes) -> tuple[Optional[str], Optional[tuple[int, int]]]:
-    """(format, (width, height)) read from the header only; (None, None) if not an image we serve.
+    """(format, (width, height)) from the header; (None, None) if not an image we serve.
 
-    The size is None when the header does not reveal it cheaply (e.g. a JPEG whose SOF marker is
-    past a huge EXIF block); TensorFlow then decides.
+    The size is None when it cannot be established, which `check_image` rejects.
     """
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        size = struct.unpack(">II", data[16:24]) if len(data) >= 24 else None
-        return "PNG", size
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        size = struct.unpack("<HH", data[6:10]) if len(data) >= 10 else None
-        return "GIF", size
-    if data.startswith(b"BM"):
-        if len(data) < 26:
-            return "BMP", None
-        width, height = struct.unpack("<ii", data[18:26])
-        return "BMP", (abs(width), abs(height))
-    if data.startswith(b"\xff\xd8\xff"):
-        return "JPEG", _jpeg_size(data)
-    return None, None
+    fmt = imagecheck.sniff(data)
+    try:
+        info = imagecheck.read_info(data)
+    except imagecheck.ImageError:
+        return fmt, None
+    return fmt, (info.width, info.height)
 
 
-def check_image(index: int, data: bytes, max_bytes: int, max_pixels: int) -> None:
-    """Raise InputError naming `index` when `data` cannot be a servable image."""
-    if not data:
-        raise InputError(f"input {index}: empty image bytes")
-    if len(data) > max_bytes:
+def check_image(
+    index: int,
+    data: bytes,
+    max_bytes: int,
+    max_pixels: int,
+    max_gif_frames: Optional[int] = None,
+):
+    """The image's `imagecheck.ImageInfo`, or InputError naming `index` when it cannot be served.
+
+    `max_gif_frames` None bounds a GIF's frames by the pixel budget only.
+    """
+    limits = imagecheck.Limits(max_bytes, max_pixels, max_gif_frames)
+    try:
+        return imagecheck.check(data, limits)
+    except imagecheck.ImageError as exc:
+        raise InputError(f"input {index}: {exc.reason}") from None
+
+
+def check_request_pixels(infos: Sequence, max_request_pixels: int) -> None:
+    """InputError when the images of one request decode to more pixels than allowed together."""
+    total = sum(info.decoded_pixels for info in infos)
+    if total > max_request_pixels:
         raise InputError(
-            f"input {index}: {len(data)} bytes is above the limit of {max_bytes} bytes"
+            f"request decodes to {total} pixels in {len(infos)} images; the limit is "
+            f"{max_request_pixels} pixels per request (max_request_pixels)"
         )
-    fmt, size = image_format_and_size(data)
-    if fmt is None:
+
+
+def check_request(images: Sequence[bytes], max_images: int, max_bytes: int) -> None:
+    """Raise InputError when a whole request is over its limits, before any image is looked at.
+
+    The message names the limit, so the client knows how to split the request.
+    """
+    if len(images) > max_images:
         raise InputError(
-            f"input {index}: not a PNG, JPEG, GIF or BMP image (starts with {data[:8]!r})"
+            f"request holds {len(images)} images; the limit is {max_images} images per request "
+            "(max_images_per_request)"
         )
-    if size is not None and size[0] * size[1] > max_pixels:
+    total = sum(len(data) for data in images)
+    if total > max_bytes:
         raise InputError(
-            f"input {index}: {fmt} image of {size[0]}x{size[1]} pixels is above the limit of "
-            f"{max_pixels} pixels"
+            f"request holds {total} bytes of images; the limit is {max_bytes} bytes per request "
+            "(max_request_bytes)"
         )
 
 
@@ -181,6 +202,18 @@ class TritonPythonModel:
         self._max_pixels = int(
             config_parameter(config, "max_image_pixels", str(DEFAULT_MAX_IMAGE_PIXELS))
         )
+        self._max_request_images = int(config_parameter(
+            config, "max_images_per_request", str(max(1, int(config.get("max_batch_size", 1))))
+        ))
+        self._max_request_bytes = int(
+            config_parameter(config, "max_request_bytes", str(DEFAULT_MAX_REQUEST_BYTES))
+        )
+        frames = config_parameter(config, "max_gif_frames", "")
+        self._max_gif_frames = int(frames) if frames else None  # None: the pixel budget bounds them
+        # Absent: no cap beyond what max_images_per_request full-size images decode to.
+        self._max_request_pixels = int(config_parameter(
+            config, "max_request_pixels", str(self._max_pixels * self._max_request_images)
+        ))
         path = os.path.join(os.path.dirname(os.path.abspath(__file__)), SAVED_MODEL_DIR)
         self._model = tf.saved_model.load(path)  # keep a reference: signatures need it alive
         self._serve = self._model.signatures[SIGNATURE]
@@ -206,8 +239,10 @@ class TritonPythonModel:
 
     def _read(self, request) -> list[bytes]:
         images = flatten_input(pb_utils.get_input_tensor_by_name(request, INPUT_NAME).as_numpy())
-        for i, data in enumerate(images):
-            check_image(i, data, self._max_bytes, self._max_pixels)
+        check_request(images, self._max_request_images, self._max_request_bytes)
+        infos = [check_image(i, data, self._max_bytes, self._max_pixels, self._max_gif_frames)
+                 for i, data in enumerate(images)]
+        check_request_pixels(infos, self._max_request_pixels)
         return images
 
     def _run_alone(self, images: list[bytes]):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 
 from bench import pipeline as bench
-from hoh.pipeline.progress import ProgressHandler
+from hoh.pipeline.telemetry.progress import ProgressHandler
 
 
 class _Memory:

@@ -14,7 +14,8 @@ import pytest
 from PIL import Image, ImageEnhance, ImageFilter
 
 from hoh.components.drift import descriptors
-from hoh.components.drift.evaluation import DriftSettings, descriptor_report, embedding_report, verdict
+from hoh.components.drift.evaluation import descriptor_report, embedding_report, verdict
+from hoh.config import DriftConfig
 from hoh.components.drift.profile import Profile, ReducedEmbeddings, build_profile, fit_pca
 from hoh.data.sources import ImageRecord, ImageSource, reference_span, resolve_path, span_source
 from test_sampling_model import known_model, solid_png  # noqa: F401
@@ -133,7 +134,7 @@ def test_a_random_split_of_one_distribution_is_not_flagged(demo_profile, seed):
     random.Random(seed).shuffle(rows)
     half = len(rows) // 2
     first, second = _subset(demo_profile, rows[:half]), _subset(demo_profile, rows[half:])
-    _, results = descriptor_report(first, second, DriftSettings())
+    _, results = descriptor_report(first, second, DriftConfig())
     assert verdict(results["descriptors"], results["labels"], None) == []
     assert results["descriptors"]["count"] <= 1
 
@@ -143,11 +144,11 @@ def test_label_proportion_drift_is_flagged(demo_profile):
     horses = [i for i, label in enumerate(labels) if label == "horses"]
     humans = [i for i, label in enumerate(labels) if label == "humans"]
     current = _subset(demo_profile, horses[:45] + humans[:5])
-    _, results = descriptor_report(demo_profile, current, DriftSettings())
+    _, results = descriptor_report(demo_profile, current, DriftConfig())
     assert results["labels"]["drifted"] is True
     assert results["labels"]["current"] == {"horses": 0.9, "humans": 0.1}
     assert any("class proportions" in r for r in verdict(results["descriptors"], results["labels"], None))
-    _, without = descriptor_report(demo_profile, current, DriftSettings(label_drift=False))
+    _, without = descriptor_report(demo_profile, current, DriftConfig(label_drift=False))
     assert without["labels"] is None
 
 
@@ -252,7 +253,7 @@ def test_embedding_drift_votes_only_with_enough_images():
     rng = np.random.default_rng(5)
     def compare(rows: int, shift: float) -> dict:
         reference, current = rng.normal(size=(rows, 6)), rng.normal(shift, 1, size=(rows, 6))
-        return embedding_report(_embedded(reference), _embedded(current), DriftSettings())[1]
+        return embedding_report(_embedded(reference), _embedded(current), DriftConfig())[1]
 
     same, moved, small = compare(250, 0.0), compare(250, 0.8), compare(30, 0.8)
     assert not same["drifted"] and moved["drifted"] and moved["counts_in_verdict"]
@@ -273,7 +274,7 @@ def test_check_drift_with_a_model_adds_the_embedding_test(tmp_path, known_model)
             (tmp_path / side / f"{i}.png").write_bytes(solid_png(np.clip(colour + tint, 0, 255)))
     summary = check_drift(ImageSource("current", folder=str(tmp_path / "current")),
                           ImageSource("reference", folder=str(tmp_path / "reference")), str(tmp_path / "out"),
-                          DriftSettings(embedding_min_rows=20, embedding_components=3), str(known_model))
+                          DriftConfig(embedding_min_rows=20, embedding_components=3), str(known_model))
     embeddings = summary["embeddings"]
     assert embeddings["drifted"] and embeddings["counts_in_verdict"] and embeddings["components"] <= 3
     assert any("embeddings drifted" in reason for reason in summary["reasons"])
@@ -299,7 +300,7 @@ def test_cli_drift_on_span_directories(spans, tmp_path, capsys):
 
 
 def test_run_summary_says_why_nothing_was_pushed():
-    from hoh.pipeline.summary import RunSummary
+    from hoh.pipeline.telemetry.summary import RunSummary
 
     drift = {"drift_detected": True, "drifted_share": 0.5, "reasons": ["6 of 12 descriptors drifted"],
              "reference": {"images": 10, "skipped": []}, "current": {"images": 12, "skipped": []},

@@ -39,7 +39,7 @@ def _props(artifact) -> dict:
 def runs(tmp_path_factory):
     from hoh.data.demo import make_demo_dataset
     from hoh.data.importer import import_images
-    from hoh.pipeline.local import run_local
+    from hoh.pipeline.runners.local import run_local
 
     root = tmp_path_factory.mktemp("drift_e2e")
     data = make_span_root(root)  # span 1: demo images, 24 per class, 64 px

@@ -232,7 +232,7 @@ def test_credentials_over_plain_http_warn_and_none_do_not(kfp, package, capsys, 
 
 
 def test_https_with_credentials_does_not_warn():
-    from hoh.pipeline.kfp_client import Auth, transport_warning
+    from hoh.pipeline.kfp.client import Auth, transport_warning
 
     assert transport_warning("https://kfp.example.com/pipeline", Auth(token=TOKEN)) is None
     assert "unencrypted" in transport_warning("http://kfp.example.com", Auth(cookie="a=b"))
@@ -247,7 +247,7 @@ def test_a_password_in_the_host_url_is_refused_without_showing_it(kfp, package, 
 
 
 def test_secrets_stay_out_of_repr(tmp_path):
-    from hoh.pipeline.kfp_client import read_auth
+    from hoh.pipeline.kfp.client import read_auth
 
     (tmp_path / "cookie").write_text(f"session={SECRET}")
     auth, warnings = read_auth(token=TOKEN, cookie_file=str(tmp_path / "cookie"), environ={})

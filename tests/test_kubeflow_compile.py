@@ -30,7 +30,7 @@ def compile_args(output: Path, *extra: str) -> list[str]:
 
 def kfp_pipeline_object(*overrides: str):
     """The same pipeline object `hoh kfp compile` builds for compile_args()."""
-    from hoh.pipeline import kubeflow
+    from hoh.pipeline.runners import kubeflow
 
     cfg = load_config(builtin_config_path("tiny"), [*SETTINGS, *overrides])
     return kubeflow.build_pipeline(cfg, kubeflow.resolve_target(cfg, IMAGE, ROOT, DATA))
@@ -91,7 +91,7 @@ def test_one_task_per_node_with_the_same_dependencies(compiled):
 def test_same_dag_as_the_local_runner_but_for_the_baseline(compiled, tiny_span, tmp_path):
     """Every node of the local pipeline is compiled with the same dependencies; only the Resolver
     (refused by open-source KFP) is swapped for LatestPushedModel, which needs the candidate."""
-    from hoh.pipeline.local import build_local_pipeline
+    from hoh.pipeline.runners.local import build_local_pipeline
 
     _, spec, _ = compiled
     cfg = load_config(builtin_config_path("tiny"), [], **{"data.root": str(tiny_span), "output_dir": str(tmp_path)})
@@ -113,7 +113,7 @@ def test_every_container_runs_the_image_through_the_tfx_launcher(compiled):
 
 
 def test_runtime_parameters_exist_with_their_defaults(compiled):
-    from hoh.pipeline.kubeflow import runtime_parameter_defaults
+    from hoh.pipeline.runners.kubeflow import runtime_parameter_defaults
     from hoh.pipeline.pipeline import RUNTIME_PARAMETERS
 
     _, spec, pipeline = compiled
@@ -142,8 +142,9 @@ def test_runtime_parameters_exist_with_their_defaults(compiled):
 
 
 def test_span_shortcut_builds_the_range_config_the_pipeline_would():
-    from hoh.pipeline.kfp_params import span_parameter
-    from hoh.pipeline.pipeline import as_runtime_parameter, span_range_config
+    from hoh.pipeline.kfp.params import span_parameter
+    from hoh.pipeline.factory import span_range_config
+    from hoh.pipeline.pipeline import as_runtime_parameter
 
     for span in (None, 0, 3):
         expected = as_runtime_parameter("range_config", span_range_config(span, explicit_latest=True)).default
@@ -156,7 +157,7 @@ def test_no_local_path_leaks(compiled, tmp_path):
     for local in {str(REPO), os.getcwd(), str(Path.home()), str(tmp_path.parent.parent), "/tmp/"}:
         assert local not in text, local
     paths = set(re.findall(r"(?<![\w:/.])/[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)+", text))
-    from hoh.pipeline.kubeflow import IMAGE_SITE_PACKAGES
+    from hoh.pipeline.runners.kubeflow import IMAGE_SITE_PACKAGES
 
     assert {p for p in paths if not p.startswith(IMAGE_SITE_PACKAGES)} == set(), "only image paths"
     tasks = spec["root"]["dag"]["tasks"]
@@ -231,7 +232,7 @@ def test_dockerfile_copies_every_package_the_pipeline_references(compiled):
 
 def test_vertex_variant_keeps_the_resolver(tmp_path):
     """kubeflow.baseline=latest_blessed: the Resolver compiles to its two resolver tasks (Vertex)."""
-    from hoh.pipeline import kubeflow
+    from hoh.pipeline.runners import kubeflow
 
     pipeline = kfp_pipeline_object("kubeflow.baseline=latest_blessed")
     spec = kubeflow.compile_pipeline(pipeline, IMAGE, str(tmp_path / "vertex.yaml"))

@@ -164,7 +164,7 @@ def test_runtime_stage_is_slim_non_root_and_has_no_build_tools():
 
 def test_environment_and_entrypoint_match_the_compiled_pipeline():
     from hoh import env
-    from hoh.pipeline import kubeflow
+    from hoh.pipeline.runners import kubeflow
     from tfx.orchestration.kubeflow.v2.kubeflow_v2_dag_runner import KUBEFLOW_TFX_CMD
 
     text = re.sub(r"\\\n", " ", (REPO / "Dockerfile").read_text())
@@ -180,7 +180,7 @@ def test_environment_and_entrypoint_match_the_compiled_pipeline():
 
 @pytest.mark.parametrize("needed", ["setup.py", "pyproject.toml", "README.md", "requirements.lock",
                                     "requirements-image.lock", "hoh/cli.py",
-                                    "pipeline/kubeflow.py", "components/latest_pushed_model/component.py",
+                                    "pipeline/runners/kubeflow.py", "components/latest_pushed_model/component.py",
                                     "schemas/schema.pbtxt", "serving/triton_model.py"])
 def test_dockerignore_keeps_what_the_build_needs(needed):
     patterns = [p.strip() for p in (REPO / ".dockerignore").read_text().splitlines()

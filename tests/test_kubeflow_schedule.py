@@ -18,7 +18,7 @@ pytestmark = pytest.mark.e2e
 
 
 def _run(cfg, data_root: Path, out: Path) -> None:
-    from hoh.pipeline import kubeflow
+    from hoh.pipeline.runners import kubeflow
     from tfx import v1 as tfx
     from tfx.orchestration import metadata
 

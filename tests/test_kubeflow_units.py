@@ -8,9 +8,10 @@ import pytest
 
 from hoh.config import ConfigError, load_config
 from hoh.errors import HohError
-from hoh.pipeline import beam_presets, kfp_client
-from hoh.pipeline.kfp_params import PARAMETER_ALIASES, parameter_values
-from hoh.pipeline.kubeflow import Target
+from hoh.pipeline.kfp import beam_presets
+from hoh.pipeline.kfp import client as kfp_client
+from hoh.pipeline.kfp.params import PARAMETER_ALIASES, parameter_values
+from hoh.pipeline.runners.kubeflow import Target
 
 
 # --------------------------------------------------------------------------- cron
@@ -198,7 +199,7 @@ def test_kubeflow_section_validates_pod_locations():
 
 
 def test_target_resolution_names_what_is_missing():
-    from hoh.pipeline.kubeflow import resolve_target
+    from hoh.pipeline.runners.kubeflow import resolve_target
 
     cfg = load_config(overrides=["kubeflow.model_repository=gs://b/models"])
     with pytest.raises(HohError, match="--image"):

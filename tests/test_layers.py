@@ -139,5 +139,5 @@ def test_no_import_cycles_between_packages_or_modules():
 def test_cycle_finder_and_layers_catch_what_they_guard():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
-    assert layer("hoh.pipeline.kfp_cli") == "cli" and layer("hoh.data.importer") == "data"
+    assert layer("hoh.pipeline.kfp.cli") == "cli" and layer("hoh.data.importer") == "data"
     assert layer("hoh.features") == "core" and unit("hoh.components.drift.check") == "hoh.components.drift"

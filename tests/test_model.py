@@ -124,3 +124,21 @@ def test_auto_class_weights_balance_only_past_the_ratio():
         model_lib.choose_class_weights("auto", [0, 30, 30], names, 1.5)
     with pytest.raises(HohError, match="expected auto, none or balanced"):
         model_lib.choose_class_weights("sometimes", [3, 3], names[:2], 1.5)
+
+
+def test_trainer_config_is_read_with_the_typed_config_defaults_and_checks():
+    from hoh.config import ConfigError, ModelConfig, TrainingConfig, load_config
+    from hoh.pipeline.factory import trainer_config
+    from hoh.trainer.task import parse_trainer_config
+
+    model, training, transform = parse_trainer_config({})
+    assert model == ModelConfig() and training == TrainingConfig() and transform.image_size == 224
+    cfg = load_config(overrides=["training.epochs=7", "model.class_weights=none"])
+    model, training, _ = parse_trainer_config({**trainer_config(cfg), "image_size": 64})
+    assert training.epochs == 7 and model.class_weights == "none"
+    spec = model_lib.ModelSpec.from_config(model, 3, 64, training.learning_rate)
+    assert spec.num_classes == 3 and spec.image_size == 64 and spec.dropout == ModelConfig().dropout
+    with pytest.raises(ConfigError, match="trainer_config.training"):
+        parse_trainer_config({"training": {"epochs": 0}})
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['class_weights'\]"):
+        parse_trainer_config({"class_weights": "balanced"})  # the pre-0.2 shape: refused, not ignored

@@ -211,7 +211,7 @@ def test_finally_cells_run_after_a_failure(tmp_path):
 
 
 def test_push_decision_is_the_pipelines_gate_made_explicit():
-    from hoh.pipeline.interactive import push_decision
+    from hoh.pipeline.notebook.interactive import push_decision
 
     assert push_decision(True, None, False)[0]
     assert push_decision(True, True, False)[0]  # drift alone does not hold the push by default
@@ -221,7 +221,7 @@ def test_push_decision_is_the_pipelines_gate_made_explicit():
 
 
 def test_notebook_config_applies_parameters_over_the_profile(tmp_path):
-    from hoh.pipeline.interactive import notebook_config
+    from hoh.pipeline.notebook.interactive import notebook_config
 
     cfg = notebook_config(profile="tiny", output_dir=str(tmp_path / "out"), data_root="data",
                           image_size=48, alpha=None, epochs=2, overrides=["sampling.k=3"])
@@ -232,7 +232,7 @@ def test_notebook_config_applies_parameters_over_the_profile(tmp_path):
 
 def test_demo_data_makes_spans_and_a_pool_once(tmp_path):
     from hoh import features
-    from hoh.pipeline.interactive import demo_data
+    from hoh.pipeline.notebook.interactive import demo_data
 
     data_root, pool_root = demo_data(str(tmp_path), per_class=3, size=32)
     assert features.list_spans(data_root) == [1, 2]
@@ -243,8 +243,9 @@ def test_demo_data_makes_spans_and_a_pool_once(tmp_path):
 
 
 def test_ensure_pushed_model_runs_the_pipeline_only_when_the_repository_is_empty(tmp_path, monkeypatch):
-    from hoh.pipeline import interactive, local
-    from hoh.pipeline.interactive import ensure_pushed_model, notebook_config
+    from hoh.pipeline.notebook import interactive
+    from hoh.pipeline.runners import local
+    from hoh.pipeline.notebook.interactive import ensure_pushed_model, notebook_config
 
     cfg = notebook_config(profile="tiny", output_dir=str(tmp_path))
     runs = []
@@ -262,7 +263,7 @@ def test_ensure_pushed_model_runs_the_pipeline_only_when_the_repository_is_empty
 
 
 def test_metrics_rows_flatten_tfma_slices():
-    from hoh.pipeline.interactive import metrics_rows
+    from hoh.pipeline.notebook.interactive import metrics_rows
 
     rows = metrics_rows([
         ((), {"": {"": {"auc": {"doubleValue": 0.75}, "example_count": {"doubleValue": 16.0},
@@ -277,7 +278,7 @@ def test_views_render_png():
     import numpy as np
     from PIL import Image
 
-    from hoh.pipeline import notebook_views as views
+    from hoh.pipeline.notebook import views
 
     png = b"\x89PNG\r\n\x1a\n"
     buffer = io.BytesIO()
@@ -308,3 +309,9 @@ nv_cpu_memory_used_bytes 1.2e+09
     assert metrics.model_totals(samples, "hoh") == {
         "nv_cache_num_hits_per_model": 3.0, "nv_inference_count": 12.0, "nv_inference_exec_count": 2.0,
     }
+    # A page that is not an exposition (e.g. an HTML error page from a proxy) is named, not
+    # silently read as "no traffic".
+    from hoh.errors import HohError
+
+    with pytest.raises(HohError, match="not a Prometheus text exposition"):
+        metrics.parse('nv_inference_count{model="hoh" 8\n')

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from hoh.pipeline.peak_memory import PeakMemory, format_mb
+from hoh.pipeline.telemetry.peak_memory import PeakMemory, format_mb
 
 
 def _status(path, hwm_kb, rss_kb):

@@ -30,7 +30,7 @@ def _mlmd(output: Path):
 
 @pytest.fixture(scope="module")
 def two_class_runs(tmp_path_factory, tiny_span):
-    from hoh.pipeline.local import run_local
+    from hoh.pipeline.runners.local import run_local
 
     output = tmp_path_factory.mktemp("run2")
     cfg = _config(tiny_span, output)
@@ -85,7 +85,7 @@ def test_second_run_reuses_cached_executions(two_class_runs):
 
 
 def test_three_class_variant(tmp_path_factory):
-    from hoh.pipeline.local import run_local
+    from hoh.pipeline.runners.local import run_local
 
     root = tmp_path_factory.mktemp("three")
     data = make_span_root(root, ("birds", "horses", "humans"), per_class=12, size=48)
@@ -98,7 +98,7 @@ def test_three_class_variant(tmp_path_factory):
 
 
 def test_anomalies_stop_the_run_with_a_readable_message(tmp_path, tiny_span):
-    from hoh.pipeline.local import PipelineFailed, run_local
+    from hoh.pipeline.runners.local import PipelineFailed, run_local
 
     schema = tmp_path / "schema.pbtxt"
     curated = Path(__file__).resolve().parents[1] / "schemas" / "schema.pbtxt"
@@ -108,6 +108,7 @@ def test_anomalies_stop_the_run_with_a_readable_message(tmp_path, tiny_span):
         run_local(cfg, echo=lambda line: None)
     message = str(err.value)
     assert message.startswith("AnomaliesGate failed")
+    assert err.value.exit_code == 4  # ExitCode.DATA_ANOMALIES: a scheduler can tell it from a crash
     assert "'camera'" in message and "Traceback" not in message
     store = _mlmd(tmp_path / "out")
     assert not store.get_artifacts_by_type("Model"), "nothing is trained on anomalous data"

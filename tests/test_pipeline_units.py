@@ -11,7 +11,7 @@ from hoh.components.anomalies_gate.anomalies import describe
 from hoh.errors import HohError
 from hoh.pipeline import factory
 from hoh.pipeline.evaluation import make_eval_config
-from hoh.pipeline.progress import ProgressHandler
+from hoh.pipeline.telemetry.progress import ProgressHandler
 from hoh.trainer import EPOCH_PREFIX
 
 
@@ -116,7 +116,7 @@ def test_failure_description_names_value_and_bound():
     import tensorflow_model_analysis as tfma
     from tensorflow_model_analysis.proto import validation_result_pb2
 
-    from hoh.pipeline.summary import describe_failure
+    from hoh.pipeline.telemetry.summary import describe_failure
 
     failure = validation_result_pb2.ValidationFailure()
     failure.metric_key.name = "auc"
@@ -140,3 +140,20 @@ def test_promotion_adds_the_image_domain_and_keeps_everything_else():
     assert "image_domain {" in text and 'value: "humans"' in text and "size: 1" in text
     again, none = promotable_schema(text)
     assert none == [] and again == text
+
+
+def test_run_exit_codes_tell_outcomes_apart():
+    from hoh.cli import main
+    from hoh.errors import DataAnomaliesError, ExitCode, UsageError
+    from hoh.pipeline.cli import run_exit_code
+    from hoh.pipeline.telemetry.summary import RunSummary
+
+    refused, pushed = RunSummary(components=[], blessed=False), RunSummary(components=[], blessed=True)
+    assert run_exit_code(refused, fail_if_not_blessed=False) == ExitCode.OK
+    assert run_exit_code(refused, fail_if_not_blessed=True) == ExitCode.NOT_BLESSED == 3
+    assert run_exit_code(pushed, fail_if_not_blessed=True) == ExitCode.OK
+    # Nothing evaluated (e.g. an earlier step had nothing to do) is not "not blessed".
+    assert run_exit_code(RunSummary(components=[]), fail_if_not_blessed=True) == ExitCode.OK
+    assert DataAnomaliesError("x").exit_code == 4 and UsageError("x").exit_code == 2
+    assert main(["run", "--profile", "tiny", "--config", "x.yaml"]) == ExitCode.USAGE
+    assert main(["run", "--profile", "tiny", "--set", "model.alpha=7"]) == ExitCode.USAGE

@@ -89,9 +89,8 @@ def _run(tmp_path: Path, span, weights: str, **training):
         serving_model_dir=str(tmp_path / "serving"),
         custom_config={
             "image_size": IMAGE_SIZE,
-            "model": {"alpha": ALPHA, "weights": weights, "augment": training.pop("augment", False)},
-            "class_weights": "auto",
-            "class_balance_ratio": 1.5,
+            "model": {"alpha": ALPHA, "weights": weights, "augment": training.pop("augment", False),
+                      "class_weights": "auto", "class_balance_ratio": 1.5},
             "training": {"epochs": 1, "batch_size": 8, **training},
         },
     )

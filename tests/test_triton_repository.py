@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -14,10 +16,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from hoh.components.triton_pusher import repository as repo
 from tiny_model import fake_saved_model
 from tritonclient.grpc import model_config_pb2 as mc
+
+from hoh.components.triton_pusher import repository as repo
+
 
 def tree(root: Path) -> dict[str, bytes]:
     return {
@@ -51,12 +54,12 @@ def test_every_written_config_parses_as_model_config(tmp_path, classes):
         probs, label = config.output
         assert (probs.name, probs.data_type, list(probs.dims)) == (
             "probabilities", mc.TYPE_FP32, [len(classes)])
-        assert probs.label_filename == "labels.txt"
+        assert probs.label_filename == "1/labels.txt"  # inside the version it describes
         assert (label.name, label.data_type, list(label.dims)) == ("label", mc.TYPE_STRING, [1])
         assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]
         assert config.dynamic_batching.max_queue_delay_microseconds == 500
-        assert config.version_policy.latest.num_versions == 1
-        assert config.response_cache.enable
+        assert list(config.version_policy.specific.versions) == [1]
+        assert config.response_cache.enable == SETTINGS.response_cache
         assert json.loads(config.parameters["class_names"].string_value) == list(classes)
         (group,) = config.instance_group
         assert group.count == 2
@@ -65,7 +68,8 @@ def test_every_written_config_parses_as_model_config(tmp_path, classes):
         assert warmup.inputs["image_bytes"].data_type == mc.TYPE_STRING
     kinds = [repo.parse_model_config(p.read_text()).instance_group[0].kind for p in configs]
     assert kinds == [mc.ModelInstanceGroup.KIND_CPU, mc.ModelInstanceGroup.KIND_GPU]
-    assert (model_dir / "labels.txt").read_text().splitlines() == list(classes)
+    assert (model_dir / "1" / "labels.txt").read_text().splitlines() == list(classes)
+    assert not (model_dir / "labels.txt").exists()
 
 
 def test_warmup_file_is_length_prefixed_sample_image(tmp_path):
@@ -96,10 +100,47 @@ def test_version_layout(tmp_path):
     assert (version_dir / "model.savedmodel" / "assets.extra" / "labels.txt").exists()
     info = json.loads((version_dir / "hoh_push.json").read_text())
     assert info["source"] == "uri://m" and info["class_names"] == ["human", "horse"]
-    # model.py is precompiled (hash-checked), so the stub never writes into the version dir.
-    (pyc,) = (version_dir / "__pycache__").glob("model.*.pyc")
-    flags = struct.unpack("<I", pyc.read_bytes()[4:8])[0]
-    assert flags == 0b11  # hash-based, checked against the source
+    # The image validator model.py imports from its own directory (stdlib-only, hoh's copy).
+    assert (version_dir / "hoh_imagecheck.py").read_bytes() == (
+        Path(repo.__file__).parents[2] / "hoh" / "imagecheck.py").read_bytes()
+    # Both are precompiled (hash-checked), so the stub never writes into the version dir.
+    for module in ("model", "hoh_imagecheck"):
+        (pyc,) = (version_dir / "__pycache__").glob(f"{module}.*.pyc")
+        flags = struct.unpack("<I", pyc.read_bytes()[4:8])[0]
+        assert flags == 0b11  # hash-based, checked against the source
+
+
+_STANDALONE_SCRIPT = """
+import importlib.util, sys
+class NoHoh:
+    def find_spec(self, name, path=None, target=None):
+        if name == "hoh" or name.startswith("hoh."):
+            raise ImportError("hoh is not installed in this serving image")
+sys.meta_path.insert(0, NoHoh())
+spec = importlib.util.spec_from_file_location("model", sys.argv[1])
+model = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(model)
+print(model.imagecheck.__file__)
+try:
+    sof = b"\\xff\\xd8\\xff\\xc0\\x00\\x11\\x08\\x4e\\x20\\x4e\\x20\\x03"  # 20000x20000
+    model.check_image(0, sof, 10**7, 10**6)
+except model.InputError as exc:
+    print(exc)
+"""
+
+
+def test_pushed_model_py_runs_without_hoh_and_uses_its_own_validator(tmp_path):
+    result = repo.push_model(str(fake_saved_model(tmp_path / "m")), str(tmp_path / "repo"),
+                             SETTINGS)
+    version_dir = Path(result.version_dir)
+    proc = subprocess.run([sys.executable, "-c", _STANDALONE_SCRIPT,
+                           str(version_dir / "model.py")], capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    where, message = proc.stdout.splitlines()
+    assert where == str(version_dir / "hoh_imagecheck.py")
+    assert message == ("input 0: JPEG image of 20000x20000 pixels is above the limit of "
+                       "1000000 pixels")
 
 
 # ------------------------------------------------------------------ versions
@@ -139,17 +180,17 @@ def test_retrying_the_same_model_does_not_publish_it_twice(tmp_path):
     assert (other.version, other.pushed) == (2, True)
 
 
-def test_unchanged_model_files_are_not_rewritten(tmp_path):
-    """Any change in a model directory makes a polling Triton reload the model."""
+def test_unchanged_warmup_is_not_rewritten_and_the_config_pins_the_new_version(tmp_path):
+    """A changed file outside the version dirs makes a polling Triton reload every version."""
     repository = tmp_path / "repo"
     repo.push_model(str(fake_saved_model(tmp_path / "a")), str(repository), SETTINGS)
-    config = repository / "hoh" / "config.pbtxt"
-    os.utime(config, (1, 1))
+    warmup = repository / "hoh" / "warmup" / "image_bytes"
+    os.utime(warmup, (1, 1))
     repo.push_model(str(fake_saved_model(tmp_path / "b", pb=b"other")), str(repository), SETTINGS)
-    assert config.stat().st_mtime == 1
-    repo.push_model(str(fake_saved_model(tmp_path / "c", classes=("x", "y", "z"))),
-                    str(repository), SETTINGS)
-    assert config.stat().st_mtime != 1  # three classes now: the config had to change
+    assert warmup.stat().st_mtime == 1
+    config = repo.parse_model_config((repository / "hoh" / "config.pbtxt").read_text())
+    assert list(config.version_policy.specific.versions) == [2]
+    assert config.output[0].label_filename == "2/labels.txt"
 
 
 @pytest.mark.parametrize("names, expected", [
@@ -283,3 +324,100 @@ def test_model_info_checks(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(repo.PushError, match="no saved_model.pb"):
         repo.read_model_info(str(tmp_path / "empty"))
+
+
+# ------------------------------------------------------------------ killed pushes
+
+OLD_CLASSES, NEW_CLASSES = ("human", "horse"), ("cat", "dog", "horse")
+_PUSH_SCRIPT = """
+import sys
+from hoh.components.triton_pusher import repository as repo
+repo.push_model(sys.argv[1], sys.argv[2], repo.TritonPushSettings(versions_to_keep=2),
+                source="uri://new")
+"""
+
+
+def served_model(model_dir: Path, config_file: str) -> tuple[tuple[str, ...], int]:
+    """(classes, newest version) that `config_file` makes Triton serve; asserts it is whole."""
+    config = repo.parse_model_config((model_dir / config_file).read_text())
+    if config.version_policy.HasField("latest"):  # what Triton picks: the newest directories
+        on_disk = repo.version_numbers(p.name for p in model_dir.iterdir() if p.is_dir())
+        served = on_disk[-config.version_policy.latest.num_versions:]
+    else:
+        served = list(config.version_policy.specific.versions)
+    assert served, f"{config_file} serves no version"
+    for version in served:
+        assert (model_dir / str(version) / "model.savedmodel" / "saved_model.pb").is_file()
+        assert (model_dir / str(version) / "model.py").is_file()
+        assert (model_dir / str(version) / "hoh_imagecheck.py").is_file()
+    newest = max(served)
+    info = json.loads((model_dir / str(newest) / "hoh_push.json").read_text())
+    classes = tuple(info["class_names"])
+    probabilities = config.output[0]
+    assert tuple((model_dir / probabilities.label_filename).read_text().splitlines()) == classes
+    assert list(probabilities.dims) == [len(classes)]
+    assert tuple(json.loads(config.parameters["class_names"].string_value)) == classes
+    for warmup in config.model_warmup:
+        assert (model_dir / "warmup" / warmup.inputs["image_bytes"].input_data_file).is_file()
+    return classes, newest
+
+
+def test_a_push_killed_at_any_step_leaves_the_old_model_or_the_new_one(tmp_path):
+    """SIGKILL the pusher at every checkpoint in turn; Triton must find one whole model each time.
+
+    Before the fix, config.pbtxt and labels.txt (3 classes) were replaced before version 3 was
+    renamed in: a kill in between left them over the 2-class version 2, which Triton reloaded.
+    """
+    template = tmp_path / "template"
+    for i in (1, 2):  # keep=2, so the new push also deletes version 1
+        model = fake_saved_model(tmp_path / f"old{i}", OLD_CLASSES, pb=f"old{i}".encode())
+        repo.push_model(str(model), str(template), repo.TritonPushSettings(versions_to_keep=2))
+    sample = b"GIF89a" + b"new sample"  # another warmup file: that write is a step too
+    new_model = fake_saved_model(tmp_path / "new", NEW_CLASSES, sample=sample, pb=b"new")
+    outcomes = []
+    for step in range(1, 40):
+        repository = tmp_path / f"repo-{step}"
+        shutil.copytree(template, repository)
+        env = dict(os.environ, **{repo.KILL_AT_STEP_ENV: str(step)})
+        proc = subprocess.run([sys.executable, "-c", _PUSH_SCRIPT, str(new_model),
+                               str(repository)], env=env, capture_output=True, text=True,
+                              check=False)
+        model_dir = repository / "hoh"
+        if proc.returncode == 0:  # ran past its last checkpoint: every step has been killed
+            assert served_model(model_dir, "config.pbtxt") == (NEW_CLASSES, 3)
+            assert repo.list_versions(str(model_dir)) == [2, 3]
+            break
+        assert proc.returncode == -signal.SIGKILL, proc.stderr
+        cpu = served_model(model_dir, "config.pbtxt")
+        gpu = served_model(model_dir, "configs/gpu.pbtxt")
+        assert cpu in ((OLD_CLASSES, 2), (NEW_CLASSES, 3))
+        assert gpu in ((OLD_CLASSES, 2), (NEW_CLASSES, 3))
+        outcomes.append("new" if cpu[0] == NEW_CLASSES else "old")
+        # A version dir the config does not serve is no version yet (nor a baseline).
+        assert repo.list_versions(str(model_dir))[-1] == cpu[1]
+        # The next push (the retried execution) cleans up and ends with the new model.
+        result = repo.push_model(str(new_model), str(repository),
+                                 repo.TritonPushSettings(versions_to_keep=2), source="uri://new")
+        assert served_model(model_dir, "config.pbtxt")[0] == NEW_CLASSES
+        assert result.pushed == (outcomes[-1] == "old")
+        assert not [p.name for p in model_dir.iterdir() if p.name.startswith(".")]
+    else:
+        pytest.fail("the push never completed")
+    assert len(outcomes) >= 8, outcomes  # staging, warmup, rename, two configs, retire ...
+    # Old until the single publishing step, new from then on.
+    assert outcomes == sorted(outcomes, key=lambda o: o == "new") and "new" in outcomes
+
+
+def test_unpublished_version_of_a_live_pusher_is_left_alone(tmp_path):
+    repository = tmp_path / "repo"
+    repo.push_model(str(fake_saved_model(tmp_path / "a")), str(repository), SETTINGS)
+    orphan = repository / "hoh" / "2"
+    (orphan / "model.savedmodel").mkdir(parents=True)
+    live = f"{socket.gethostname()}-{os.getpid()}-abcd1234"
+    (orphan / "hoh_push.json").write_text(json.dumps({"pusher": live}))
+    assert repo.list_versions(str(repository / "hoh")) == [1]
+    assert repo.clean_stale_temps(str(repository / "hoh")) == []  # its pusher may still publish
+    (orphan / "hoh_push.json").write_text(json.dumps({"pusher": f"{socket.gethostname()}-"
+                                                                f"{_dead_pid()}-abcd1234"}))
+    assert repo.clean_stale_temps(str(repository / "hoh")) == ["2"]
+    assert not orphan.exists()

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 import zlib
 from dataclasses import dataclass
@@ -25,11 +26,11 @@ import pytest
 
 import hoh  # noqa: F401
 from hoh.components.triton_pusher import repository
+from hoh.serving import command, installation, process
 from hoh.serving import server as srv
 from hoh.serving import triton_model as tm
 from hoh.serving.cli import expand_images
 from hoh.serving.client import (
-    CACHED_REJECTION,
     ClientError,
     InvalidImage,
     ServerUnavailable,
@@ -44,6 +45,8 @@ CLASSES_V1 = ("human", "horse")
 CLASSES_V2 = ("cat", "dog", "horse")
 FORMATS = ("PNG", "JPEG", "BMP", "GIF")
 MAX_BATCH = 8
+MAX_IMAGES = 6  # per request: below MAX_BATCH, so hoh's own check answers, not Triton's
+MAX_REQUEST_BYTES = 20 * 1024 * 1024  # above the 16 MiB per image (the push default)
 
 
 def huge_png(width: int = 30000, height: int = 30000) -> bytes:
@@ -119,31 +122,32 @@ def test_flatten_input():
 
 
 def test_server_command_and_environment(tmp_path):
-    install = srv.find_installation()
-    cmd = srv.server_command(install, tmp_path, "/repo", host="127.0.0.1", http_port=1,
+    install = installation.find_installation()
+    cmd = command.server_command(install, tmp_path, "/repo", host="127.0.0.1", http_port=1,
                              grpc_port=2, metrics_port=3, model_config_name="gpu",
-                             repository_poll_secs=7)
+                             repository_poll_secs=7, admin_key="k")
     for flag in ("--model-repository=/repo", "--model-control-mode=poll",
                  "--repository-poll-secs=7", "--model-config-name=gpu", "--exit-on-error=false",
                  "--http-port=1", "--grpc-port=2", "--metrics-port=3", "--allow-metrics=true",
                  f"--backend-directory={tmp_path}", f"--cache-directory={install.caches}"):
         assert flag in cmd
     assert any(a.startswith("--cache-config=local,size=") for a in cmd)
-    explicit = srv.server_command(install, tmp_path, "/repo", host="0.0.0.0", http_port=1,
-                                  grpc_port=2, metrics_port=3, model_control_mode="explicit")
+    explicit = command.server_command(install, tmp_path, "/repo", host="0.0.0.0", http_port=1,
+                                  grpc_port=2, metrics_port=3, model_control_mode="explicit",
+                                  admin_key="k")
     assert "--load-model=*" in explicit and not any("poll-secs" in a for a in explicit)
-    with pytest.raises(srv.ServerError, match="control mode"):
-        srv.server_command(install, tmp_path, "/r", host="h", http_port=1, grpc_port=2,
-                           metrics_port=3, model_control_mode="none")
-    env = srv.server_environment(install, {"PATH": "/usr/bin", "LD_LIBRARY_PATH": "/x"})
+    with pytest.raises(installation.ServerError, match="control mode"):
+        command.server_command(install, tmp_path, "/r", host="h", http_port=1, grpc_port=2,
+                           metrics_port=3, model_control_mode="none", admin_key="k")
+    env = installation.server_environment(install, {"PATH": "/usr/bin", "LD_LIBRARY_PATH": "/x"})
     libs = env["LD_LIBRARY_PATH"].split(":")
     assert libs == [str(install.python_libdir), str(install.libs), "/x"]
     assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
 
 
 def test_backend_dir_has_backend_utils_and_stub(tmp_path):
-    install = srv.find_installation()
-    python_dir = srv.prepare_backend_dir(install, tmp_path / "b") / "python"
+    install = installation.find_installation()
+    python_dir = installation.prepare_backend_dir(install, tmp_path / "b") / "python"
     names = sorted(p.name for p in python_dir.iterdir())
     assert names == ["libtriton_python.so", "triton_python_backend_stub",
                      "triton_python_backend_utils.py"]
@@ -151,9 +155,9 @@ def test_backend_dir_has_backend_utils_and_stub(tmp_path):
 
 
 def test_missing_stub_or_repository_is_a_clear_error(tmp_path):
-    with pytest.raises(srv.ServerError, match=r"no python backend stub for Python 2\.7 \(.*3\.11"):
-        srv.find_installation("2.7")
-    with pytest.raises(srv.ServerError, match="does not exist"):
+    with pytest.raises(installation.ServerError, match=r"no python backend stub for Python 2\.7 \(.*3\.11"):
+        installation.find_installation("2.7")
+    with pytest.raises(installation.ServerError, match="does not exist"):
         srv.TritonServer(tmp_path / "nope").start()
 
 
@@ -173,7 +177,7 @@ def test_client_parsing():
 
 
 def test_client_errors_without_a_server(tmp_path):
-    port = srv.free_port()
+    port = process.free_port()
     for protocol in ("http", "grpc"):
         client = TritonImageClient(f"127.0.0.1:{port}", protocol=protocol, timeout=5)
         assert not client.is_ready()
@@ -224,6 +228,7 @@ def served(tmp_path_factory):
         max_batch_size=MAX_BATCH, preferred_batch_sizes="[4, 8]",
         max_queue_delay_us=50_000,  # wide enough that concurrent test requests share a batch
         versions_to_serve=1, versions_to_keep=2,
+        max_images_per_request=MAX_IMAGES, max_request_bytes=MAX_REQUEST_BYTES,
     )
     server = srv.TritonServer(root / "repository", http_port=0, grpc_port=0, metrics_port=0,
                               repository_poll_secs=1, log_file=root / "triton.log")
@@ -333,8 +338,8 @@ def test_concurrent_requests_share_a_batch_and_a_bad_one_fails_alone(served):
     assert metric(served, "nv_inference_exec_count") - executions < len(requests)
 
 
-# Each maker gets a number so that HTTP and gRPC send different bytes: Triton's response cache
-# would otherwise replay the first failure (see test_a_repeated_bad_input_is_still_an_error).
+# Each maker gets a number so that HTTP and gRPC send different bytes (a model pushed with
+# push.response_cache on would replay the first failure; see test_a_repeated_bad_request_...).
 BAD_INPUTS = {
     "not-an-image": (lambda n: b"GIF? no, text %d" % n, "not a PNG, JPEG, GIF or BMP image"),
     "empty": (lambda n: b"", "empty image bytes"),
@@ -366,25 +371,125 @@ def test_bad_input_gets_a_clear_error_and_the_next_request_succeeds(
     assert prediction.label in CLASSES_V1
 
 
+def raw_infer(url: str, images: list[bytes], headers: dict | None = None) -> tuple[int, str]:
+    """POST /v2/models/hoh/infer with binary data, as any HTTP client may: (status, body)."""
+    import http.client
+    import json
+
+    data = b"".join(struct.pack("<I", len(i)) + i for i in images)
+    head = json.dumps({
+        "inputs": [{"name": "image_bytes", "shape": [len(images), 1], "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(data)}}],
+        "outputs": [{"name": "probabilities", "parameters": {"binary_data": False}}],
+    }).encode()
+    host, port = url.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=120)
+    try:
+        conn.request("POST", "/v2/models/hoh/infer", body=head + data, headers={
+            "Inference-Header-Content-Length": str(len(head)), **(headers or {})})
+        response = conn.getresponse()
+        return response.status, response.read().decode("utf-8", "replace")
+    finally:
+        conn.close()
+
+
 @pytest.mark.e2e
-def test_a_repeated_bad_input_is_still_an_error(served):
-    """Triton 2.51 caches failed responses and replays them as empty successes; the client
-    still reports the input as rejected, and finds it inside a multi-image request."""
-    bad = b"repeated garbage"
+def test_a_repeated_bad_request_is_still_an_error_for_any_client(served):
+    """Triton 2.51's response cache would answer the repeat with 200 and no outputs; hoh pushes
+    the model with the cache off, so the raw HTTP API says why both times."""
+    config = repository.parse_model_config((served.repository / "hoh/config.pbtxt").read_text())
+    assert config.response_cache.enable is False
+    for _ in range(2):
+        status, body = raw_infer(served.server.http_url, [b"repeated garbage"])
+        assert (status, "not a PNG, JPEG, GIF or BMP image" in body) == (400, True), body
     client = served.client("grpc")
-    with pytest.raises(InvalidImage, match="not a PNG"):
-        client.predict([bad])
-    hits = metric(served, "nv_cache_num_hits_per_model")
-    with pytest.raises(InvalidImage, match=re.escape(CACHED_REJECTION)) as err:
-        client.predict([bad])
-    assert err.value.source == "#0"
-    assert metric(served, "nv_cache_num_hits_per_model") - hits == 1  # the replay itself
-    good = images(550, 2)
-    for reason in ("not a PNG", re.escape(CACHED_REJECTION)):  # first the model, then the cache
-        with pytest.raises(InvalidImage, match=reason) as err:
-            client.predict([good[0], bad, good[1]])
+    for _ in range(2):
+        with pytest.raises(InvalidImage, match="not a PNG") as err:
+            client.predict([images(550, 1)[0], b"repeated garbage"])
         assert err.value.source == "#1"
-    assert len(client.predict(good)) == 2
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("batch, message", [
+    ([b"x"] * (MAX_IMAGES + 1),
+     f"request holds {MAX_IMAGES + 1} images; the limit is {MAX_IMAGES} images per request"),
+    ([b"\x89PNG\r\n\x1a\n" + b"\x00" * (11 * 1024 * 1024)] * 2,
+     f"the limit is {MAX_REQUEST_BYTES} bytes per request (max_request_bytes)"),
+    ([b"\x89PNG\r\n\x1a\n" + b"\x01" * (17 * 1024 * 1024)],
+     "input 0: 17825800 bytes is above the limit of 16777216 bytes"),
+])
+def test_an_over_limit_request_gets_a_4xx_naming_the_limit(served, batch, message):
+    status, body = raw_infer(served.server.http_url, batch)
+    assert status == 400 and message in body, body
+    status, body = raw_infer(served.server.http_url, images(560, 2))
+    assert status == 200 and '"name":"probabilities"' in body
+    assert served.server.model_states() == "hoh v1: READY"
+
+
+@pytest.mark.e2e
+def test_the_client_splits_a_request_over_the_image_limit(served):
+    batch = images(570, MAX_IMAGES + 2)
+    reference = predict_in_process(served.model_dir, batch)["probabilities"]
+    requests = metric(served, "nv_inference_request_success")
+    predictions = served.client().predict(batch)
+    assert np.allclose([list(p.probabilities.values()) for p in predictions], reference,
+                       atol=1e-5)
+    assert metric(served, "nv_inference_request_success") - requests == 2
+
+
+@pytest.mark.e2e
+def test_load_with_a_code_override_is_refused_and_hoh_still_loads(served, tmp_path):
+    """The attack: in explicit mode Triton's load API takes a model.py in the request body.
+    Without the launcher's key it is refused on HTTP and gRPC; TritonServer itself still
+    unloads and loads the model."""
+    import base64
+    import json
+
+    import tritonclient.grpc as grpcclient
+
+    marker = tmp_path / "pwned"
+    code = f"open({str(marker)!r}, 'w').write('owned')\n".encode()
+    body = json.dumps({"parameters": {
+        "config": json.dumps({"backend": "python", "max_batch_size": 0}),
+        "file:1/model.py": base64.b64encode(code).decode()}}).encode()
+    log = tmp_path / "explicit.log"
+    with srv.TritonServer(served.repository, http_port=0, grpc_port=0, metrics_port=0,
+                          model_control_mode="explicit", log_file=log) as server:
+        request = urllib.request.Request(
+            f"http://{server.http_url}/v2/repository/models/evil/load", data=body, method="POST")
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(request, timeout=60)
+        assert err.value.code == 403 and b"This API is restricted" in err.value.read()
+        grpc = grpcclient.InferenceServerClient(server.grpc_url)
+        with pytest.raises(Exception, match="This protocol is restricted"):
+            grpc.load_model("evil", config=json.dumps({"backend": "python"}),
+                            files={"file:1/model.py": code})
+        grpc.close()
+        for path in ("v2/logging", "v2/trace/setting", "v2/systemsharedmemory/status"):
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(f"http://{server.http_url}/{path}", timeout=10)
+            assert err.value.code == 403, path
+        assert not marker.exists()
+        assert server.model_states() == "hoh v1: READY"  # the launcher's own key works
+        server.unload_model("hoh")
+        wait_until(lambda: "READY" not in server.model_states(), 60, "the model to unload")
+        server.load_model("hoh")
+        assert server.model_states() == "hoh v1: READY"
+        client = TritonImageClient(server.http_url, timeout=60)
+        assert len(client.predict(images(580, 2))) == 2
+        client.close()
+    assert not marker.exists()
+
+
+@pytest.mark.e2e
+def test_pointing_the_client_at_the_wrong_port_says_so(served):
+    metrics_port = served.server.metrics_url.split(":")[2].split("/")[0]
+    with pytest.raises(ServerUnavailable, match="is it the metrics port"):
+        TritonImageClient(f"127.0.0.1:{metrics_port}", timeout=10).predict(images(590, 1))
+    with pytest.raises(ServerUnavailable, match="127.0.0.1"):
+        TritonImageClient(served.server.http_url, protocol="grpc", timeout=10).check_ready()
+    with pytest.raises(ServerUnavailable, match="answers, but not as Triton's HTTP"):
+        TritonImageClient(served.server.grpc_url, timeout=10).check_ready()
 
 
 @pytest.mark.e2e
@@ -397,7 +502,7 @@ def test_bad_image_inside_a_multi_image_request_is_named(served):
 
 
 @pytest.mark.e2e
-def test_metrics_report_inferences_and_cache_hits(served):
+def test_metrics_report_inferences_and_no_cache_hits(served):
     image = images(700, 1)
     success = metric(served, "nv_inference_request_success")
     hits = metric(served, "nv_cache_num_hits_per_model")
@@ -405,7 +510,7 @@ def test_metrics_report_inferences_and_cache_hits(served):
     second = served.client().predict(image)
     assert first == second
     assert metric(served, "nv_inference_request_success") - success >= 2
-    assert metric(served, "nv_cache_num_hits_per_model") - hits >= 1
+    assert metric(served, "nv_cache_num_hits_per_model") - hits == 0  # pushed with the cache off
 
 
 @pytest.mark.e2e
@@ -440,7 +545,8 @@ def test_interrupted_pushes_leave_the_repository_servable(served, monkeypatch):
         run_pusher_executor(model_uri, served.repository, served.root / "pushed-broken")
     monkeypatch.undo()
     assert repository.list_versions(str(model_dir)) == [1]
-    assert (model_dir / "labels.txt").read_text().splitlines() == list(CLASSES_V1)  # restored
+    assert repository.served_versions(str(model_dir)) == [1]  # config.pbtxt restored
+    assert (model_dir / "1" / "labels.txt").read_text().splitlines() == list(CLASSES_V1)
     staging = [p for p in model_dir.iterdir() if p.name.startswith(".hoh-staging-")]
     assert staging == [leftover]  # the failed push cleaned up after itself
     time.sleep(3 * served.server.repository_poll_secs)  # let the server poll what is there
@@ -522,7 +628,7 @@ def test_version_3_with_other_classes_replaces_the_config(served):
 
 @pytest.mark.e2e
 def test_hoh_serve_command_stops_cleanly_on_sigterm(served):
-    ports = [str(srv.free_port()) for _ in range(3)]
+    ports = [str(process.free_port()) for _ in range(3)]
     proc = subprocess.Popen(
         [sys.executable, "-m", "hoh.cli", "serve", "--model-repository", str(served.repository),
          "--http-port", ports[0], "--grpc-port", ports[1], "--metrics-port", ports[2]],

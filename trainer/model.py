@@ -13,6 +13,7 @@ import hoh  # noqa: F401  (TF_USE_LEGACY_KERAS before tf_keras/tensorflow)
 import tf_keras as keras
 
 from hoh.autograph import exempt_tf_keras
+from hoh.config import ModelConfig, TrainingConfig, TransformConfig
 from hoh.errors import HohError
 from hoh.features import IMAGE_XF
 
@@ -26,19 +27,33 @@ _IMAGENET_SIZES = (96, 128, 160, 192, 224)
 exempt_tf_keras()
 
 
+_DEFAULTS = ModelConfig()
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """Everything `build_model` needs; a plain value so it can travel in TFX `custom_config`."""
+    """Everything `build_model` needs; a plain value so tests can build models without a config.
+
+    Defaults are the typed config's (`hoh.config.ModelConfig`), never written here again.
+    """
 
     num_classes: int
-    image_size: int = 224
-    alpha: float = 1.0
-    weights: str = "imagenet"
-    hidden_units: Sequence[int] = ()
-    dropout: float = 0.2
-    augment: bool = False
-    learning_rate: float = 1e-3
-    batch_norm_momentum: Optional[float] = None
+    image_size: int = TransformConfig().image_size
+    alpha: float = _DEFAULTS.alpha
+    weights: str = _DEFAULTS.weights
+    hidden_units: Sequence[int] = tuple(_DEFAULTS.hidden_units)
+    dropout: float = _DEFAULTS.dropout
+    augment: bool = _DEFAULTS.augment
+    learning_rate: float = TrainingConfig().learning_rate
+    batch_norm_momentum: Optional[float] = _DEFAULTS.batch_norm_momentum
+
+    @classmethod
+    def from_config(cls, model: ModelConfig, num_classes: int, image_size: int,
+                    learning_rate: float) -> "ModelSpec":
+        return cls(num_classes=num_classes, image_size=image_size, alpha=model.alpha,
+                   weights=model.weights, hidden_units=tuple(model.hidden_units),
+                   dropout=model.dropout, augment=model.augment, learning_rate=learning_rate,
+                   batch_norm_momentum=model.batch_norm_momentum)
 
     @property
     def binary(self) -> bool:

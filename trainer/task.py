@@ -18,7 +18,13 @@ import tf_keras as keras
 from absl import logging
 
 from hoh import features
-from hoh.config import ModelConfig
+from hoh.config import (
+    ConfigError,
+    ModelConfig,
+    TrainingConfig,
+    TransformConfig,
+    parse_section,
+)
 from hoh.errors import HohError
 from hoh.trainer import EPOCH_PREFIX, HISTORY_FILE, TIMING_FILE, export, features_cache, inputs
 from hoh.trainer import model as model_lib
@@ -73,24 +79,32 @@ def _lr_schedule(kind: str, learning_rate: float, epochs: int) -> list:
     return []
 
 
+def parse_trainer_config(
+    config: Dict[str, Any],
+) -> tuple[ModelConfig, TrainingConfig, TransformConfig]:
+    """The Trainer's custom_config (factory.trainer_config + image_size/materialize) as the typed
+    config sections: their defaults and checks are the only ones, also for a Kubeflow run whose
+    `trainer_config` parameter was edited by hand."""
+    unknown = sorted(set(config) - {"model", "training", "image_size", "materialize"})
+    if unknown:
+        raise ConfigError(f"trainer_config: unknown key(s) {unknown}; expected model, training, "
+                          "image_size, materialize")
+    transform = {k: config[k] for k in ("image_size", "materialize") if k in config}
+    return (parse_section(ModelConfig, config.get("model", {}), "trainer_config.model"),
+            parse_section(TrainingConfig, config.get("training", {}), "trainer_config.training"),
+            parse_section(TransformConfig, transform, "trainer_config"))
+
+
 def run_fn(fn_args) -> None:
-    config: Dict[str, Any] = fn_args.custom_config or {}
-    model_cfg = dict(config.get("model", {}))
-    train_cfg = dict(config.get("training", {}))
-    image_size = int(config.get("image_size", 224))
-    materialized = bool(config.get("materialize", False))
-    seed = int(train_cfg.get("seed", 42))
-    batch_size = int(train_cfg.get("batch_size", 32))
+    model_cfg, train_cfg, transform_cfg = parse_trainer_config(fn_args.custom_config or {})
+    image_size, materialized = transform_cfg.image_size, transform_cfg.materialize
+    seed, batch_size = train_cfg.seed, train_cfg.batch_size
     keras.utils.set_random_seed(seed)
 
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     class_names = _class_names(tf_transform_output)
-    spec = model_lib.ModelSpec(
-        num_classes=len(class_names),
-        image_size=image_size,
-        learning_rate=float(train_cfg.get("learning_rate", 1e-3)),
-        **model_cfg,
-    )
+    spec = model_lib.ModelSpec.from_config(model_cfg, len(class_names), image_size,
+                                           train_cfg.learning_rate)
     logging.info("Training %s on classes %s", spec, class_names)
 
     def dataset(files, shuffle):
@@ -100,25 +114,25 @@ def run_fn(fn_args) -> None:
         )
 
     train_ds, eval_ds = dataset(fn_args.train_files, True), dataset(fn_args.eval_files, False)
-    defaults = ModelConfig()
     class_weight, balance_reason = model_lib.choose_class_weights(
-        str(config.get("class_weights", defaults.class_weights)),
+        model_cfg.class_weights,
         _label_counts(tf_transform_output, class_names),
         class_names,
-        float(config.get("class_balance_ratio", defaults.class_balance_ratio)),
+        model_cfg.class_balance_ratio,
     )
     logging.info("Class weights: %s", balance_reason)
 
     model = model_lib.build_model(spec)
-    epochs = int(train_cfg.get("epochs", 3))
+    epochs = train_cfg.epochs
     callbacks = [
         keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
         _epoch_logger(),
     ]
-    schedule = _lr_schedule(train_cfg.get("lr_schedule", "constant"), spec.learning_rate, epochs)
+    schedule = _lr_schedule(train_cfg.lr_schedule, spec.learning_rate, epochs)
     fit_started = time.monotonic()
     fit_args = dict(epochs=epochs, class_weight=class_weight, callbacks=callbacks + schedule, verbose=0)
-    if train_cfg.get("cache_backbone_features", True) and features_cache.applies(spec):
+    cached = train_cfg.cache_backbone_features and features_cache.applies(spec)
+    if cached:
         logging.info("Frozen backbone, no augmentation: fitting the head on cached features")
         head = model.get_layer(model_lib.HEAD_NAME)
         model_lib.compile_model(head, spec, spec.learning_rate)
@@ -133,12 +147,11 @@ def run_fn(fn_args) -> None:
     fit_seconds = time.monotonic() - fit_started
     curves = {k: [float(x) for x in v] for k, v in history.history.items()}
 
-    fine_tune_layers = int(train_cfg.get("fine_tune_layers", 0))
-    fine_tune_epochs = int(train_cfg.get("fine_tune_epochs", 0))
+    fine_tune_layers, fine_tune_epochs = train_cfg.fine_tune_layers, train_cfg.fine_tune_epochs
     if fine_tune_layers and fine_tune_epochs:
         unfrozen = model_lib.unfreeze_top_layers(model, fine_tune_layers)
         logging.info("Fine-tuning %d backbone layers for %d epochs", unfrozen, fine_tune_epochs)
-        model_lib.compile_model(model, spec, float(train_cfg.get("fine_tune_learning_rate", 1e-5)))
+        model_lib.compile_model(model, spec, train_cfg.fine_tune_learning_rate)
         tuned = model.fit(
             train_ds, validation_data=eval_ds, initial_epoch=epochs,
             epochs=epochs + fine_tune_epochs, class_weight=class_weight,
@@ -153,8 +166,7 @@ def run_fn(fn_args) -> None:
     # backbone pass), for benchmarks: images/s = train examples * epochs / fit_seconds.
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, TIMING_FILE), "w") as f:
         json.dump({"fit_seconds": fit_seconds, "epochs": epochs, "class_weights": balance_reason,
-                   "cached_features": bool(train_cfg.get("cache_backbone_features", True)
-                                           and features_cache.applies(spec))}, f)
+                   "cached_features": cached}, f)
     export.export_model(
         model,
         fn_args.serving_model_dir,

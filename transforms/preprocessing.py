@@ -9,9 +9,9 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from hoh import features
+from hoh.config import TransformConfig, parse_section
 from hoh.transforms.images import decode_and_resize
 
-DEFAULT_IMAGE_SIZE = 224
 # A second vocabulary over the same labels, with counts, for class weights; the analyzer runs in
 # the same Beam pass as the id vocabulary, so it costs nothing extra.
 LABEL_COUNTS_NAME = "label_counts"
@@ -26,7 +26,7 @@ def preprocessing_fn(
     file travels inside the transform graph and the exported model, so serving, Triton's
     labels.txt and the Evaluator all agree on what id 0 means.
     """
-    image_size = int((custom_config or {}).get("image_size", DEFAULT_IMAGE_SIZE))
+    image_size = parse_section(TransformConfig, custom_config or {}, "Transform custom_config").image_size
     outputs = {features.IMAGE_XF: decode_and_resize(inputs[features.IMAGE_KEY], image_size)}
     if features.LABEL_KEY in inputs:
         labels = tf.reshape(inputs[features.LABEL_KEY], [-1])

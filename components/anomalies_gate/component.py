@@ -10,11 +10,7 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact_utils, standard_artifacts
 
 from hoh.components.anomalies_gate.anomalies import describe, read_anomalies
-from hoh.errors import HohError
-
-
-class DataAnomaliesError(HohError):
-    """The examples do not match the schema; the message lists what and where."""
+from hoh.errors import DataAnomaliesError
 
 
 @component

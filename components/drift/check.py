@@ -9,11 +9,12 @@ import os
 from typing import Callable, Optional
 
 from hoh.components.drift import report
-from hoh.fileio import write_file
-from hoh.components.drift.evaluation import DriftSettings, descriptor_report, embedding_report, verdict
+from hoh.components.drift.evaluation import descriptor_report, embedding_report, verdict
 from hoh.components.drift.profile import Profile, ReducedEmbeddings, build_profile
+from hoh.config import DriftConfig
 from hoh.data.sources import ImageSource
 from hoh.errors import HohError
+from hoh.fileio import write_file
 
 Echo = Callable[[str], None]
 
@@ -61,7 +62,7 @@ def check_drift(
     current: ImageSource,
     reference: Optional[ImageSource],
     out_dir: str,
-    settings: DriftSettings = DriftSettings(),
+    settings: Optional[DriftConfig] = None,
     model_path: Optional[str] = None,
     echo: Echo = lambda line: None,
     context: Optional[dict] = None,
@@ -69,6 +70,7 @@ def check_drift(
     """Compare `current` with `reference`; writes report.html (+ embeddings.html) and
     summary.json into `out_dir` and returns the summary. `context`: facts about the caller to
     record in summary.json (the pipeline notes whether the verdict holds the push)."""
+    settings = settings or DriftConfig()
     if reference is None:
         return no_reference(current.description, out_dir, "no reference span (the first span)", context)
     _makedirs(out_dir)

@@ -12,22 +12,20 @@ from hoh import features
 
 
 def _run(args: argparse.Namespace) -> int:
-    from hoh.components.drift.check import check_drift
-    from hoh.components.drift.evaluation import DriftSettings
-    from hoh.components.drift.report import summary_lines
-    from hoh.data.sources import resolve_path
-    from hoh.config import DriftConfig
+    import json
 
-    defaults = DriftConfig()
+    from hoh.components.drift.check import check_drift
+    from hoh.components.drift.report import summary_lines
+    from hoh.config import DriftConfig, parse_section
+    from hoh.data.sources import resolve_path
+
+    flags = {"drift_share": args.drift_share, "column_method": args.column_method,
+             "column_threshold": args.column_threshold, "label_drift": not args.no_labels}
+    settings = parse_section(DriftConfig, json.dumps({k: v for k, v in flags.items() if v not in (None, "")}),
+                             "hoh drift flags")
     splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
     reference = resolve_path(args.reference, splits, "reference")
     current = resolve_path(args.current, splits, "current")
-    settings = DriftSettings(
-        drift_share=defaults.drift_share if args.drift_share is None else args.drift_share,
-        column_method=args.column_method or defaults.column_method,
-        column_threshold=args.column_threshold or defaults.column_threshold,
-        label_drift=not args.no_labels,
-    )
     summary = check_drift(current, reference, args.out, settings, args.model, echo=print)
     for line in summary_lines(summary):
         print(line)

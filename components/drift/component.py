@@ -8,8 +8,8 @@ needed. That keeps the component compilable for Kubeflow, where the data root is
 
 The verdict is copied into custom properties (`drift_detected`, `drifted_share`) that
 `tfx.dsl.Cond` can read, which is how `create_components` holds the push on drift.
-Parameters are plain str/int/float (flags as 0/1) so they compile to KFP parameters; sentinel
-values ("" / 0.0 / -1) mean "the default" where None cannot be expressed.
+Settings travel as one JSON string parameter validated by the typed config on arrival, so they
+compile to a KFP parameter without sentinel encodings and keep their defaults in one place.
 """
 
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
@@ -35,52 +35,35 @@ def DriftCheck(
     drift_report: OutputArtifact[DriftReport],
     model: InputArtifact[standard_artifacts.Model] = None,
     data_root: Parameter[str] = "",
-    reference_span: Parameter[int] = -1,
-    splits: Parameter[str] = "train,eval",
-    drift_share: Parameter[float] = 0.25,
-    column_method: Parameter[str] = "",
-    column_threshold: Parameter[float] = 0.0,
-    label_drift: Parameter[int] = 1,
-    embeddings: Parameter[int] = 1,
-    embedding_components: Parameter[int] = 8,
-    embedding_threshold: Parameter[float] = 0.015,
-    embedding_min_rows: Parameter[int] = 100,
-    embedding_max_rows: Parameter[int] = 500,
+    drift_config: Parameter[str] = "{}",
     blocks_push: Parameter[int] = 0,
 ) -> None:
+    """`drift_config`: the config's `drift` section as JSON (`hoh.config.DriftConfig`), the one
+    place its defaults live; a KFP run can override it as one parameter."""
     import logging
 
     from hoh import features
     from hoh.components.artifacts import span_of
     from hoh.components.drift.check import check_drift
-    from hoh.components.drift.evaluation import DriftSettings
     from hoh.components.drift.report import summary_lines
+    from hoh.config import DriftConfig, parse_section
     from hoh.data import sources
     from hoh.errors import HohError
 
     if not data_root:
         raise HohError("DriftCheck: data_root is empty; it is where the reference spans are read")
-    split_names = [s.strip() for s in splits.split(",") if s.strip()]
+    settings = parse_section(DriftConfig, drift_config, "DriftCheck drift_config")
     current_span = span_of(examples)
     current = sources.tfrecord_source(
-        [artifact_utils.get_split_uri([examples], s) for s in split_names],
-        f"span {current_span} ({', '.join(split_names)}; Examples artifact {examples.id})",
+        [artifact_utils.get_split_uri([examples], s) for s in features.SPLITS],
+        f"span {current_span} ({', '.join(features.SPLITS)}; Examples artifact {examples.id})",
     )
     ref_span = sources.reference_span(
-        features.list_spans(data_root), current_span, reference_span if reference_span >= 0 else None
+        features.list_spans(data_root), current_span, settings.reference_span
     )
-    reference = sources.span_source(data_root, ref_span, split_names) if ref_span is not None else None
-    settings = DriftSettings(
-        drift_share=drift_share,
-        column_method=column_method or None,
-        column_threshold=column_threshold or None,
-        label_drift=bool(label_drift),
-        embedding_components=embedding_components,
-        embedding_threshold=embedding_threshold,
-        embedding_min_rows=embedding_min_rows,
-        embedding_max_rows=embedding_max_rows,
-    )
-    model_path = model.uri if (model is not None and embeddings) else None
+    reference = (sources.span_source(data_root, ref_span, features.SPLITS)
+                 if ref_span is not None else None)
+    model_path = model.uri if (model is not None and settings.embeddings) else None
     summary = check_drift(current, reference, drift_report.uri, settings, model_path, echo=logging.info,
                           context={BLOCKS_PUSH: bool(blocks_push)})
     for line in summary_lines(summary):

@@ -1,7 +1,7 @@
 """The drift tests, run by Evidently 0.7, and the verdict hoh draws from them.
 
-Three independent questions, each with its own threshold (`DriftSettings`, filled from the
-pipeline config's `drift` section):
+Three independent questions, each with its own threshold (the pipeline config's `drift`
+section, `hoh.config.DriftConfig`):
 
 - descriptors: Evidently tests every descriptor column (by default K-S / chi-square up to 1000
   reference rows, Wasserstein / Jensen-Shannon beyond) and counts the drifted share. The share,
@@ -19,28 +19,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
 from typing import Any, Optional
 
 from hoh.components.drift.descriptors import CATEGORICAL, NUMERIC
 from hoh.components.drift.profile import EMBEDDING_PREFIX, LABEL, Profile
+from hoh.config import DriftConfig
 
 EMBEDDINGS_NAME = "backbone"
 UNLABELED = "(unlabeled)"
-
-
-@dataclass(frozen=True)
-class DriftSettings:
-    drift_share: float = 0.25
-    column_method: Optional[str] = None  # an Evidently stattest name; None = Evidently's choice
-    column_threshold: Optional[float] = None  # None = the method's default
-    label_drift: bool = True
-    embedding_components: int = 8  # PCA components kept per image
-    embedding_fit_rows: int = 1000  # reference images the PCA is fitted on
-    embedding_threshold: float = 0.015
-    embedding_min_rows: int = 100
-    embedding_max_rows: int = 500
-    seed: int = 0
 
 
 def _value_drift_rows(snapshot_dict: dict) -> dict[str, dict]:
@@ -76,7 +62,7 @@ def _proportions(labels: Any) -> dict[str, float]:
     return {str(k): round(float(v), 6) for k, v in sorted(counts.items())}
 
 
-def descriptor_report(reference: Profile, current: Profile, settings: DriftSettings) -> tuple[Any, dict]:
+def descriptor_report(reference: Profile, current: Profile, settings: DriftConfig) -> tuple[Any, dict]:
     """Evidently report over descriptors (+ labels when both sides have them); returns the
     snapshot (for the HTML) and the per-feature results."""
     from evidently import DataDefinition, Dataset, Report
@@ -142,7 +128,7 @@ def _sample(frame: Any, rows: int, seed: int) -> Any:
     return frame if len(frame) <= rows else frame.sample(rows, random_state=seed)
 
 
-def embedding_report(reference: Profile, current: Profile, settings: DriftSettings) -> tuple[Any, Optional[dict]]:
+def embedding_report(reference: Profile, current: Profile, settings: DriftConfig) -> tuple[Any, Optional[dict]]:
     """MMD drift of the reduced embeddings on at most `embedding_max_rows` rows per side (the
     kernel is quadratic in rows); (None, None) when either side has no embeddings."""
     if reference.embeddings is None or current.embeddings is None:

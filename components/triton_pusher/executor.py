@@ -28,6 +28,10 @@ MAX_QUEUE_DELAY_US_KEY = "max_queue_delay_us"
 INSTANCE_COUNT_KEY = "instance_count"
 VERSIONS_TO_SERVE_KEY = "versions_to_serve"
 VERSIONS_TO_KEEP_KEY = "versions_to_keep"
+# Optional: absent keys keep TritonPushSettings' defaults (which come from hoh.config).
+LIMIT_KEYS = ("max_image_bytes", "max_image_pixels", "max_images_per_request",
+              "max_request_bytes", "max_gif_frames", "max_request_pixels")
+RESPONSE_CACHE_KEY = "response_cache"
 
 # Extra custom properties on the PushedModel, next to the stock ones.
 TRITON_MODEL_NAME_PROPERTY = "triton_model_name"
@@ -59,6 +63,8 @@ def settings_from_exec_properties(exec_properties: Dict[str, Any]) -> repository
         instance_count=int(get(INSTANCE_COUNT_KEY, defaults.instance_count)),
         versions_to_serve=int(get(VERSIONS_TO_SERVE_KEY, defaults.versions_to_serve)),
         versions_to_keep=int(get(VERSIONS_TO_KEEP_KEY, defaults.versions_to_keep)),
+        **{k: int(exec_properties[k]) for k in LIMIT_KEYS if exec_properties.get(k)},
+        response_cache=bool(get(RESPONSE_CACHE_KEY, defaults.response_cache)),
     ).validate()
 
 

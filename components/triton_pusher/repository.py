@@ -2,32 +2,42 @@
 
 Layout of one model (`REPO/MODEL_NAME/`):
 
-    config.pbtxt            python backend, KIND_CPU, dynamic batching, warmup, response cache
+    config.pbtxt            python backend, KIND_CPU, dynamic batching, warmup; pins the served
+                            versions (`version_policy { specific }`): the publishing file
     configs/gpu.pbtxt       the same with KIND_GPU (`tritonserver --model-config-name=gpu`)
-    labels.txt              class names in class-id order (`label_filename` of `probabilities`)
     warmup/image_bytes      4-byte little-endian length + the encoded sample image
     N/model.py              copy of hoh/serving/triton_model.py
-    N/__pycache__/          model.py precompiled (see below)
+    N/hoh_imagecheck.py     copy of hoh/imagecheck.py, the image validator model.py loads
+    N/__pycache__/          both precompiled (see below)
+    N/labels.txt            class names in class-id order (`label_filename: "N/labels.txt"`)
     N/model.savedmodel/     the Trainer's serving SavedModel
-    N/hoh_push.json         where version N came from (source model, time, classes)
+    N/hoh_push.json         where version N came from (source model, time, classes, pusher)
 
 Why it is written this way:
-- A server in poll mode may scan the directory at any moment, so nothing it can see is ever
-  half-written. A version is assembled in `.hoh-staging-*` (Triton only loads subdirectories whose
-  names parse as integers, and `.` does not) on the same filesystem, fsynced, then renamed to `N`
-  in one step. Model-level files are replaced by rename too, and only when their content changed,
-  because any change in the model directory makes a polling server reload the model.
-- Model-level files are written after staging and just before the rename (so the first version
-  never appears without its config); if anything fails before the version is published, they are
-  put back as they were, so the served versions keep the config they were loaded with.
-- `version_policy { latest { num_versions: versions_to_serve } }` makes Triton unload older
-  versions by itself; deleting versions beyond `versions_to_keep` only stops the disk from growing
-  (and keeps a few for rollback: delete the newest directory and the server falls back).
-- A push that leaves config.pbtxt unchanged (a retrained model, same classes) switches versions
-  without downtime in poll mode: Triton loads N, then unloads N-1. A push that changes it (other
-  classes, other batching settings) makes Triton reload the whole model, which unloads the old
-  version before the new one is ready: a few seconds without a ready version.
-- `model.py` is precompiled into a hash-checked .pyc: the python-backend stub runs Python with
+- A push is published by ONE atomic step, the rename that replaces config.pbtxt. Triton reads a
+  model from two places, config.pbtxt and the version directories, and no single rename can
+  change both; so the config pins the versions it serves and everything that depends on the
+  version (its labels, its class count) lives in that version's immutable directory or in the
+  config itself. Before the config is replaced, the new version directory may already be there:
+  the old config does not serve it. Killed at any step, the repository serves the old model or
+  the new one, never a mix (tests/test_triton_repository.py kills a pusher at every step).
+  The GPU config is written just before and is consistent on its own the same way. The warmup
+  sample is shared: any image warms any version.
+- A version is assembled in `.hoh-staging-*` (Triton only loads subdirectories whose names
+  parse as integers, and `.` does not) on the same filesystem, fsynced, then renamed to `N`.
+  Model-level files are replaced by rename too, and only when their content changed. A version
+  directory no config serves (its pusher was killed) is not a version for `list_versions` and
+  is deleted by a later push once its pusher is gone.
+- If anything fails before config.pbtxt is replaced, the files written so far are put back and
+  the new version directory is removed, so the served versions keep the config they were
+  loaded with.
+- Deleting versions beyond `versions_to_keep` only stops the disk from growing and keeps a few
+  for rollback: edit `specific { versions: [...] }` in config.pbtxt (and the `N/labels.txt` it
+  names) to serve an older one.
+- Each push changes config.pbtxt (the pinned version). Triton loads the new version in the
+  background and unloads the old one once it is ready, so the switch has no downtime in poll
+  mode (tests/test_triton_serving.py checks it with a client asking throughout).
+- The .py files are precompiled into hash-checked .pyc: the python-backend stub runs Python with
   the environment ignored (PYTHONDONTWRITEBYTECODE has no effect) and would otherwise write
   `N/__pycache__/` on its first import, a change that makes a polling server reload the model
   right after loading it. (A server on another Python version still writes its own .pyc once.)
@@ -46,17 +56,20 @@ import os
 import py_compile
 import re
 import shutil
+import signal
 import socket
 import struct
 import time
 import uuid
 from importlib import resources
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from hoh.config import PushConfig
 from hoh.errors import HohError
+from hoh.serving.triton_model import IMAGECHECK_FILE
 
 CONFIG_FILE = "config.pbtxt"
 GPU_CONFIG_FILE = "configs/gpu.pbtxt"
@@ -75,8 +88,13 @@ _STAGING = f"{_TEMP_PREFIX}staging-"
 _TRASH = f"{_TEMP_PREFIX}trash-"
 _WRITING = f"{_TEMP_PREFIX}write-"
 _STALE_AFTER_S = 24 * 3600
+# Copied into every version directory: the Triton model and the image validator it imports.
+_VERSION_SOURCES = {MODEL_FILE: ("hoh.serving", "triton_model.py"),
+                    IMAGECHECK_FILE: ("hoh", "imagecheck.py")}
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 _log = logging.getLogger(__name__)
+# Serving limits and the cache switch default to the typed config's values (one source of truth).
+_PUSH_DEFAULTS = PushConfig.model_fields
 
 
 class PushError(HohError):
@@ -97,8 +115,18 @@ class TritonPushSettings:
     instance_count: int = 1
     versions_to_serve: int = 1
     versions_to_keep: int = 2
-    max_image_bytes: int = 16 * 1024 * 1024
-    max_image_pixels: int = 50_000_000
+    max_image_bytes: int = _PUSH_DEFAULTS["max_image_bytes"].default
+    max_image_pixels: int = _PUSH_DEFAULTS["max_image_pixels"].default
+    max_images_per_request: Optional[int] = _PUSH_DEFAULTS["max_images_per_request"].default
+    max_request_bytes: int = _PUSH_DEFAULTS["max_request_bytes"].default
+    max_gif_frames: int = _PUSH_DEFAULTS["max_gif_frames"].default
+    max_request_pixels: int = _PUSH_DEFAULTS["max_request_pixels"].default
+    response_cache: bool = _PUSH_DEFAULTS["response_cache"].default
+
+    @property
+    def images_per_request(self) -> int:
+        """The effective limit: None means a request may fill a whole batch."""
+        return self.max_images_per_request or self.max_batch_size
 
     def validate(self) -> "TritonPushSettings":
         """Return self, or raise PushError listing every problem (checked before any write)."""
@@ -106,9 +134,20 @@ class TritonPushSettings:
         if not _NAME_RE.fullmatch(self.model_name) or self.model_name in (".", ".."):
             problems.append(f"model_name {self.model_name!r} must be a plain name [A-Za-z0-9_.-]")
         for name in ("max_batch_size", "instance_count", "versions_to_serve", "versions_to_keep",
-                     "max_image_bytes", "max_image_pixels"):
+                     "max_image_bytes", "max_image_pixels", "max_request_bytes",
+                     "images_per_request", "max_gif_frames", "max_request_pixels"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.images_per_request > self.max_batch_size:
+            problems.append(
+                f"max_images_per_request ({self.images_per_request}) must be <= max_batch_size "
+                f"({self.max_batch_size}): Triton refuses larger requests itself"
+            )
+        if self.max_image_bytes > self.max_request_bytes:
+            problems.append(
+                f"max_image_bytes ({self.max_image_bytes}) must be <= max_request_bytes "
+                f"({self.max_request_bytes}): an image that fits no request cannot be served"
+            )
         if self.max_queue_delay_us < 0:
             problems.append(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
         bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
@@ -204,22 +243,37 @@ def build_model_config(
     settings: TritonPushSettings,
     info: ServingModelInfo,
     kind: int = mc.ModelInstanceGroup.KIND_CPU,
+    served: Sequence[int] = (),
 ) -> mc.ModelConfig:
-    """The ModelConfig proto of the served model (built as a proto, so it always parses)."""
+    """The ModelConfig proto of the served model (built as a proto, so it always parses).
+
+    `served` pins the versions Triton serves, which makes config.pbtxt the one file whose
+    replacement publishes a push (see the module docstring); the labels are those of the newest
+    of them, read from inside its version directory. Without `served` (a config rendered for
+    inspection only) the newest `versions_to_serve` versions are served.
+    """
+    if served:
+        policy = mc.ModelVersionPolicy(
+            specific=mc.ModelVersionPolicy.Specific(versions=sorted(served))
+        )
+        labels = f"{max(served)}/{LABELS_FILE}"
+    else:
+        policy = mc.ModelVersionPolicy(
+            latest=mc.ModelVersionPolicy.Latest(num_versions=settings.versions_to_serve)
+        )
+        labels = LABELS_FILE
     config = mc.ModelConfig(
         name=settings.model_name,
         backend="python",
         max_batch_size=settings.max_batch_size,
-        version_policy=mc.ModelVersionPolicy(
-            latest=mc.ModelVersionPolicy.Latest(num_versions=settings.versions_to_serve)
-        ),
+        version_policy=policy,
         input=[mc.ModelInput(name=INPUT_NAME, data_type=mc.TYPE_STRING, dims=[1])],
         output=[
             mc.ModelOutput(
                 name=PROBABILITIES_NAME,
                 data_type=mc.TYPE_FP32,
                 dims=[info.num_classes],
-                label_filename=LABELS_FILE,
+                label_filename=labels,
             ),
             mc.ModelOutput(name=LABEL_NAME, data_type=mc.TYPE_STRING, dims=[1]),
         ],
@@ -228,7 +282,7 @@ def build_model_config(
             max_queue_delay_microseconds=settings.max_queue_delay_us,
         ),
         instance_group=[mc.ModelInstanceGroup(kind=kind, count=settings.instance_count)],
-        response_cache=mc.ModelResponseCache(enable=True),
+        response_cache=mc.ModelResponseCache(enable=settings.response_cache),
     )
     parameters = {
         # Read by clients through the model-config API to name the probability columns.
@@ -236,6 +290,10 @@ def build_model_config(
         # Read by model.py; edit config.pbtxt to change them without a new push.
         "max_image_bytes": str(settings.max_image_bytes),
         "max_image_pixels": str(settings.max_image_pixels),
+        "max_images_per_request": str(settings.images_per_request),
+        "max_request_bytes": str(settings.max_request_bytes),
+        "max_gif_frames": str(settings.max_gif_frames),
+        "max_request_pixels": str(settings.max_request_pixels),
         "intra_op_threads": "0",
     }
     for key, value in parameters.items():
@@ -258,19 +316,19 @@ def parse_model_config(text: str) -> mc.ModelConfig:
     return text_format.Parse(text, mc.ModelConfig())
 
 
-def model_level_files(settings: TritonPushSettings, info: ServingModelInfo) -> dict[str, bytes]:
-    """Relative path -> content of every file shared by the versions of one model."""
-    files = {
-        LABELS_FILE: "".join(f"{name}\n" for name in info.class_names).encode("utf-8"),
-        GPU_CONFIG_FILE: render_model_config(
-            build_model_config(settings, info, mc.ModelInstanceGroup.KIND_GPU)
-        ).encode("utf-8"),
+def model_level_files(
+    settings: TritonPushSettings, info: ServingModelInfo, served: Sequence[int]
+) -> dict[str, bytes]:
+    """The configs pinning `served`, in write order: replacing config.pbtxt publishes a push.
+
+    Each of them is consistent on its own (its versions, their labels), so a push killed between
+    the two leaves a GPU server on the new model and a CPU server on the old one, never a mix.
+    """
+    return {
+        rel: render_model_config(build_model_config(settings, info, kind, served)).encode("utf-8")
+        for rel, kind in ((GPU_CONFIG_FILE, mc.ModelInstanceGroup.KIND_GPU),
+                          (CONFIG_FILE, mc.ModelInstanceGroup.KIND_CPU))
     }
-    if info.sample_image is not None:
-        files[WARMUP_FILE] = warmup_data(info.sample_image)
-    # Last: config.pbtxt references labels.txt and the warmup file, which must already exist.
-    files[CONFIG_FILE] = render_model_config(build_model_config(settings, info)).encode("utf-8")
-    return files
 
 
 def version_numbers(names: Iterable[str]) -> list[int]:
@@ -483,15 +541,51 @@ class PushResult:
     removed_versions: tuple[int, ...] = ()
 
 
-def list_versions(model_dir: str) -> list[int]:
-    fs = _fs_for(model_dir)
+def _version_dirs(fs, model_dir: str) -> list[int]:
+    """Every version directory on disk, published or left behind by a killed push."""
     if not fs.isdir(model_dir):
         return []
     return version_numbers(n for n in fs.listdir(model_dir) if fs.isdir(_join(model_dir, n)))
 
 
+def served_versions(model_dir: str) -> Optional[list[int]]:
+    """The versions config.pbtxt pins, or None when it pins none (no config, `latest` policy)."""
+    fs = _fs_for(model_dir)
+    path = _join(model_dir, CONFIG_FILE)
+    if not fs.exists(path):
+        return None
+    try:
+        config = parse_model_config(fs.read_bytes(path).decode("utf-8"))
+    except (text_format.ParseError, UnicodeDecodeError) as exc:
+        raise PushError(f"{path} is not a valid model config: {exc}") from None
+    if config.version_policy.WhichOneof("policy_choice") != "specific":
+        return None
+    return sorted(config.version_policy.specific.versions)
+
+
+def list_versions(model_dir: str) -> list[int]:
+    """Published versions: none newer than the newest one config.pbtxt serves.
+
+    A version directory newer than that was renamed in by a push killed before it replaced
+    config.pbtxt: Triton never served it, so it is no version of the model (and no baseline).
+    """
+    versions = _version_dirs(_fs_for(model_dir), model_dir)
+    served = served_versions(model_dir)
+    return [v for v in versions if v <= max(served)] if served else versions
+
+
+def _unpublished_is_stale(fs, version_dir: str, host: str) -> bool:
+    """A version dir no config serves: stale once the push that renamed it in is gone."""
+    info_path = _join(version_dir, PUSH_INFO_FILE)
+    try:
+        pusher = json.loads(fs.read_bytes(info_path)).get("pusher", "")
+    except (OSError, ValueError):
+        pusher = ""
+    return is_stale_temp(_STAGING + str(pusher), fs.age_s(version_dir), host, _pid_alive)
+
+
 def clean_stale_temps(model_dir: str) -> list[str]:
-    """Remove leftovers of crashed pushes; returns their names."""
+    """Remove leftovers of crashed pushes (temps, unpublished versions); returns their names."""
     fs = _fs_for(model_dir)
     host = socket.gethostname()
     removed = []
@@ -500,6 +594,12 @@ def clean_stale_temps(model_dir: str) -> list[str]:
         if name.startswith(_TEMP_PREFIX) and is_stale_temp(name, fs.age_s(path), host, _pid_alive):
             fs.rmtree(path)
             removed.append(name)
+    published = set(list_versions(model_dir))
+    for version in _version_dirs(fs, model_dir):
+        path = _join(model_dir, str(version))
+        if version not in published and _unpublished_is_stale(fs, path, host):
+            _discard_version(fs, model_dir, version)
+            removed.append(str(version))
     return removed
 
 
@@ -521,6 +621,7 @@ def write_if_changed(path: str, data: bytes):
     temp = _join(parent, _temp_name(_WRITING))
     try:
         fs.write_bytes(temp, data)
+        _checkpoint(f"wrote temp for {path}")
         fs.replace(temp, path)
     except BaseException:
         fs.rmtree(temp)
@@ -551,17 +652,22 @@ def _latest_push_matches(fs, model_dir: str, versions: list[int], source: str, p
 
 
 def _stage_version(fs, staging: str, saved_model_dir: str, info: ServingModelInfo, meta: dict):
+    """Everything specific to one version goes inside its directory, which is immutable."""
     fs.makedirs(staging)
-    template = resources.files("hoh.serving").joinpath("triton_model.py").read_bytes()
-    fs.write_bytes(_join(staging, MODEL_FILE), template)
-    if not _is_remote(staging):
-        source = _join(staging, MODEL_FILE)
-        py_compile.compile(
-            source,
-            cfile=importlib.util.cache_from_source(source),
-            doraise=True,
-            invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH,
-        )
+    for name, (package, module) in _VERSION_SOURCES.items():
+        fs.write_bytes(_join(staging, name), resources.files(package).joinpath(module).read_bytes())
+        if not _is_remote(staging):
+            source = _join(staging, name)
+            py_compile.compile(
+                source,
+                cfile=importlib.util.cache_from_source(source),
+                doraise=True,
+                invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH,
+            )
+    fs.write_bytes(
+        _join(staging, LABELS_FILE),
+        "".join(f"{name}\n" for name in info.class_names).encode("utf-8"),
+    )
     _copy_tree(saved_model_dir, _join(staging, SAVED_MODEL_DIR))
     fs.write_bytes(_join(staging, PUSH_INFO_FILE), json.dumps(meta, indent=2).encode("utf-8"))
     fs.sync_tree(staging)
@@ -570,7 +676,7 @@ def _stage_version(fs, staging: str, saved_model_dir: str, info: ServingModelInf
 def _publish(fs, staging: str, model_dir: str) -> int:
     """Rename the staged version to the next free number; retried if another pusher won a race."""
     for _ in range(5):
-        versions = list_versions(model_dir)
+        versions = _version_dirs(fs, model_dir)  # unpublished ones too: never reuse a number
         version = (versions[-1] + 1) if versions else 1
         try:
             fs.rename_dir(staging, _join(model_dir, str(version)))
@@ -585,12 +691,17 @@ def _publish(fs, staging: str, model_dir: str) -> int:
     raise PushError(f"could not find a free version number in {model_dir} (concurrent pushes?)")
 
 
-def _retire(fs, model_dir: str, keep: int) -> tuple[int, ...]:
-    removed = versions_to_delete(list_versions(model_dir), keep)
+def _discard_version(fs, model_dir: str, version: int) -> None:
+    trash = _join(model_dir, _temp_name(_TRASH, f"-{version}"))
+    fs.rename_dir(_join(model_dir, str(version)), trash)  # disappears from Triton at once
+    fs.rmtree(trash)
+
+
+def _retire(fs, model_dir: str, keep: int, served: Sequence[int]) -> tuple[int, ...]:
+    removed = [v for v in versions_to_delete(list_versions(model_dir), keep) if v not in served]
     for version in removed:
-        trash = _join(model_dir, _temp_name(_TRASH, f"-{version}"))
-        fs.rename_dir(_join(model_dir, str(version)), trash)  # disappears from Triton at once
-        fs.rmtree(trash)
+        _discard_version(fs, model_dir, version)
+        _checkpoint(f"deleted version {version}")
     return tuple(removed)
 
 
@@ -626,24 +737,56 @@ def push_model(
         "saved_model_sha256": pb_sha,
         "pushed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "class_names": list(info.class_names),
+        "pusher": _temp_name(""),  # host-pid-id: lets a later push tell a dead push's leftovers
     }
     staging = _join(model_dir, _temp_name(_STAGING))
     written: list[tuple[str, object]] = []
+    version = None
     try:
         _stage_version(fs, staging, saved_model_dir, info, meta)
-        for rel, data in model_level_files(settings, info).items():
-            path = _join(model_dir, rel)
-            previous = write_if_changed(path, data)
-            if previous is not None:
-                written.append((path, previous))
+        _checkpoint("staged")
+        # Nothing Triton serves changes until config.pbtxt is replaced: the old config pins the
+        # old versions and reads the labels inside the newest of them.
+        if info.sample_image is not None:  # any image warms any version: no mix
+            _write_tracked(_join(model_dir, WARMUP_FILE), warmup_data(info.sample_image), written)
         version = _publish(fs, staging, model_dir)
+        _checkpoint("renamed version in")
+        served = (versions + [version])[-settings.versions_to_serve:]
+        for rel, data in model_level_files(settings, info, served).items():
+            _write_tracked(_join(model_dir, rel), data, written)  # config.pbtxt last: published
     except BaseException:
         fs.rmtree(staging)
-        _restore(written)  # the served versions keep the config they were loaded with
+        _restore(written)  # config.pbtxt first: the served versions keep their config
+        if version is not None:
+            _discard_version(fs, model_dir, version)
         raise
     try:
-        removed = _retire(fs, model_dir, settings.versions_to_keep)
+        removed = _retire(fs, model_dir, settings.versions_to_keep, served)
     except OSError as exc:  # the new version is live; failing the push now would mislead
         _log.warning("could not delete old versions in %s: %s", model_dir, exc)
         removed = ()
     return PushResult(model_dir, version, _join(model_dir, str(version)), True, removed)
+
+
+def _write_tracked(path: str, data: bytes, written: list[tuple[str, object]]) -> None:
+    previous = write_if_changed(path, data)
+    if previous is not None:
+        written.append((path, previous))
+    _checkpoint(f"wrote {path}")
+
+
+# --------------------------------------------------------------------------- test hook
+
+KILL_AT_STEP_ENV = "HOH_TEST_KILL_AT_STEP"
+_steps = [0]
+
+
+def _checkpoint(step: str) -> None:
+    """Test-only crash hook between two writes of a push: SIGKILL at the Nth checkpoint.
+
+    tests/test_triton_repository.py kills a pushing subprocess at every step in turn and checks
+    that the repository still serves one whole model. Costs one environment lookup per step.
+    """
+    _steps[0] += 1
+    if os.environ.get(KILL_AT_STEP_ENV) == str(_steps[0]):
+        os.kill(os.getpid(), signal.SIGKILL)

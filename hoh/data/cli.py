@@ -12,6 +12,7 @@ from pathlib import Path
 
 from hoh.data import demo, importer
 from hoh.data.images import DEFAULT_MAX_PIXELS
+from hoh.errors import HohError
 
 
 class _Progress:
@@ -29,16 +30,21 @@ class _Progress:
 
 
 def _run_import(args: argparse.Namespace) -> int:
-    report = importer.import_images(
-        args.src,
-        args.out,
-        span=args.span,
-        eval_ratio=args.eval_ratio,
-        unlabeled=args.unlabeled,
-        max_pixels=args.max_pixels,
-        report_path=args.report,
-        progress=_Progress(),
-    )
+    try:
+        report = importer.import_images(
+            args.src,
+            args.out,
+            span=args.span,
+            eval_ratio=args.eval_ratio,
+            unlabeled=args.unlabeled,
+            max_pixels=args.max_pixels,
+            report_path=args.report,
+            progress=_Progress(),
+        )
+    except OSError as exc:
+        # The importer names the output for the errors it expects; anything else the OS refuses
+        # (a file vanishing under SRC, a full disk) still deserves one line, not a traceback.
+        raise HohError(f"import failed: {importer.describe_os_error(exc)}") from None
     paths = [str(Path(report.span_dir) / importer.REPORT_NAME)]
     if args.report:
         paths.append(args.report)

@@ -8,14 +8,22 @@ WebP and 1-bit BMP, which `tf.io.decode_image` refuses).
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hoh import imagecheck
+from hoh.config import PushConfig
+
 # The formats `tf.io.decode_image` understands; everything else is refused up front.
 SUPPORTED_FORMATS = ("PNG", "JPEG", "BMP", "GIF")
+# Pillow names that are one of those to TensorFlow: a camera's multi-picture JPEG (MPO) is a
+# plain JPEG whose first picture tf.io.decode_image decodes; refusing it would lose photos.
+_DECODED_AS = {"MPO": "JPEG"}
 DEFAULT_MAX_PIXELS = 40_000_000
 
 
@@ -35,11 +43,16 @@ class Header:
     height: int
 
 
-def read_header(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Header:
-    """Format and size from the file header only; raises ImageRejected for anything unusable."""
+def read_header(path: Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Header:
+    """Format and size from the header only; raises ImageRejected for anything unusable.
+
+    `path` may also be the encoded bytes themselves (a broker message has no file), so files
+    and messages pass exactly the same checks.
+    """
     from PIL import Image, UnidentifiedImageError
 
-    with open(path, "rb") as fh:  # OSError here is the caller's: the file is unreadable
+    opened = io.BytesIO(path) if isinstance(path, bytes) else open(path, "rb")
+    with opened as fh:  # OSError here is the caller's: the file is unreadable
         try:
             with warnings.catch_warnings():
                 # Pillow warns above its own bomb limit; ours (max_pixels) is the one that decides.
@@ -54,6 +67,9 @@ def read_header(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Header:
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             # Pillow reports a damaged header with any of these, depending on the plugin.
             raise ImageRejected("corrupt", f"corrupt image header: {exc}") from None
+        fh.seek(0)
+        data = fh.read(_SERVING_LIMITS["max_image_bytes"] + 1)
+    fmt = _DECODED_AS.get(fmt, fmt)
     if fmt not in SUPPORTED_FORMATS:
         raise ImageRejected(
             "unsupported_format",
@@ -64,7 +80,27 @@ def read_header(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Header:
             "too_large",
             f"too large: {width}x{height} = {width * height} pixels > max {max_pixels}",
         )
+    check_like_serving(data, max_pixels)
     return Header(format=fmt, width=width, height=height)
+
+
+_SERVING_LIMITS = {k: PushConfig.model_fields[k].default
+                   for k in ("max_image_bytes", "max_gif_frames")}
+
+
+def check_like_serving(data: bytes, max_pixels: int) -> None:
+    """The validator the Triton model runs (hoh/imagecheck.py), so training sees what serving does.
+
+    Pillow's header size is not enough: it does not count GIF frames, which TensorFlow all
+    decodes, and a JPEG whose size it guesses is still decoded at the size libjpeg finds.
+    """
+    limits = imagecheck.Limits(
+        _SERVING_LIMITS["max_image_bytes"], max_pixels, _SERVING_LIMITS["max_gif_frames"]
+    )
+    try:
+        imagecheck.check(data, limits)
+    except imagecheck.ImageError as exc:
+        raise ImageRejected(exc.kind, exc.reason) from None
 
 
 _TF_NOISE = re.compile(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]")
@@ -88,3 +124,23 @@ class TfDecodeCheck:
             raise ImageRejected("undecodable", f"TensorFlow cannot decode it: {message}") from None
         height, width = int(pixels.shape[0]), int(pixels.shape[1])
         return width, height
+
+
+@dataclass(frozen=True)
+class CheckedImage:
+    id: str  # sha256 hex of the bytes: the example id and the duplicate key
+    width: int
+    height: int
+
+
+def check_image_bytes(data: bytes, max_pixels: int, decode: TfDecodeCheck) -> CheckedImage:
+    """Every check an image gets before it may enter a span, on its bytes alone.
+
+    One implementation for `hoh data import` (files) and `hoh ingest` (broker messages): the
+    same bytes are accepted or refused with the same kind and reason whichever way they came.
+    """
+    if not data:
+        raise ImageRejected("empty_file", "empty file (0 bytes)")
+    read_header(data, max_pixels)
+    width, height = decode(data)
+    return CheckedImage(hashlib.sha256(data).hexdigest(), width, height)

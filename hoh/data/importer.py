@@ -16,6 +16,13 @@ complete, so a crash never leaves a half-written span that ImportExampleGen woul
 killed process leaves only the hidden temporary directory, which no `span-{SPAN}` pattern
 matches; delete it at leisure).
 
+Publishing the span is the last step that can fail, because a user who sees an error retries, and
+a retry after a published span makes a duplicate span N+1. So the outputs (DIR and `--report`)
+are checked before any image is read; the span's own report and the `--report` copy are written
+and fsynced before the rename; the span's files and directories are fsynced before it and DIR
+after it, so a power cut leaves either no span or a complete one. OS errors while writing (disk
+full, permissions) become one HohError naming the output; nothing is published then.
+
 Spans are numbered from 1; by default an import appends the span after the latest one in DIR.
 An existing span is never overwritten: a span is immutable once the pipeline may have used it.
 """
@@ -33,12 +40,19 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from hoh import features
-from hoh.data.images import DEFAULT_MAX_PIXELS, ImageRejected, TfDecodeCheck, read_header
+from hoh.data.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageRejected,
+    TfDecodeCheck,
+    check_image_bytes,
+    read_header,
+)
 from hoh.data.layout import SourceFile, scan_source
 from hoh.data.report import Duplicate, ImportReport, Rejected
 from hoh.data.split import EVAL, POOL, TRAIN, assign_splits
 from hoh.data.tfrecords import DEFAULT_SHARD_BYTES, ShardedWriter, serialize_example
-from hoh.errors import HohError
+from hoh.durable import sync_path, sync_tree, write_hidden_temp
+from hoh.errors import HohError, UsageError
 
 DEFAULT_EVAL_RATIO = 0.2
 FIRST_SPAN = 1
@@ -80,14 +94,58 @@ def _check_arguments(
         raise HohError(f"eval ratio must be strictly between 0 and 1, got {eval_ratio}")
     if max_pixels <= 0 or shard_bytes <= 0:
         raise HohError("max_pixels and shard_bytes must be positive")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise HohError(f"output {out_dir} exists and is not a directory")
+    check_creatable("output", out_dir, want_dir=True)
     resolved_src, resolved_out = src.resolve(), out_dir.resolve()
     if resolved_out == resolved_src or resolved_src in resolved_out.parents:
         raise HohError(
             f"output {out_dir} is inside the import source {src}; the next import would read "
             "the TFRecords as images. Choose an output outside SRC."
         )
+
+
+def check_creatable(what: str, path: Path, want_dir: bool) -> None:
+    """Refuse an output that cannot be written before any work is done, and without creating it.
+
+    The first existing path upwards decides: it must be the wanted kind, and a directory to be
+    created in must be writable. os.access is only a forecast (root passes it, a full disk does
+    not show): the writes themselves are still guarded, but they come before publishing. A path
+    flag that cannot work is a usage error (its own exit code), not a failed import.
+    """
+    if path.exists():
+        if path.is_dir() != want_dir:
+            kind = "is not a directory" if want_dir else "is a directory"
+            raise UsageError(f"{what} {path} exists and {kind}")
+        if not os.access(path, (os.W_OK | os.X_OK) if want_dir else os.W_OK):
+            raise UsageError(f"{what} {path} is not writable")
+        return
+    ancestor = path.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(f"{what} {path} cannot be created: {ancestor} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UsageError(f"{what} {path} cannot be created: {ancestor} is not writable")
+
+
+def _check_report_path(report_path: Path, out_dir: Path) -> None:
+    check_creatable("report", report_path, want_dir=False)
+    try:
+        inside = report_path.resolve().relative_to(out_dir.resolve()).parts
+    except ValueError:
+        return
+    if len(inside) > 1 and inside[0].startswith(features.SPAN_PREFIX):
+        raise UsageError(
+            f"report {report_path} is inside the span directory {out_dir / inside[0]}; spans are "
+            f"immutable (each already holds its {REPORT_NAME}). Write the report elsewhere."
+        )
+
+
+def describe_os_error(exc: Exception) -> str:
+    """One line for an OSError or a TensorFlow file error, without TF's op-name noise."""
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror or exc}"
+    return str(getattr(exc, "message", exc)).strip().splitlines()[0]
 
 
 def _choose_span(out_dir: Path, span: Optional[int]) -> int:
@@ -112,13 +170,13 @@ def _inspect(file: SourceFile, max_pixels: int, decode: TfDecodeCheck) -> tuple[
             raise ImageRejected("not_a_file", "not a regular file")
         if info.st_size == 0:
             raise ImageRejected("empty_file", "empty file (0 bytes)")
-        read_header(file.path, max_pixels)
+        read_header(file.path, max_pixels)  # refuses a bomb before its bytes are read
         data = file.path.read_bytes()
     except OSError as exc:
         reason = f"cannot read it: {exc.strerror or exc}"
         raise ImageRejected("unreadable", reason) from None
-    width, height = decode(data)
-    return _sha256(data), width, height
+    checked = check_image_bytes(data, max_pixels, decode)
+    return checked.id, checked.width, checked.height
 
 
 def _check_files(
@@ -150,7 +208,9 @@ def _check_files(
                 first = good.get(image_id)
                 if first is not None:
                     kept = first.file
-                    duplicates.append(Duplicate(file.source, kept.source, image_id, file.label, kept.label))
+                    duplicates.append(
+                        Duplicate(file.source, kept.source, image_id, file.label, kept.label)
+                    )
                 else:
                     good[image_id] = _Good(file, image_id, width, height)
             if progress:
@@ -165,9 +225,13 @@ def _rejections_in(class_dir: str, rejected: list[Rejected]) -> str:
     return ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())) + " rejected"
 
 
-def _plan_labeled(report: ImportReport, good: list[_Good], class_dirs: list[str]) -> dict[str, str]:
-    """Classes, split per image id and warnings; raises before anything is written if unusable."""
-    per_class = Counter(g.file.label for g in good)
+def plan_labeled(report: ImportReport, good: list[tuple[str, str]],
+                 class_dirs: list[str]) -> dict[str, str]:
+    """Classes, split per image id and warnings; raises before anything is written if unusable.
+
+    `good` holds (id, label) of the images to write; `hoh ingest` seals spans with it too.
+    """
+    per_class = Counter(label for _, label in good)
     report.classes = sorted(per_class)
     report.empty_classes = [c for c in class_dirs if c not in per_class]
     if len(report.classes) < 2:
@@ -180,7 +244,7 @@ def _plan_labeled(report: ImportReport, good: list[_Good], class_dirs: list[str]
             f"{found}" + (f"; class folders without usable images: {empty}" if empty else "")
             + ". Nothing was written."
         )
-    splits = assign_splits(((g.id, g.file.label) for g in good), report.eval_ratio)
+    splits = assign_splits(good, report.eval_ratio)
     if EVAL not in splits.values():
         raise HohError(
             f"import source {report.src}: every class has a single usable image, so the eval "
@@ -188,8 +252,8 @@ def _plan_labeled(report: ImportReport, good: list[_Good], class_dirs: list[str]
             "per class). Nothing was written."
         )
     report.counts = {c: {TRAIN: 0, EVAL: 0} for c in report.classes}
-    for g in good:
-        report.counts[g.file.label][splits[g.id]] += 1
+    for image_id, label in good:
+        report.counts[label][splits[image_id]] += 1
     for c in report.empty_classes:
         report.warnings.append(
             f"class folder {c!r} has no usable image ({_rejections_in(c, report.rejected)}); "
@@ -201,48 +265,113 @@ def _plan_labeled(report: ImportReport, good: list[_Good], class_dirs: list[str]
     return splits
 
 
+def _write_error(report: ImportReport, exc: Exception) -> HohError:
+    return HohError(
+        f"cannot write span {report.span} to {report.out_dir}: {describe_os_error(exc)}. "
+        "Nothing was published; fix the output and run the same import again."
+    )
+
+
+def publish_span(report: ImportReport, tmp: Path, extra: Optional[Path],
+                 report_path: Optional[Path], created_out: bool) -> None:
+    """Make the span visible: the only step after which a failure must not invite a retry.
+
+    The --report copy is moved into place just before the span's rename (and removed again if
+    that rename fails), so a user who sees success finds both, and one who sees an error finds
+    neither and can re-run the same command for the same span number.
+    """
+    out_dir, final = Path(report.out_dir), Path(report.span_dir)
+    if final.exists():  # os.rename would silently replace an empty directory
+        raise HohError(f"span directory {final} appeared while importing; not overwriting it")
+    replaced = False
+    try:
+        if extra is not None and report_path is not None:
+            os.replace(extra, report_path)
+            replaced = True
+            sync_path(report_path.parent)
+        os.rename(tmp, final)
+    except OSError as exc:
+        if replaced and report_path is not None:
+            report_path.unlink(missing_ok=True)
+        raise _write_error(report, exc) from None
+    synced = [out_dir, out_dir.parent] if created_out else [out_dir]
+    try:
+        for directory in synced:
+            sync_path(directory)
+    except OSError as exc:
+        raise HohError(
+            f"span {report.span} was published at {final}, but flushing {directory} to disk "
+            f"failed ({describe_os_error(exc)}); check the disk. Do not import again: that "
+            f"would add span {report.span + 1} with the same images."
+        ) from None
+
+
 def _write_span(
     report: ImportReport,
     good: list[_Good],
     splits: dict[str, str],
     shard_bytes: int,
     progress: Optional[Progress],
+    report_path: Optional[Path],
 ) -> None:
-    """Pass 2: write every good image into a private directory, then publish it as the span."""
+    """Pass 2: write every good image into a private directory, then publish it as the span.
+
+    The shards, the span's report and the --report copy are all written and fsynced before the
+    rename, so a failure (disk full, a report path that vanished) leaves no span behind.
+    """
     import tensorflow as tf  # lazy: the CLI must start without TensorFlow
 
     out_dir, final = Path(report.out_dir), Path(report.span_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".tmp-{final.name}-{secrets.token_hex(4)}"
-    tmp.mkdir()
+    tmp: Optional[Path] = None
+    extra: Optional[Path] = None
     try:
-        writers: dict[str, ShardedWriter] = {}
-        ordered = sorted(good, key=lambda g: g.id)
-        for done, g in enumerate(ordered, 1):
-            try:
-                data = g.file.path.read_bytes()
-            except OSError as exc:
-                raise HohError(f"{g.file.path} became unreadable while importing: {exc}") from None
-            if _sha256(data) != g.id:
-                raise HohError(f"{g.file.path} changed while importing; nothing written, re-run")
-            split = splits[g.id]
-            if split not in writers:
-                writers[split] = ShardedWriter(tf, tmp / split, shard_bytes)
-            writers[split].write(
-                serialize_example(tf, data, g.id, g.file.source, g.file.label, g.width, g.height)
-            )
-            if progress:
-                progress("write", done, len(ordered))
-        report.split_counts = {s: writers[s].records for s in (TRAIN, EVAL, POOL) if s in writers}
-        report.shards = {s: len(writers[s].close()) for s in report.split_counts}
-        report.written = len(ordered)
-        assert report.adds_up, "every file must be written, rejected or a duplicate"
-        (tmp / REPORT_NAME).write_text(report.to_json(), encoding="utf-8")
-        if final.exists():
-            raise HohError(f"span directory {final} appeared while importing; not overwriting it")
-        os.rename(tmp, final)
+        try:
+            created_out = not out_dir.exists()
+            out_dir.mkdir(parents=True, exist_ok=True)
+            tmp = out_dir / f".tmp-{final.name}-{secrets.token_hex(4)}"
+            tmp.mkdir()
+            writers: dict[str, ShardedWriter] = {}
+            ordered = sorted(good, key=lambda g: g.id)
+            for done, g in enumerate(ordered, 1):
+                try:
+                    data = g.file.path.read_bytes()
+                except OSError as exc:
+                    raise HohError(
+                        f"{g.file.path} became unreadable while importing: "
+                        f"{describe_os_error(exc)}; nothing was published, re-run"
+                    ) from None
+                if _sha256(data) != g.id:
+                    raise HohError(
+                        f"{g.file.path} changed while importing; nothing was published, re-run"
+                    )
+                split = splits[g.id]
+                if split not in writers:
+                    writers[split] = ShardedWriter(tf, tmp / split, shard_bytes)
+                writers[split].write(serialize_example(
+                    tf, data, g.id, g.file.source, g.file.label, g.width, g.height
+                ))
+                if progress:
+                    progress("write", done, len(ordered))
+            report.split_counts = {
+                s: writers[s].records for s in (TRAIN, EVAL, POOL) if s in writers
+            }
+            report.shards = {s: len(writers[s].close()) for s in report.split_counts}
+            report.written = len(ordered)
+            assert report.adds_up, "every file must be written, rejected or a duplicate"
+            text = report.to_json()
+            (tmp / REPORT_NAME).write_text(text, encoding="utf-8")
+            sync_tree(tmp)
+            if report_path is not None:
+                report_path.parent.mkdir(parents=True, exist_ok=True)
+                extra = write_hidden_temp(report_path.parent, report_path.name, text)
+        except (OSError, tf.errors.OpError) as exc:
+            raise _write_error(report, exc) from None
+        publish_span(report, tmp, extra, report_path, created_out)
+        tmp = extra = None
     finally:
-        if tmp.exists():
+        if extra is not None:
+            extra.unlink(missing_ok=True)
+        if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -264,12 +393,17 @@ def import_images(
     span-N/{train,eval}/ split by content hash (hoh.data.split). `unlabeled=True`: every image
     under SRC goes to span-N/pool/ without a label feature, for scoring or later labelling.
     Bad files and duplicates never stop the import; they are listed in the report, written to
-    span-N/import_report.json and, if given, `report_path`. Problems that would make the span
-    unusable (missing SRC, fewer than 2 classes, an empty eval split, an existing span) raise
-    HohError before anything is written.
+    span-N/import_report.json and, if given, `report_path` (both before the span is published).
+    Problems that would make the span unusable or silently partial (missing SRC, an output or
+    report path that cannot be written, a folder that cannot be read, a link that would change a
+    class, fewer than 2 classes, an empty eval split, an existing span) raise HohError before
+    anything is published.
     """
     src, out_dir = Path(src), Path(out_dir)
     _check_arguments(src, out_dir, eval_ratio, max_pixels, shard_bytes)
+    if report_path is not None:
+        report_path = Path(report_path)
+        _check_report_path(report_path, out_dir)
     span = _choose_span(out_dir, span)
     scan = scan_source(src, unlabeled)
     if not unlabeled and not scan.class_dirs:
@@ -288,16 +422,13 @@ def import_images(
         seen=len(scan.files) + len(scan.rejected),
         rejected=sorted(scan.rejected + rejected, key=lambda r: r.path),
         duplicates=duplicates,
+        warnings=list(scan.warnings),
     )
     if unlabeled:
         if not good:
             raise HohError(f"import source {src} has no usable image; nothing was written")
         splits = {g.id: POOL for g in good}
     else:
-        splits = _plan_labeled(report, good, scan.class_dirs)
-    _write_span(report, good, splits, shard_bytes, progress)
-    if report_path is not None:
-        report_path = Path(report_path)
-        report_path.parent.mkdir(parents=True, exist_ok=True)
-        report_path.write_text(report.to_json(), encoding="utf-8")
+        splits = plan_labeled(report, [(g.id, g.file.label) for g in good], scan.class_dirs)
+    _write_span(report, good, splits, shard_bytes, progress, report_path)
     return report

@@ -50,6 +50,9 @@ class ImportReport:
     rejected: list[Rejected] = field(default_factory=list)
     duplicates: list[Duplicate] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # Spans sealed by `hoh ingest` only: broker, sources, capture-time range, dead letters
+    # (hoh.data.stream.openspan); None for `hoh data import`.
+    stream: Optional[dict[str, Any]] = None
 
     @property
     def adds_up(self) -> bool:

@@ -12,7 +12,7 @@ import re
 import time
 from typing import Callable, Dict, List, Optional
 
-from hoh.pipeline.peak_memory import PeakMemory, format_mb
+from hoh.pipeline.telemetry.peak_memory import PeakMemory, format_mb
 from hoh.trainer import EPOCH_PREFIX
 
 _RUNNING = re.compile(r"^Component (\S+) is running\.$")

@@ -25,7 +25,7 @@ def _add_compile_args(parser: argparse.ArgumentParser, output_required: bool) ->
 
 
 def _add_submit_args(parser: argparse.ArgumentParser) -> None:
-    from hoh.pipeline.kfp_client import COOKIE_ENV, TOKEN_ENV
+    from hoh.pipeline.kfp.client import COOKIE_ENV, TOKEN_ENV
 
     parser.add_argument("--host", required=True, help="Kubeflow Pipelines API, e.g. http://localhost:8080")
     parser.add_argument("--experiment", default="hoh", help="experiment name (created if missing)")
@@ -66,7 +66,7 @@ def _load(args: argparse.Namespace, extra_overrides: tuple[str, ...] = ()):
 
 
 def _target(args: argparse.Namespace, cfg):
-    from hoh.pipeline import kubeflow
+    from hoh.pipeline.runners import kubeflow
 
     return kubeflow.resolve_target(cfg, image=args.image, pipeline_root=args.pipeline_root, data_root=args.data)
 
@@ -74,7 +74,8 @@ def _target(args: argparse.Namespace, cfg):
 def _compile_to(args: argparse.Namespace, output: str) -> dict:
     """Load the config, build and compile; prints what was compiled."""
     cfg = _load(args)
-    from hoh.pipeline import kfp_params, kubeflow
+    from hoh.pipeline.kfp import params as kfp_params
+    from hoh.pipeline.runners import kubeflow
 
     target = _target(args, cfg)  # checked before TFX is imported (20-45 s)
     print("loading TFX ...", flush=True)
@@ -102,7 +103,7 @@ def _defaults_for(args: argparse.Namespace):
     """
 
     def build(overrides: list[str]) -> dict:
-        from hoh.pipeline import kubeflow
+        from hoh.pipeline.runners import kubeflow
 
         cfg = _load(args, tuple(overrides))
         target = kubeflow.resolve_target(
@@ -118,7 +119,8 @@ def _defaults_for(args: argparse.Namespace):
 
 
 def _request(args: argparse.Namespace, package: str, auth):
-    from hoh.pipeline import kfp_client, kfp_params
+    from hoh.pipeline.kfp import client as kfp_client
+    from hoh.pipeline.kfp import params as kfp_params
 
     compiled = kfp_params.read_package(package)
     given = kfp_client.parse_params(args.params)
@@ -143,7 +145,7 @@ def _auth(args: argparse.Namespace):
     warned about when they would cross the network in clear text."""
     import sys
 
-    from hoh.pipeline import kfp_client
+    from hoh.pipeline.kfp import client as kfp_client
 
     auth, warnings = kfp_client.read_auth(
         token=args.token, token_file=args.token_file, cookie=args.cookie,
@@ -158,7 +160,7 @@ def _auth(args: argparse.Namespace):
 
 def _check_before_compiling(args: argparse.Namespace) -> None:
     """Every mistake in the flags is reported before a minute of compiling, not after."""
-    from hoh.pipeline import kfp_client
+    from hoh.pipeline.kfp import client as kfp_client
 
     kfp_client.parse_params(args.params)
     if getattr(args, "cron", None) is not None:
@@ -186,13 +188,13 @@ def _with_package(args: argparse.Namespace, send) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from hoh.pipeline import kfp_client
+    from hoh.pipeline.kfp import client as kfp_client
 
     return _with_package(args, kfp_client.submit)
 
 
 def _schedule(args: argparse.Namespace) -> int:
-    from hoh.pipeline import kfp_client
+    from hoh.pipeline.kfp import client as kfp_client
 
     return _with_package(
         args, lambda request: kfp_client.schedule(request, args.cron, args.max_concurrency, args.catchup)

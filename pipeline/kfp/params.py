@@ -48,19 +48,15 @@ def read_package(package: str) -> Package:
 
 
 def span_parameter(span: str) -> str:
-    """`--param span=N|latest` -> the range_config parameter: what pipeline.span_range_config
-    (explicit_latest) gives as_runtime_parameter, built without importing TFX's DSL (tested to
-    stay equal)."""
-    from tfx.proto import range_config_pb2 as rc
+    """`--param span=N|latest` -> the range_config parameter the compiled pipeline expects."""
     from tfx.utils import proto_utils
 
+    from hoh.pipeline.factory import span_range_config
+
     text = span.strip().lower()
-    if text == "latest":
-        config = rc.RangeConfig(rolling_range=rc.RollingRange(num_spans=1))
-    elif text.isdigit():
-        config = rc.RangeConfig(static_range=rc.StaticRange(start_span_number=int(text), end_span_number=int(text)))
-    else:
+    if text != "latest" and not text.isdigit():
         raise HohError(f"--param span={span}: expected a span number or 'latest'")
+    config = span_range_config(None if text == "latest" else int(text), explicit_latest=True)
     return proto_utils.proto_to_json(config)
 
 

@@ -4,7 +4,7 @@ The notebooks run the very components `create_components` builds (they never red
 they add is reading each step's outputs back for people: a few examples through the transform
 graph, the Trainer's curves, TFMA's metrics as a table, the sampler's picks. Each helper is a plain
 function of artifacts or paths, so it is unit-tested without Jupyter and the cells stay short.
-Drawing lives in `hoh.pipeline.notebook_views`.
+Drawing lives in `hoh.pipeline.notebook.views`.
 """
 from __future__ import annotations
 
@@ -115,7 +115,7 @@ def interactive_context(cfg: HohConfig):
     retrain from scratch and the Resolver would never find a blessed model)."""
     from tfx.orchestration.experimental.interactive.interactive_context import InteractiveContext
 
-    from hoh.pipeline.mlmd import local_pipeline_args
+    from hoh.pipeline.telemetry.mlmd import local_pipeline_args
 
     return InteractiveContext(**local_pipeline_args(cfg))
 
@@ -288,7 +288,7 @@ def ensure_pushed_model(cfg: HohConfig, echo: Callable[[str], None] = print) -> 
     checkout it trains and pushes one with the local runner (same components, same config).
     """
     if not pushed_versions(cfg):
-        from hoh.pipeline.local import run_local
+        from hoh.pipeline.runners.local import run_local
 
         echo(f"no model in {cfg.model_repository} yet: running the pipeline to train and push one")
         summary = run_local(cfg, echo=echo)

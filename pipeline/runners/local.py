@@ -11,17 +11,22 @@ from typing import Any, Callable, Iterator, Optional
 
 from hoh import features
 from hoh.config import HohConfig
-from hoh.errors import HohError
+from hoh.errors import ExitCode, HohError
 from hoh.pipeline import factory
-from hoh.pipeline.mlmd import local_pipeline_args
-from hoh.pipeline.progress import ProgressHandler
-from hoh.pipeline.summary import RunSummary, summarize
+from hoh.pipeline.telemetry.mlmd import local_pipeline_args
+from hoh.pipeline.telemetry.progress import ProgressHandler
+from hoh.pipeline.telemetry.summary import RunSummary, summarize
 
 DEMO_PER_CLASS = 500
 
 
 class PipelineFailed(HohError):
-    """A component failed; the message names it and points at the full log."""
+    """A component failed; the message names it and points at the full log. The exit code is
+    the cause's (data anomalies stay distinguishable from a crash)."""
+
+    def __init__(self, message: str, exit_code: int = ExitCode.FAILED):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def ensure_demo_data(cfg: HohConfig, echo: Callable[[str], None] = print) -> str:
@@ -152,7 +157,9 @@ def run_local(cfg: HohConfig, echo: Optional[Callable[[str], None]] = None) -> R
         except Exception as exc:
             logging.exception("pipeline failed")
             failed = progress.running.component_id if progress.running else "the pipeline"
-            raise PipelineFailed(f"{failed} failed: {_root_cause(exc)}\n(full log: {log_path})") from None
+            cause = _root_cause(exc)
+            raise PipelineFailed(f"{failed} failed: {cause}\n(full log: {log_path})",
+                                 exit_code=getattr(cause, "exit_code", ExitCode.FAILED)) from None
         finally:
             del absl_logger.setLevel  # back to logging.Logger.setLevel
             absl_logger.removeHandler(progress)

@@ -8,8 +8,8 @@ can see and what open-source Kubeflow can run:
   open-source Kubeflow's v2 backend refuses (`kubeflow.baseline: latest_blessed` keeps the
   Resolver for Vertex);
 - data root, span, training and evaluation settings are pipeline parameters
-  (hoh.pipeline.kfp_params turns `--param` into their values);
-- Beam args come from a preset (hoh.pipeline.beam_presets), pod resources from the config.
+  (hoh.pipeline.kfp.params turns `--param` into their values);
+- Beam args come from a preset (hoh.pipeline.kfp.beam_presets), pod resources from the config.
 """
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ import yaml
 from hoh.fileio import is_remote
 from hoh.config import HohConfig, pod_uri
 from hoh.errors import HohError
-from hoh.pipeline import beam_presets, factory
+from hoh.pipeline import factory
+from hoh.pipeline.kfp import beam_presets
 
 # Where the Dockerfile installs the package: the curated schema is read from there in the pods.
 IMAGE_VENV = "/opt/hoh/venv"
@@ -103,21 +104,21 @@ def schema_path(setting: str) -> Optional[str]:
     return setting
 
 
-def trainer_config(cfg: HohConfig) -> Dict[str, Any]:
-    """factory.trainer_config, but a weights file stays the pods' path (not resolved here)."""
-    config = factory.trainer_config(cfg)
-    weights = cfg.model.weights
+def pod_weights(weights: str) -> str:
+    """model.weights as the pods open it: never resolved on the compiling machine."""
     if weights not in ("imagenet", "none") and not (weights.startswith("gs://") or weights.startswith("/")):
         raise HohError(f"model.weights={weights!r}: on Kubeflow use imagenet, none or a mounted .h5 path")
-    config["model"]["weights"] = weights
-    return config
+    return weights
+
+
+POD_PATHS = factory.PathRules(schema=schema_path, weights=pod_weights)
 
 
 def pusher_factory(cfg: HohConfig, model_repository: str) -> Optional[Callable[..., Any]]:
     """The local runner's TritonPusher (same settings, kept in one place), writing to the pods'
     repository: the local factory resolves the path on this machine, which would turn
     gs://bucket into ./gs:/bucket, so that one exec property is replaced."""
-    from hoh.pipeline.local import triton_pusher_factory
+    from hoh.pipeline.runners.local import triton_pusher_factory
 
     make_local = triton_pusher_factory(cfg)
     if make_local is None:
@@ -183,10 +184,9 @@ def build_pipeline(cfg: HohConfig, target: Target, beam_args: Optional[list[str]
         target.data_root,
         num_classes(cfg, target.data_root),
         pusher_factory(cfg, target.model_repository) if target.model_repository else None,
+        POD_PATHS,
     )
     options.update(
-        schema_path=schema_path(cfg.schema_.path),
-        trainer_config=trainer_config(cfg),
         baseline=baseline_factory(cfg, target.model_repository),
         runtime_parameters=True,
     )

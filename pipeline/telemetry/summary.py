@@ -6,8 +6,8 @@ import os
 from typing import Dict, List, Optional
 
 from hoh.fileio import read_json
-from hoh.pipeline.mlmd import open_readonly
-from hoh.pipeline.progress import ComponentRun
+from hoh.pipeline.telemetry.mlmd import open_readonly
+from hoh.pipeline.telemetry.progress import ComponentRun
 
 
 @dataclasses.dataclass

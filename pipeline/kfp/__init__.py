@@ -1,0 +1,1 @@
+"""Kubeflow Pipelines client side: compile/submit/schedule commands, run parameters, Beam presets."""

@@ -1,0 +1,1 @@
+"""Runners: the same DAG run here (LocalDagRunner) or compiled for Kubeflow Pipelines."""

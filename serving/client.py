@@ -26,7 +26,7 @@ from typing import Any, NoReturn, Optional, Sequence, Union
 
 import numpy as np
 
-from hoh.errors import HohError
+from hoh.errors import HohError, RunFailed
 
 INPUT_NAME = "image_bytes"
 PROBABILITIES_NAME = "probabilities"
@@ -48,11 +48,11 @@ class ClientError(HohError):
     """Base of the errors below; also used for unexpected server answers."""
 
 
-class ServerUnavailable(ClientError):
+class ServerUnavailable(ClientError, RunFailed):
     """Nothing answers at the URL."""
 
 
-class ModelNotReady(ClientError):
+class ModelNotReady(ClientError, RunFailed):
     """The server answers but the model (version) is not loaded."""
 
 

@@ -21,14 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional
 
-from hoh.errors import HohError
+from hoh.errors import RunFailed
 
 _STUB = "triton_python_backend_stub"
 _BACKEND_LIB = "libtriton_python.so"
 _BACKEND_UTILS = "triton_python_backend_utils.py"
 
 
-class ServerError(HohError):
+class ServerError(RunFailed):
     """The Triton server could not be found, started, or did not become ready."""
 
 

@@ -18,7 +18,7 @@ from hoh import durable, features
 from hoh.cli import main
 from hoh.data import importer
 from hoh.data.importer import REPORT_NAME, import_images
-from hoh.errors import HohError, UsageError
+from hoh.errors import HohError, RunFailed, UsageError
 
 
 def _no_span_published(lake: Path) -> bool:
@@ -282,7 +282,8 @@ def test_disk_full_while_writing_is_one_line_and_publishes_nothing(tmp_path, mon
         return real(*args, **kwargs)
 
     monkeypatch.setattr(importer, "serialize_example", disk_full)
-    assert main(["data", "import", str(src), "--out", str(lake)]) == HohError.exit_code
+    # The input was fine and the disk failed: RunFailed's code (1), which a scheduler may retry.
+    assert main(["data", "import", str(src), "--out", str(lake)]) == RunFailed.exit_code == 1
     line = _one_line_error(capsys.readouterr().err)
     assert f"cannot write span 1 to {lake.absolute()}: No space left on device" in line
     assert "Nothing was published" in line

@@ -292,7 +292,7 @@ def test_cli_drift_on_span_directories(spans, tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "drift: DETECTED" in out and "brightness: mean" in out
-    assert main(args + ["--fail-on-drift"]) == 1
+    assert main(args + ["--fail-on-drift"]) == 5  # ExitCode.DRIFT_DETECTED, not a failure (1)
     assert main(["drift", "--reference", str(data / "span-1"), "--current", str(data / "span-1"),
                  "--out", str(tmp_path / "same"), "--fail-on-drift"]) == 0
     assert main(["drift", "--reference", str(tmp_path / "nope"), "--current", str(data), "--out", str(tmp_path)]) == 2

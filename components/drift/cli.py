@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from hoh import features
+from hoh.errors import ExitCode
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -30,7 +31,8 @@ def _run(args: argparse.Namespace) -> int:
     for line in summary_lines(summary):
         print(line)
     print(f"report: {args.out}/report.html, summary: {args.out}/summary.json")
-    return 1 if (args.fail_on_drift and summary["drift_detected"]) else 0
+    drifted = args.fail_on_drift and summary["drift_detected"]
+    return ExitCode.DRIFT_DETECTED if drifted else ExitCode.OK
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -54,5 +56,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     drift.add_argument("--column-method", help="Evidently stattest for the descriptors (default: Evidently's choice)")
     drift.add_argument("--column-threshold", type=float, help="threshold of that stattest")
     drift.add_argument("--no-labels", action="store_true", help="skip the class-proportion test")
-    drift.add_argument("--fail-on-drift", action="store_true", help="exit with status 1 when drift is detected")
+    drift.add_argument("--fail-on-drift", action="store_true", help="exit with status 5 when drift is detected")
     drift.set_defaults(handler=_run)

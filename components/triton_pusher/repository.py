@@ -68,7 +68,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from hoh.config import PushConfig
-from hoh.errors import HohError
+from hoh.errors import RunFailed
 from hoh.serving.triton_model import IMAGECHECK_FILE
 
 CONFIG_FILE = "config.pbtxt"
@@ -97,7 +97,7 @@ _log = logging.getLogger(__name__)
 _PUSH_DEFAULTS = PushConfig.model_fields
 
 
-class PushError(HohError):
+class PushError(RunFailed):
     """The model or the push settings cannot produce a servable Triton model."""
 
 

@@ -52,7 +52,7 @@ from hoh.data.report import Duplicate, ImportReport, Rejected
 from hoh.data.split import EVAL, POOL, TRAIN, assign_splits
 from hoh.data.tfrecords import DEFAULT_SHARD_BYTES, ShardedWriter, serialize_example
 from hoh.durable import sync_path, sync_tree, write_hidden_temp
-from hoh.errors import HohError, UsageError
+from hoh.errors import HohError, RunFailed, UsageError
 
 DEFAULT_EVAL_RATIO = 0.2
 FIRST_SPAN = 1
@@ -266,7 +266,7 @@ def plan_labeled(report: ImportReport, good: list[tuple[str, str]],
 
 
 def _write_error(report: ImportReport, exc: Exception) -> HohError:
-    return HohError(
+    return RunFailed(
         f"cannot write span {report.span} to {report.out_dir}: {describe_os_error(exc)}. "
         "Nothing was published; fix the output and run the same import again."
     )

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
-from hoh.errors import HohError
+from hoh.errors import HohError, RunFailed
 
 TOKEN_ENV = "HOH_KFP_TOKEN"
 COOKIE_ENV = "HOH_KFP_COOKIE"
@@ -251,9 +251,9 @@ def _api_errors(host: str) -> Iterator[None]:
             yield
     except kfp_server_api.ApiException as exc:
         body = (exc.body or b"").decode() if isinstance(exc.body, bytes) else (exc.body or "")
-        raise HohError(f"Kubeflow Pipelines at {host} answered {exc.status} {exc.reason}: {body[:300]}") from None
+        raise RunFailed(f"Kubeflow Pipelines at {host} answered {exc.status} {exc.reason}: {body[:300]}") from None
     except urllib3.exceptions.HTTPError as exc:
-        raise HohError(f"cannot reach Kubeflow Pipelines at {host}: {exc}") from None
+        raise RunFailed(f"cannot reach Kubeflow Pipelines at {host}: {exc}") from None
 
 
 def make_client(host: str, auth: Auth):
@@ -309,7 +309,7 @@ def upload(client, package: str, pipeline_name: str) -> tuple[str, str]:
         pipeline_id = client.upload_pipeline(package, pipeline_name=pipeline_name).pipeline_id
         versions = client.list_pipeline_versions(pipeline_id, page_size=1, sort_by="created_at desc")
         if not versions.pipeline_versions:
-            raise HohError(f"pipeline {pipeline_name} was uploaded but the server lists no version of it")
+            raise RunFailed(f"pipeline {pipeline_name} was uploaded but the server lists no version of it")
         return pipeline_id, versions.pipeline_versions[0].pipeline_version_id
     version = client.upload_pipeline_version(package, pipeline_version_name=name, pipeline_id=pipeline_id)
     return pipeline_id, version.pipeline_version_id

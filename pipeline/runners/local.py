@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from hoh import features
 from hoh.config import HohConfig
-from hoh.errors import ExitCode, HohError
+from hoh.errors import ExitCode, HohError, RunFailed
 from hoh.pipeline import factory
 from hoh.pipeline.telemetry.mlmd import local_pipeline_args
 from hoh.pipeline.telemetry.progress import ProgressHandler
@@ -20,7 +20,7 @@ from hoh.pipeline.telemetry.summary import RunSummary, summarize
 DEMO_PER_CLASS = 500
 
 
-class PipelineFailed(HohError):
+class PipelineFailed(RunFailed):
     """A component failed; the message names it and points at the full log. The exit code is
     the cause's (data anomalies stay distinguishable from a crash)."""
 

@@ -1,5 +1,6 @@
 """Packaging and the locks: one version, a runtime lock without test or notebook tools, a dev
 lock that agrees with it, hashes everywhere, and the make targets that use them."""
+
 from __future__ import annotations
 
 import json
@@ -7,16 +8,26 @@ import re
 import shutil
 import subprocess
 import tomllib
-from pathlib import Path
 
 import pytest
-
-import hoh
 from test_kubeflow_image import REPO, setup_kwargs
 
+import hoh
+
 LOCKS = ("requirements.lock", "requirements-dev.lock", "requirements-image.lock")
-DEV_ONLY = ("pytest", "pytest-timeout", "jupyterlab", "notebook", "nbclient", "nbstripout",
-            "matplotlib", "ruff", "atheris", "cyclonedx-bom", "pip-audit")
+DEV_ONLY = (
+    "pytest",
+    "pytest-timeout",
+    "jupyterlab",
+    "notebook",
+    "nbclient",
+    "nbstripout",
+    # (matplotlib is not here: mlflow, a runtime dependency, requires it)
+    "ruff",
+    "atheris",
+    "cyclonedx-bom",
+    "pip-audit",
+)
 
 
 def _name(requirement: str) -> str:
@@ -102,8 +113,11 @@ def _recipe(target: str) -> str:
 
 def test_make_installs_both_locks_with_hash_checking_and_tracks_them():
     stamp = _recipe("$(STAMP)")
-    assert re.search(r"^LOCKS := requirements\.lock requirements-dev\.lock$",
-                     (REPO / "Makefile").read_text(), re.M)
+    assert re.search(
+        r"^LOCKS := requirements\.lock requirements-dev\.lock$",
+        (REPO / "Makefile").read_text(),
+        re.M,
+    )
     for prerequisite in ("$(LOCKS)", "pyproject.toml", "setup.py"):
         assert prerequisite in stamp.splitlines()[0]
     assert "pip sync --python $(PY) --require-hashes $(LOCKS)" in stamp
@@ -116,17 +130,31 @@ def test_make_installs_both_locks_with_hash_checking_and_tracks_them():
     assert "--strict" in _recipe("audit") and "-r requirements.lock" in _recipe("audit")
 
 
-@pytest.mark.skipif(shutil.which("cyclonedx-py") is None and not (REPO / ".venv/bin/cyclonedx-py")
-                    .exists(), reason="cyclonedx-bom is not installed (requirements-dev.lock)")
+@pytest.mark.skipif(
+    shutil.which("cyclonedx-py") is None and not (REPO / ".venv/bin/cyclonedx-py").exists(),
+    reason="cyclonedx-bom is not installed (requirements-dev.lock)",
+)
 def test_sbom_lists_every_package_of_the_runtime_lock_with_its_hashes(tmp_path):
     """What `make sbom` runs, on the real lock (offline: the lock holds all it needs)."""
     recipe = _recipe("sbom")
     assert "cyclonedx-py requirements requirements.lock" in recipe
     tool = shutil.which("cyclonedx-py") or str(REPO / ".venv/bin/cyclonedx-py")
     out = tmp_path / "sbom.cdx.json"
-    subprocess.run([tool, "requirements", "requirements.lock", "--pyproject", "pyproject.toml",
-                    "--output-reproducible", "-o", str(out)], cwd=REPO, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [
+            tool,
+            "requirements",
+            "requirements.lock",
+            "--pyproject",
+            "pyproject.toml",
+            "--output-reproducible",
+            "-o",
+            str(out),
+        ],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
     sbom = json.loads(out.read_text())
     assert sbom["bomFormat"] == "CycloneDX" and sbom["metadata"]["component"]["name"] == "hoh"
     listed = {c["name"].lower(): c for c in sbom["components"]}
@@ -135,6 +163,9 @@ def test_sbom_lists_every_package_of_the_runtime_lock_with_its_hashes(tmp_path):
     for package, (version, hashes) in locked.items():
         component = listed[package]
         assert component["version"] == version and component["purl"].endswith(f"@{version}")
-        sbom_hashes = {f"sha256:{h['content']}" for ref in component["externalReferences"]
-                       for h in ref.get("hashes", [])}
+        sbom_hashes = {
+            f"sha256:{h['content']}"
+            for ref in component["externalReferences"]
+            for h in ref.get("hashes", [])
+        }
         assert sbom_hashes == hashes, package

@@ -17,7 +17,7 @@ help:
 	@echo "make demo   - set up .venv and run the pipeline on the built-in demo images"
 	@echo "make test   - set up .venv and run the whole test suite (unit + e2e)"
 	@echo "make lock   - re-resolve both locks from requirements.in / requirements-dev.in (registry)"
-	@echo "make lint   - ruff (pyproject.toml [tool.ruff])"
+	@echo "make lint   - ruff check + ruff format --check (pyproject.toml [tool.ruff]); make test runs it first"
 	@echo "make sbom   - CycloneDX SBOM of requirements.lock -> $(SBOM)"
 	@echo "make audit  - pip-audit of requirements.lock against PyPI's vulnerability data (network)"
 	@echo "make lab    - JupyterLab in .venv on 127.0.0.1 (notebooks/; LAB_PORT=8888)"
@@ -43,7 +43,8 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/hoh run
 
-test: setup
+# Lint first: a lint error fails `make test` (and CI) in seconds, before the long suite.
+test: setup lint
 	$(PY) -m pytest
 
 test-fast: setup
@@ -71,9 +72,9 @@ lock: | $(UV)
 	$(UV) pip compile requirements-dev.in $(LOCK_FLAGS) -o requirements-dev.lock
 	$(UV) pip compile requirements-image.in $(LOCK_FLAGS) -o requirements-image.lock
 
-# Not part of `make test` yet: the code base is reformatted in one go first.
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # What the image installs, as a CycloneDX SBOM (offline: the lock has names, versions, hashes).
 SBOM ?= sbom.cdx.json

@@ -7,6 +7,7 @@ paths such as `hoh.trainer.task.run_fn` are also what the compiled Kubeflow pipe
 so they must resolve inside the container image exactly as they do in a checkout.
 Everything else (name, version, dependencies, the `hoh` command) is in pyproject.toml.
 """
+
 import os
 
 from setuptools import setup
@@ -32,7 +33,7 @@ def _packages():
         for dirpath, dirnames, filenames in os.walk(folder):
             dirnames[:] = [d for d in dirnames if not d.startswith((".", "__"))]
             if "__init__.py" in filenames:
-                yield name + dirpath[len(folder):].replace(os.sep, ".")
+                yield name + dirpath[len(folder) :].replace(os.sep, ".")
 
 
 setup(package_dir=_FOLDERS, packages=sorted(set(_packages())))

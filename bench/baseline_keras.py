@@ -1,4 +1,5 @@
-"""The "original classifier": a plain Keras transfer-learning script, the baseline hoh is measured against.
+"""The "original classifier": a plain Keras transfer-learning script, the baseline hoh is
+measured against.
 
 Deliberately free of hoh code: image_dataset_from_directory, a frozen ImageNet MobileNetV2,
 global average pooling, dropout, one sigmoid unit; pixels /255 then rescaled to [-1, 1]; Adam
@@ -8,6 +9,7 @@ stricter comparison in docs/BENCHMARKS.md.
 
     python bench/baseline_keras.py --train DIR --eval DIR --weights backbone.h5 --epochs 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,9 +30,12 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--exempt-tf-keras-autograph", action="store_true",
-                        help="apply the same AutoGraph rule hoh applies (hoh/autograph.py), so the "
-                             "comparison is not won by a TensorFlow workaround alone")
+    parser.add_argument(
+        "--exempt-tf-keras-autograph",
+        action="store_true",
+        help="apply the same AutoGraph rule hoh applies (hoh/autograph.py), so the "
+        "comparison is not won by a TensorFlow workaround alone",
+    )
     args = parser.parse_args()
 
     started = time.monotonic()
@@ -39,6 +44,7 @@ def main() -> None:
 
     if args.exempt_tf_keras_autograph:
         from hoh.autograph import exempt_tf_keras
+
         exempt_tf_keras()
 
     keras.utils.set_random_seed(args.seed)
@@ -54,33 +60,42 @@ def main() -> None:
     inputs = keras.Input(shape=size + (3,))
     x = keras.layers.Rescaling(1.0 / 255)(inputs)
     x = keras.layers.Rescaling(2.0, offset=-1.0)(x)
-    base = keras.applications.MobileNetV2(input_shape=size + (3,), include_top=False, weights=args.weights)
+    base = keras.applications.MobileNetV2(
+        input_shape=size + (3,), include_top=False, weights=args.weights
+    )
     base.trainable = False
     x = base(x, training=False)
     x = keras.layers.GlobalAveragePooling2D()(x)
     x = keras.layers.Dropout(0.2)(x)
     outputs = keras.layers.Dense(1, activation="sigmoid")(x)
     model = keras.Model(inputs, outputs)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy",
-                  metrics=[keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")])
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss="binary_crossentropy",
+        metrics=[keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")],
+    )
     ready = time.monotonic()
     model.fit(train, epochs=args.epochs, verbose=0)
     fitted = time.monotonic()
     _, accuracy, auc = model.evaluate(evaluation, verbose=0)
     done = time.monotonic()
-    print(json.dumps({
-        "train_examples": n_train,
-        "eval_examples": n_eval,
-        "epochs": args.epochs,
-        "setup_seconds": ready - started,
-        "fit_seconds": fitted - ready,
-        "eval_seconds": done - fitted,
-        "total_seconds": done - started,
-        "train_images_per_second": n_train * args.epochs / (fitted - ready),
-        "exempt_tf_keras_autograph": args.exempt_tf_keras_autograph,
-        "accuracy": float(accuracy),
-        "auc": float(auc),
-    }))
+    print(
+        json.dumps(
+            {
+                "train_examples": n_train,
+                "eval_examples": n_eval,
+                "epochs": args.epochs,
+                "setup_seconds": ready - started,
+                "fit_seconds": fitted - ready,
+                "eval_seconds": done - fitted,
+                "total_seconds": done - started,
+                "train_images_per_second": n_train * args.epochs / (fitted - ready),
+                "exempt_tf_keras_autograph": args.exempt_tf_keras_autograph,
+                "accuracy": float(accuracy),
+                "auc": float(auc),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ RSS limit, so an input that passed the checks and still made the decoder balloon
 too. The seed corpus is generated here with Pillow (real PNG/JPEG/GIF/BMP headers, tiny images
 so each accepted input decodes in well under a millisecond); nothing binary is committed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -113,8 +114,11 @@ def main(argv=None) -> None:
     when = parser.add_mutually_exclusive_group()
     when.add_argument("--seconds", type=int, default=300, help="fuzzing time (default 300)")
     when.add_argument("--runs", type=int, help="number of inputs instead of a time budget")
-    parser.add_argument("--out", default="hoh-output/fuzz-images",
-                        help="corpus and findings directory (kept between runs)")
+    parser.add_argument(
+        "--out",
+        default="hoh-output/fuzz-images",
+        help="corpus and findings directory (kept between runs)",
+    )
     args = parser.parse_args(argv)
     try:
         import atheris
@@ -136,14 +140,25 @@ def main(argv=None) -> None:
     target = make_target(
         (tm.InputError, ImageRejected),
         check_server=lambda d: tm.check_image(0, d, MAX_BYTES, MAX_PIXELS, MAX_GIF_FRAMES),
-        check_importer=lambda d: (check_like_serving(d, MAX_PIXELS),
-                                  imagecheck.read_info(d, MAX_GIF_FRAMES))[1],
+        check_importer=lambda d: (
+            check_like_serving(d, MAX_PIXELS),
+            imagecheck.read_info(d, MAX_GIF_FRAMES),
+        )[1],
         decode=_tf_decode(),
     )
     budget = f"-runs={args.runs}" if args.runs is not None else f"-max_total_time={args.seconds}"
     atheris.Setup(
-        [sys.argv[0], str(corpus), budget, f"-max_len={MAX_BYTES}", f"-rss_limit_mb={RSS_LIMIT_MB}",
-         "-timeout=20", f"-artifact_prefix={findings}/", "-print_final_stats=1", "-seed=1"],
+        [
+            sys.argv[0],
+            str(corpus),
+            budget,
+            f"-max_len={MAX_BYTES}",
+            f"-rss_limit_mb={RSS_LIMIT_MB}",
+            "-timeout=20",
+            f"-artifact_prefix={findings}/",
+            "-print_final_stats=1",
+            "-seed=1",
+        ],
         target,
     )
     atheris.Fuzz()

@@ -3,6 +3,7 @@
 This is the ceiling Triton is compared with: the same SavedModel, the same decode+resize graph,
 the same payload bytes, with TensorFlow's default thread pools (one per core).
 """
+
 from __future__ import annotations
 
 import math
@@ -40,7 +41,8 @@ def measure(
             time_cap_s=time_cap_s,
             warmup=max(2, math.ceil(warmup / batch)),  # the first call of a new shape retraces
         )
-        summary = summarize(result.latencies_s, result.wall_s, batch, len(result.errors),
-                            result.capped)
+        summary = summarize(
+            result.latencies_s, result.wall_s, batch, len(result.errors), result.capped
+        )
         rows.append({"batch_size": batch, **summary.as_dict(), "error_samples": result.errors[:3]})
     return rows

@@ -11,6 +11,7 @@ the warmup and the timed phase. Requests are numbered from one shared counter pe
 total is exact however the threads interleave, and no request starts after the time cap, so a
 slow or stuck server cannot hold the benchmark hostage.
 """
+
 from __future__ import annotations
 
 import itertools

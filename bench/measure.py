@@ -4,6 +4,7 @@
 child the benchmark ran before), and stdout goes to a file so a chatty child cannot block on a
 full pipe while we wait.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,7 +26,9 @@ class Measured:
     def check(self) -> "Measured":
         if self.returncode != 0:
             tail = "\n".join(self.stdout.splitlines()[-20:])
-            raise SystemExit(f"benchmark step failed ({self.returncode}): {' '.join(self.command)}\n{tail}")
+            raise SystemExit(
+                f"benchmark step failed ({self.returncode}): {' '.join(self.command)}\n{tail}"
+            )
         return self
 
 
@@ -37,5 +40,10 @@ def run_measured(command: Sequence[str], log: Path, env: dict | None = None) -> 
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.monotonic() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return Measured(list(command), seconds, usage.ru_maxrss / 1024.0, proc.returncode,
-                    log.read_text(encoding="utf-8", errors="replace"))
+    return Measured(
+        list(command),
+        seconds,
+        usage.ru_maxrss / 1024.0,
+        proc.returncode,
+        log.read_text(encoding="utf-8", errors="replace"),
+    )

@@ -8,6 +8,7 @@ path the export tests use) -> MobileNetV2 from `build_model` -> `export_model` -
 Weights do not change the compute, so random ones are fine for throughput; the offline ImageNet
 file is used when present so the numbers are for the real network bit-for-bit.
 """
+
 from __future__ import annotations
 
 import sys
@@ -83,7 +84,8 @@ def build_and_push(
     from hoh.components.triton_pusher.repository import push_model
     from hoh.data.demo import make_demo_dataset
     from hoh.data.importer import import_images
-    from hoh.trainer import export, model as model_lib
+    from hoh.trainer import export
+    from hoh.trainer import model as model_lib
 
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
@@ -111,8 +113,13 @@ def build_and_push(
     image_paths = sorted(images_dir.rglob("*.png"))
     serving_dir = workdir / "model" / "Format-Serving"
     export.export_model(
-        model, str(serving_dir), tft_output, class_names, image_size,
-        sample_image=image_paths[0].read_bytes(), extra_info={"trainer": "bench/serving.py"},
+        model,
+        str(serving_dir),
+        tft_output,
+        class_names,
+        image_size,
+        sample_image=image_paths[0].read_bytes(),
+        extra_info={"trainer": "bench/serving.py"},
     )
     lap("export")
     pushed = push_model(str(serving_dir), str(workdir / "repository"), settings)
@@ -137,7 +144,9 @@ def tune_config(
     cache off shows what the cache's hashing and insertion cost on every miss.
     """
     from hoh.components.triton_pusher.repository import (
-        CONFIG_FILE, parse_model_config, render_model_config,
+        CONFIG_FILE,
+        parse_model_config,
+        render_model_config,
     )
 
     path = model_dir / CONFIG_FILE

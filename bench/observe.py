@@ -5,6 +5,7 @@ into queueing (batcher delay), compute (the python backend + TensorFlow) and the
 the batch sizes the dynamic batcher actually formed. CPU seconds of the server process tree vs
 this process show whether the client is eating the cores the model needs.
 """
+
 from __future__ import annotations
 
 import os

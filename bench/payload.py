@@ -6,6 +6,7 @@ request would instead put PIL's encoder on the same 2 cores as the server. So ea
 base image and gets a tiny metadata block with its sequence number (a PNG `tEXt` chunk, a JPEG
 `COM` segment): different bytes, identical pixels, identical decode cost, ~30 bytes of extra work.
 """
+
 from __future__ import annotations
 
 import io

@@ -6,6 +6,7 @@ checks) and, over HTTP, lets the outputs come back as JSON instead of binary, so
 share of the latency can be told apart from the server's. Inputs are always binary: raw PNG/JPEG
 bytes are not valid UTF-8, so the JSON form cannot carry them at all.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -43,9 +44,7 @@ def raw_sender(
     if protocol == "http":
         import tritonclient.http as tc
 
-        client = tc.InferenceServerClient(
-            url, connection_timeout=timeout, network_timeout=timeout
-        )
+        client = tc.InferenceServerClient(url, connection_timeout=timeout, network_timeout=timeout)
         extra: dict = {}
     else:
         import tritonclient.grpc as tc

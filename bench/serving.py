@@ -16,6 +16,7 @@ threads inside the stub, response cache on/off, extra tritonserver arguments, cl
 HTTP output encoding, images per request, payload format. Results: a Markdown table on stdout
 and `--json-out`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,17 +35,20 @@ if __package__ in (None, ""):  # `python bench/serving.py`: make `bench` importa
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import hoh  # noqa: F401,E402  (TF_USE_LEGACY_KERAS before TensorFlow)
-
 from bench import serving_report as report  # noqa: E402
 
 if TYPE_CHECKING:
     from hoh.components.triton_pusher.repository import TritonPushSettings
 
 # Defaults of the full measurement, and of --quick; explicit flags override either.
-FULL = {"requests": 400, "warmup": 16, "cache_requests": 100, "time_cap": 180.0,
-        "images_per_class": 8}
-QUICK = {"requests": 24, "warmup": 4, "cache_requests": 8, "time_cap": 20.0,
-         "images_per_class": 2}
+FULL = {
+    "requests": 400,
+    "warmup": 16,
+    "cache_requests": 100,
+    "time_cap": 180.0,
+    "images_per_class": 8,
+}
+QUICK = {"requests": 24, "warmup": 4, "cache_requests": 8, "time_cap": 20.0, "images_per_class": 2}
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -70,67 +74,142 @@ def build_parser() -> argparse.ArgumentParser:
         description="In-process serving_default vs Triton (HTTP, gRPC) on one MobileNetV2.",
     )
     run = p.add_argument_group("run size")
-    run.add_argument("--quick", action="store_true",
-                     help="smoke mode: few requests and base images, short time cap (~1-2 min)")
-    run.add_argument("--requests", type=int,
-                     help="timed requests per Triton run, and images per in-process batch size "
-                     f"(default {FULL['requests']}; quick {QUICK['requests']})")
-    run.add_argument("--warmup", type=int, help="untimed requests before each run "
-                     f"(default {FULL['warmup']}; quick {QUICK['warmup']})")
-    run.add_argument("--cache-requests", type=int, help="repeats of one request for the cache-hit "
-                     f"latency (default {FULL['cache_requests']}; quick {QUICK['cache_requests']})")
-    run.add_argument("--time-cap", type=float, metavar="SECONDS",
-                     help="no new request after this long in one run "
-                     f"(default {FULL['time_cap']:g}; quick {QUICK['time_cap']:g})")
+    run.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke mode: few requests and base images, short time cap (~1-2 min)",
+    )
+    run.add_argument(
+        "--requests",
+        type=int,
+        help="timed requests per Triton run, and images per in-process batch size "
+        f"(default {FULL['requests']}; quick {QUICK['requests']})",
+    )
+    run.add_argument(
+        "--warmup",
+        type=int,
+        help="untimed requests before each run "
+        f"(default {FULL['warmup']}; quick {QUICK['warmup']})",
+    )
+    run.add_argument(
+        "--cache-requests",
+        type=int,
+        help="repeats of one request for the cache-hit "
+        f"latency (default {FULL['cache_requests']}; quick {QUICK['cache_requests']})",
+    )
+    run.add_argument(
+        "--time-cap",
+        type=float,
+        metavar="SECONDS",
+        help="no new request after this long in one run "
+        f"(default {FULL['time_cap']:g}; quick {QUICK['time_cap']:g})",
+    )
     run.add_argument("--json-out", type=Path, metavar="PATH", help="write the result JSON here")
-    run.add_argument("--workdir", type=Path, help="where model, repository and log go "
-                     "(default: a temp dir, removed afterwards unless --keep)")
-    run.add_argument("--keep", action="store_true",
-                     help="keep the workdir (server log, repository)")
+    run.add_argument(
+        "--workdir",
+        type=Path,
+        help="where model, repository and log go "
+        "(default: a temp dir, removed afterwards unless --keep)",
+    )
+    run.add_argument(
+        "--keep", action="store_true", help="keep the workdir (server log, repository)"
+    )
 
     model = p.add_argument_group("model")
     model.add_argument("--image-size", type=int, default=224)
     model.add_argument("--alpha", type=float, default=1.0)
-    model.add_argument("--weights", default="auto",
-                       help="auto (offline ImageNet file if present, else random), none, or a path")
-    model.add_argument("--source-size", type=int, default=300,
-                       help="pixel size of the demo images sent (horse-or-human files are 300)")
-    model.add_argument("--images-per-class", type=int,
-                       help="demo images per class: the Transform data and the payload pool")
-    model.add_argument("--image-format", choices=("png", "jpeg"), default="png",
-                       help="payload encoding (decode cost differs; PNG is what the data set has)")
+    model.add_argument(
+        "--weights",
+        default="auto",
+        help="auto (offline ImageNet file if present, else random), none, or a path",
+    )
+    model.add_argument(
+        "--source-size",
+        type=int,
+        default=300,
+        help="pixel size of the demo images sent (horse-or-human files are 300)",
+    )
+    model.add_argument(
+        "--images-per-class",
+        type=int,
+        help="demo images per class: the Transform data and the payload pool",
+    )
+    model.add_argument(
+        "--image-format",
+        choices=("png", "jpeg"),
+        default="png",
+        help="payload encoding (decode cost differs; PNG is what the data set has)",
+    )
 
     triton = p.add_argument_group("Triton model config (written by push_model, then tuned)")
-    triton.add_argument("--instance-count", type=int, default=1,
-                        help="python-backend stub processes (each a TensorFlow)")
-    triton.add_argument("--max-queue-delay-us", type=int, default=2000,
-                        help="how long the dynamic batcher waits to fill a preferred batch")
+    triton.add_argument(
+        "--instance-count",
+        type=int,
+        default=1,
+        help="python-backend stub processes (each a TensorFlow)",
+    )
+    triton.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        default=2000,
+        help="how long the dynamic batcher waits to fill a preferred batch",
+    )
     triton.add_argument("--max-batch-size", type=int, default=32)
-    triton.add_argument("--preferred-batch-sizes", type=_ints, default=(8, 16, 32),
-                        metavar="N,N,...")
-    triton.add_argument("--intra-op-threads", type=int, default=None, metavar="N",
-                        help="TensorFlow intra-op threads per stub (default: the pushed 0 = "
-                        "cores / instances; inter-op is min(2, intra))")
-    triton.add_argument("--no-response-cache", action="store_true",
-                        help="disable the response cache (shows its cost on misses; "
-                        "no cache-hit rows)")
+    triton.add_argument(
+        "--preferred-batch-sizes", type=_ints, default=(8, 16, 32), metavar="N,N,..."
+    )
+    triton.add_argument(
+        "--intra-op-threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="TensorFlow intra-op threads per stub (default: the pushed 0 = "
+        "cores / instances; inter-op is min(2, intra))",
+    )
+    triton.add_argument(
+        "--no-response-cache",
+        action="store_true",
+        help="disable the response cache (shows its cost on misses; no cache-hit rows)",
+    )
     triton.add_argument("--model-control-mode", choices=("poll", "explicit"), default="poll")
     triton.add_argument("--ready-timeout", type=float, default=600.0, metavar="SECONDS")
-    triton.add_argument("--triton-arg", action="append", default=[], metavar="ARG",
-                        help="extra tritonserver argument, repeatable, e.g. "
-                        "--triton-arg=--backend-config=python,shm-default-byte-size=67108864")
+    triton.add_argument(
+        "--triton-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra tritonserver argument, repeatable, e.g. "
+        "--triton-arg=--backend-config=python,shm-default-byte-size=67108864",
+    )
 
     load = p.add_argument_group("load")
     load.add_argument("--protocols", type=_protocols, default=("http", "grpc"), metavar="P,P")
     load.add_argument("--concurrency", type=_ints, default=(1, 4, 8), metavar="N,N,...")
-    load.add_argument("--images-per-request", type=int, default=1,
-                      help="images in each client request (1 = one user, one image)")
-    load.add_argument("--in-process-batches", type=_ints, default=(1, 32), metavar="N,N,...",
-                      help="in-process batch sizes; the largest is the Triton baseline")
-    load.add_argument("--client", choices=("hoh", "raw"), default="hoh",
-                      help="hoh = TritonImageClient (what users get); raw = bare tritonclient")
-    load.add_argument("--http-outputs", choices=("binary", "json"), default="binary",
-                      help="HTTP output encoding (json needs --client raw)")
+    load.add_argument(
+        "--images-per-request",
+        type=int,
+        default=1,
+        help="images in each client request (1 = one user, one image)",
+    )
+    load.add_argument(
+        "--in-process-batches",
+        type=_ints,
+        default=(1, 32),
+        metavar="N,N,...",
+        help="in-process batch sizes; the largest is the Triton baseline",
+    )
+    load.add_argument(
+        "--client",
+        choices=("hoh", "raw"),
+        default="hoh",
+        help="hoh = TritonImageClient (what users get); raw = bare tritonclient",
+    )
+    load.add_argument(
+        "--http-outputs",
+        choices=("binary", "json"),
+        default="binary",
+        help="HTTP output encoding (json needs --client raw)",
+    )
     load.add_argument("--timeout", type=float, default=60.0, help="client timeout per request")
     return p
 
@@ -214,12 +293,19 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     from bench.triton_runs import measure_triton
 
     machine = _machine()
-    say(f"building {args.image_size}px alpha {args.alpha} model, exporting and pushing "
-        f"(workdir {workdir})")
+    say(
+        f"building {args.image_size}px alpha {args.alpha} model, exporting and pushing "
+        f"(workdir {workdir})"
+    )
     settings = _settings(args)
     bench_model = model_setup.build_and_push(
-        workdir, settings, image_size=args.image_size, alpha=args.alpha, weights=args.weights,
-        images_per_class=args.images_per_class, source_size=args.source_size,
+        workdir,
+        settings,
+        image_size=args.image_size,
+        alpha=args.alpha,
+        weights=args.weights,
+        images_per_class=args.images_per_class,
+        source_size=args.source_size,
     )
     config = model_setup.tune_config(
         bench_model.model_dir, args.intra_op_threads, not args.no_response_cache
@@ -227,7 +313,11 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     payloads = PayloadSource(load_images(bench_model.image_paths, args.image_format))
     say(f"in-process serving_default at batch {', '.join(map(str, args.in_process_batches))}")
     in_process = inprocess.measure(
-        bench_model.serving_dir, payloads, args.in_process_batches, args.requests, args.warmup,
+        bench_model.serving_dir,
+        payloads,
+        args.in_process_batches,
+        args.requests,
+        args.warmup,
         args.time_cap,
     )
     triton, cache_hit = measure_triton(args, workdir, payloads, say)

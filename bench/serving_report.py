@@ -4,6 +4,7 @@ One dict is the source of truth: the JSON file is that dict, the table is render
 the targets from issue 3 are evaluated on it here, so the lead can re-render or re-check an old
 result file without re-running anything.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,8 +17,16 @@ TARGET_P95_CONCURRENCY = 4
 BUSY_LOAD = 0.5  # 1-minute load average above which the machine was not quiet
 
 _RUN_KEYS = ("requests", "images", "errors", "wall_s", "images_per_s", "latency_ms", "capped")
-_TOP_KEYS = ("schema", "settings", "machine", "model", "in_process", "triton", "cache_hit",
-             "comparison")
+_TOP_KEYS = (
+    "schema",
+    "settings",
+    "machine",
+    "model",
+    "in_process",
+    "triton",
+    "cache_hit",
+    "comparison",
+)
 
 
 def _finite(value: Any) -> Optional[float]:
@@ -41,7 +50,8 @@ def compare(in_process: list[dict], triton: list[dict]) -> dict:
     return {
         "baseline": (
             {"batch_size": baseline["batch_size"], "images_per_s": baseline["images_per_s"]}
-            if baseline else None
+            if baseline
+            else None
         ),
         "best": (
             {k: best[k] for k in ("protocol", "concurrency", "images_per_s")} if best else None
@@ -106,9 +116,16 @@ def _row(path: str, protocol: str, concurrency: Any, batch: Any, run: dict) -> s
     server = run.get("server") or {}
     lat = run["latency_ms"]
     cells = [
-        path, protocol, str(concurrency), str(batch), _fmt(run["images_per_s"]),
-        _fmt(lat.get("p50")), _fmt(lat.get("p95")), _fmt(lat.get("p99")),
-        _fmt(server.get("avg_batch_images"), 2), _fmt(server.get("queue_ms")),
+        path,
+        protocol,
+        str(concurrency),
+        str(batch),
+        _fmt(run["images_per_s"]),
+        _fmt(lat.get("p50")),
+        _fmt(lat.get("p95")),
+        _fmt(lat.get("p99")),
+        _fmt(server.get("avg_batch_images"), 2),
+        _fmt(server.get("queue_ms")),
         _fmt(server.get("compute_infer_ms")),
         _share(run.get("client_cpu_s"), run["wall_s"]),
         _share(run.get("server_cpu_s"), run["wall_s"]),
@@ -118,17 +135,23 @@ def _row(path: str, protocol: str, concurrency: Any, batch: Any, run: dict) -> s
 
 
 def render_markdown(result: dict) -> str:
-    head = ("| Path | Protocol | Concurrency | Images/request | Images/s | p50 ms | p95 ms "
-            "| p99 ms | Server batch | Queue ms | Compute ms | Client CPU | Server CPU | Errors |")
+    head = (
+        "| Path | Protocol | Concurrency | Images/request | Images/s | p50 ms | p95 ms "
+        "| p99 ms | Server batch | Queue ms | Compute ms | Client CPU | Server CPU | Errors |"
+    )
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for run in result["in_process"]:
         lines.append(_row("in-process", "–", 1, run["batch_size"], run))
     for run in result["triton"]:
-        lines.append(_row("Triton", run["protocol"], run["concurrency"],
-                          run.get("images_per_request", 1), run))
+        lines.append(
+            _row(
+                "Triton", run["protocol"], run["concurrency"], run.get("images_per_request", 1), run
+            )
+        )
     for run in result["cache_hit"]:
-        lines.append(_row("Triton cache hit", run["protocol"], 1,
-                          run.get("images_per_request", 1), run))
+        lines.append(
+            _row("Triton cache hit", run["protocol"], 1, run.get("images_per_request", 1), run)
+        )
     c = result["comparison"]
 
     def verdict(ok: Optional[bool]) -> str:
@@ -163,11 +186,15 @@ def render_markdown(result: dict) -> str:
         )
     machine = result["machine"]
     load = machine.get("loadavg_start", [None])[0]
-    note = (f"Machine: {machine.get('cpus')} CPUs, 1-min load average {_fmt(load, 2)} at start, "
-            f"{_fmt(machine.get('loadavg_end', [None])[0], 2)} at end")
+    note = (
+        f"Machine: {machine.get('cpus')} CPUs, 1-min load average {_fmt(load, 2)} at start, "
+        f"{_fmt(machine.get('loadavg_end', [None])[0], 2)} at end"
+    )
     if load is not None and load > BUSY_LOAD:
         note += " — NOT quiet: these numbers are noisy"
-    lines.append(note + ". CPU columns: % of one core over the timed run "
-                 "(client = this process, server = tritonserver + stubs; – under "
-                 f"{MIN_CPU_WALL_S:g} s).")
+    lines.append(
+        note + ". CPU columns: % of one core over the timed run "
+        "(client = this process, server = tritonserver + stubs; – under "
+        f"{MIN_CPU_WALL_S:g} s)."
+    )
     return "\n".join(lines)

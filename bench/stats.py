@@ -3,6 +3,7 @@
 Kept pure (lists of floats in, plain dicts out) so it is unit-tested without TensorFlow or a
 server, and so every number in the JSON and the Markdown table comes from one place.
 """
+
 from __future__ import annotations
 
 import math

@@ -4,6 +4,7 @@ The server runs on free 127.0.0.1 ports with its log in the workdir (quoted when
 ready). Each run is observed from the server's side too (bench/observe.py), so a shortfall comes
 with its reason: small batches, time queued, compute, or a client eating the cores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,9 @@ def _observer(server: "TritonServer", model: str) -> Observer:
 
 
 def _row(protocol: str, concurrency: int, images: int, client: str, result: LoadResult) -> dict:
-    summary = summarize(result.latencies_s, result.wall_s, images, len(result.errors),
-                        result.capped)
+    summary = summarize(
+        result.latencies_s, result.wall_s, images, len(result.errors), result.capped
+    )
     return {
         "protocol": protocol,
         "concurrency": concurrency,
@@ -64,8 +66,12 @@ def measure_triton(
     from hoh.serving.server import TritonServer
 
     server = TritonServer(
-        workdir / "repository", http_port=0, grpc_port=0, metrics_port=0,
-        model_control_mode=args.model_control_mode, log_file=workdir / "triton.log",
+        workdir / "repository",
+        http_port=0,
+        grpc_port=0,
+        metrics_port=0,
+        model_control_mode=args.model_control_mode,
+        log_file=workdir / "triton.log",
         extra_args=args.triton_arg,
     )
     say("starting Triton (the stub imports TensorFlow and runs the warmup request)")
@@ -73,31 +79,48 @@ def measure_triton(
     server.start()
     try:
         server.wait_ready(args.ready_timeout)
-        say(f"Triton ready in {time.perf_counter() - started:.0f}s (pid {server.pid}, "
-            f"http {server.http_url}, grpc {server.grpc_url})")
+        say(
+            f"Triton ready in {time.perf_counter() - started:.0f}s (pid {server.pid}, "
+            f"http {server.http_url}, grpc {server.grpc_url})"
+        )
         observe = _observer(server, MODEL_NAME)
         rows, cache_rows = [], []
         for protocol in args.protocols:
             url = server.http_url if protocol == "http" else server.grpc_url
 
             def senders(source):
-                return sender_factory(args.client, protocol, url, MODEL_NAME, source,
-                                      args.images_per_request, args.timeout, args.http_outputs)
+                return sender_factory(
+                    args.client,
+                    protocol,
+                    url,
+                    MODEL_NAME,
+                    source,
+                    args.images_per_request,
+                    args.timeout,
+                    args.http_outputs,
+                )
 
             for concurrency in args.concurrency:
                 say(f"Triton {protocol}, concurrency {concurrency}")
-                result = run_load(senders(payloads), concurrency, args.requests, args.time_cap,
-                                  args.warmup, observe)
-                rows.append(_row(protocol, concurrency, args.images_per_request, args.client,
-                                 result))
+                result = run_load(
+                    senders(payloads),
+                    concurrency,
+                    args.requests,
+                    args.time_cap,
+                    args.warmup,
+                    observe,
+                )
+                rows.append(
+                    _row(protocol, concurrency, args.images_per_request, args.client, result)
+                )
             if not args.no_response_cache:
                 say(f"Triton {protocol}, cache hits")
                 repeated = RepeatedPayload(payloads.take(args.images_per_request))
                 # The one warmup request is the miss that fills the cache.
-                result = run_load(senders(repeated), 1, args.cache_requests, args.time_cap,
-                                  1, observe)
-                cache_rows.append(_row(protocol, 1, args.images_per_request, args.client,
-                                       result))
+                result = run_load(
+                    senders(repeated), 1, args.cache_requests, args.time_cap, 1, observe
+                )
+                cache_rows.append(_row(protocol, 1, args.images_per_request, args.client, result))
         return rows, cache_rows
     finally:
         server.stop()  # by PID; SIGKILL of its process group only after the exit timeout

@@ -1,4 +1,5 @@
 """TFX artifact helpers shared by hoh's components (kept here so no component imports another)."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,4 +1,5 @@
 """hoh: a TFX pipeline from raw images to an image classifier served by NVIDIA Triton."""
+
 from hoh import env as _env
 
 _env.configure()

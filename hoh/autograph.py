@@ -14,6 +14,7 @@ code converted earlier in the process. Measured on 2 cores with MobileNetV2 224 
 The exemption is the treatment TF gives `keras`. Layers defined outside tf_keras are still
 converted, because Keras hands each layer's `call` to AutoGraph itself.
 """
+
 from __future__ import annotations
 
 from absl import logging
@@ -31,10 +32,16 @@ def exempt_tf_keras() -> bool:
     try:
         from tensorflow.python.autograph.core import config, config_lib
     except ImportError as exc:  # pragma: no cover - depends on the TensorFlow version
-        logging.warning("AutoGraph rules not found (%s): tf-keras code will be converted (slow tracing)", exc)
+        logging.warning(
+            "AutoGraph rules not found (%s): tf-keras code will be converted (slow tracing)", exc
+        )
         return False
-    if any(isinstance(rule, config_lib.DoNotConvert) and rule.matches(TF_KERAS_MODULE)
-           for rule in config.CONVERSION_RULES):
+    if any(
+        isinstance(rule, config_lib.DoNotConvert) and rule.matches(TF_KERAS_MODULE)
+        for rule in config.CONVERSION_RULES
+    ):
         return True
-    config.CONVERSION_RULES = (config_lib.DoNotConvert(TF_KERAS_MODULE),) + tuple(config.CONVERSION_RULES)
+    config.CONVERSION_RULES = (config_lib.DoNotConvert(TF_KERAS_MODULE),) + tuple(
+        config.CONVERSION_RULES
+    )
     return True

@@ -5,6 +5,7 @@ whose files were never flushed, or the rename itself may be lost. Publishing is 
 files' data, then the directories holding them, are synced before the rename, and the parent
 directory is synced after it.
 """
+
 from __future__ import annotations
 
 import os

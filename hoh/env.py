@@ -4,6 +4,7 @@ Every entry point (CLI, tests, notebooks, Beam workers, the Trainer) imports `ho
 `hoh/__init__.py` calls `configure()`, so Keras 2 (tf-keras) is chosen before anything can touch
 `tf.keras` and pull in Keras 3, which TFX 1.16 and TFT cannot save or load.
 """
+
 import os
 
 _DEFAULTS = {

@@ -4,6 +4,7 @@ Schedulers (cron, Kubeflow recurring runs, CI) act on exit codes, so each outcom
 branch on has its own: a bad flag is not a failed run, and a run whose model was refused is not
 a crash. README.md ("Exit codes") lists them.
 """
+
 from enum import IntEnum
 
 

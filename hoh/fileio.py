@@ -4,6 +4,7 @@ Kubeflow runs hand components `gs://` URIs while local runs and the CLI use plai
 module that writes a report or reads a data root goes through these helpers, so "is this path
 remote?" has one answer and TensorFlow is only imported when a remote path really occurs.
 """
+
 from __future__ import annotations
 
 import json

@@ -22,6 +22,7 @@ Why each rule (the attacks are in tests/test_imagecheck.py; fuzzing in docs/BENC
   an OS/2 1.x core header (16-bit fields at the same offsets) would be decoded with other
   dimensions than it declares: refused.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -116,13 +117,13 @@ def _jpeg(data: bytes) -> ImageInfo:
             raise _unknown("JPEG", f"marker 0x{marker:02X} before any frame header (SOF)")
         if i + 2 > n:
             raise _unknown("JPEG", "truncated segment length")
-        length = struct.unpack(">H", data[i:i + 2])[0]
+        length = struct.unpack(">H", data[i : i + 2])[0]
         if length < 2:
             raise ImageError("corrupt", f"JPEG segment 0x{marker:02X} has length {length} < 2")
         if marker in _JPEG_SOF:
             if length < 8 or i + 8 > n:
                 raise _unknown("JPEG", "truncated frame header (SOF)")
-            height, width = struct.unpack(">HH", data[i + 3:i + 7])
+            height, width = struct.unpack(">HH", data[i + 3 : i + 7])
             components = data[i + 7]
             if components not in (1, 3, 4):
                 raise ImageError(
@@ -163,7 +164,7 @@ def _gif(data: bytes, max_frames: int | None) -> ImageInfo:
             raise ImageError("corrupt", f"GIF block type 0x{block:02X} at byte {i}")
         if i + 10 > n:
             break  # giflib cannot read this descriptor: no frame allocated
-        fw, fh, fflags = struct.unpack("<HHB", data[i + 5:i + 10])
+        fw, fh, fflags = struct.unpack("<HHB", data[i + 5 : i + 10])
         if fw == 0 or fh == 0:
             raise ImageError("corrupt", f"GIF frame {frames} has size {fw}x{fh}")
         frames += 1
@@ -235,4 +236,3 @@ def check(data: bytes, limits: Limits) -> ImageInfo:
             what += f" with {info.frames} frames ({info.decoded_pixels} pixels decoded)"
         raise ImageError("too_large", f"{what} is above the limit of {limits.max_pixels} pixels")
     return info
-

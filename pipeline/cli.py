@@ -1,4 +1,5 @@
 """`hoh run` and `hoh schema promote`. Heavy imports happen inside the handlers."""
+
 from __future__ import annotations
 
 import argparse
@@ -6,15 +7,23 @@ from pathlib import Path
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML config file (see hoh/configs/*.yaml for documented examples)")
+    parser.add_argument(
+        "--config", help="YAML config file (see hoh/configs/*.yaml for documented examples)"
+    )
     parser.add_argument(
         "--profile",
         help="built-in config: demo (default without --data), tiny (seconds, for tests), real",
     )
-    parser.add_argument("--data", help="span directory from `hoh data import` (default: the demo set)")
+    parser.add_argument(
+        "--data", help="span directory from `hoh data import` (default: the demo set)"
+    )
     parser.add_argument("--output", help="output directory (pipeline root, MLMD, model repository)")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
         help="override one config value, e.g. --set training.epochs=5 (repeatable)",
     )
 
@@ -51,7 +60,10 @@ def _run(args: argparse.Namespace) -> int:
     from hoh.pipeline.runners.local import run_local
 
     cfg, path = load_cli_config(args)
-    print(f"config: {path or 'defaults'}" + (f" + {len(args.overrides)} override(s)" if args.overrides else ""))
+    print(
+        f"config: {path or 'defaults'}"
+        + (f" + {len(args.overrides)} override(s)" if args.overrides else "")
+    )
     summary = run_local(cfg)
     print("-" * 60)
     for line in summary.lines():
@@ -80,7 +92,8 @@ def register(subparsers) -> None:
     run = subparsers.add_parser("run", help="run the TFX pipeline locally (LocalDagRunner)")
     _add_config_args(run)
     run.add_argument(
-        "--fail-if-not-blessed", action="store_true",
+        "--fail-if-not-blessed",
+        action="store_true",
         help="exit 3 when the Evaluator refuses the model (for schedulers; default: exit 0)",
     )
     run.set_defaults(handler=_run)

@@ -1,4 +1,5 @@
 """TFMA configuration for the Evaluator gate (pure: unit-tested without a pipeline run)."""
+
 from __future__ import annotations
 
 import tensorflow_model_analysis as tfma
@@ -65,9 +66,12 @@ def make_eval_config(
         metrics = [
             count,
             tfma.MetricConfig(
-                class_name="AUC", per_slice_thresholds=_overall(_value_and_change(min_auc, max_regression))
+                class_name="AUC",
+                per_slice_thresholds=_overall(_value_and_change(min_auc, max_regression)),
             ),
-            tfma.MetricConfig(class_name="BinaryAccuracy", per_slice_thresholds=_overall(_value(min_accuracy))),
+            tfma.MetricConfig(
+                class_name="BinaryAccuracy", per_slice_thresholds=_overall(_value(min_accuracy))
+            ),
             tfma.MetricConfig(class_name="Precision"),
             tfma.MetricConfig(class_name="Recall"),
             tfma.MetricConfig(class_name="ConfusionMatrixPlot"),
@@ -83,7 +87,10 @@ def make_eval_config(
             tfma.MetricConfig(class_name="MultiClassConfusionMatrixPlot"),
         ]
         per_class = tfma.MetricsSpec(
-            metrics=[tfma.MetricConfig(class_name="Precision"), tfma.MetricConfig(class_name="Recall")],
+            metrics=[
+                tfma.MetricConfig(class_name="Precision"),
+                tfma.MetricConfig(class_name="Recall"),
+            ],
             binarize=tfma.BinarizationOptions(class_ids={"values": list(range(num_classes))}),
         )
         specs = [tfma.MetricsSpec(metrics=metrics), per_class]
@@ -94,10 +101,3 @@ def make_eval_config(
         # The Keras compile metrics would be recomputed (46 s -> 15 s without) and clash by name.
         options=tfma.Options(include_default_metrics={"value": False}),
     )
-
-
-def gated_metric_names(num_classes: int) -> tuple[str, ...]:
-    """Metric names the gate thresholds, in the order a summary should show them."""
-    if num_classes == 2:
-        return ("auc", "binary_accuracy")
-    return ("sparse_categorical_accuracy",)

@@ -1,4 +1,8 @@
-"""Typed config -> `create_pipeline` arguments. Shared by the local, notebook and Kubeflow runners."""
+"""Typed config -> `create_pipeline` arguments.
+
+Shared by the local, notebook and Kubeflow runners.
+"""
+
 from __future__ import annotations
 
 import dataclasses
@@ -6,10 +10,10 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
-from hoh.fileio import is_remote
 from hoh import features
 from hoh.config import HohConfig, section_json
 from hoh.errors import HohError
+from hoh.fileio import is_remote
 
 IMPORT_REPORT = "import_report.json"
 
@@ -25,7 +29,9 @@ def resolve_schema_path(setting: str) -> Optional[str]:
         return str(curated) if curated.is_file() else None
     path = Path(setting)
     if not path.is_file():
-        raise HohError(f"schema.path={setting!r}: no such file (use 'auto', 'infer' or a schema.pbtxt path)")
+        raise HohError(
+            f"schema.path={setting!r}: no such file (use 'auto', 'infer' or a schema.pbtxt path)"
+        )
     return str(path.resolve())
 
 
@@ -33,7 +39,8 @@ def resolve_span(data_root: str, span: Optional[int]) -> int:
     spans = features.list_spans(data_root)
     if not spans:
         raise HohError(
-            f"data.root={data_root!r} holds no spans (expected {features.SPAN_PREFIX}N/train and /eval "
+            f"data.root={data_root!r} holds no spans "
+            f"(expected {features.SPAN_PREFIX}N/train and /eval "
             "written by `hoh data import SRC --out DIR`)"
         )
     if span is None:
@@ -67,7 +74,9 @@ def span_range_config(span: Optional[int], explicit_latest: bool = False) -> Opt
     from tfx.proto import range_config_pb2 as rc
 
     if span is None:
-        return rc.RangeConfig(rolling_range=rc.RollingRange(num_spans=1)) if explicit_latest else None
+        return (
+            rc.RangeConfig(rolling_range=rc.RollingRange(num_spans=1)) if explicit_latest else None
+        )
     return rc.RangeConfig(static_range=rc.StaticRange(start_span_number=span, end_span_number=span))
 
 
@@ -79,14 +88,16 @@ def local_weights(weights: str) -> str:
 @dataclasses.dataclass(frozen=True)
 class PathRules:
     """How config paths become paths the executors open: this machine's (local runs) or the
-    pods' (Kubeflow, hoh.pipeline.runners.kubeflow). The only difference between the two DAGs' options."""
+    pods' (Kubeflow, hoh.pipeline.runners.kubeflow). The only difference between the two DAGs'
+    options."""
 
     schema: Callable[[str], Optional[str]] = resolve_schema_path
     weights: Callable[[str], str] = local_weights
 
 
 def trainer_config(cfg: HohConfig, paths: PathRules = PathRules()) -> Dict[str, Any]:
-    """The Trainer's custom_config: JSON-able values only (it is stored in MLMD and compiled for KFP)."""
+    """The Trainer's custom_config: JSON-able values only (it is stored in MLMD and compiled
+    for KFP)."""
     model = cfg.model.model_dump()
     model["weights"] = paths.weights(cfg.model.weights)
     return {"model": model, "training": cfg.training.model_dump()}
@@ -120,19 +131,43 @@ def resolve_pool_root(pool_root: Optional[str], data_root: str) -> Optional[str]
     if not pool_root or is_remote(pool_root):
         return pool_root or None
     root = Path(pool_root).resolve()
-    if "://" not in str(data_root) and root == Path(data_root).resolve():
+    if not is_remote(data_root) and root == Path(data_root).resolve():
         raise HohError(
             f"sampling.pool_root={pool_root!r} is the training data root; import the pool into its "
             "own root: hoh data import --unlabeled SRC --out POOL_DIR"
         )
-    spans = [s for s in features.list_spans(root)
-             if any((features.span_dir(root, s) / features.POOL_SPLIT).glob(f"*{features.TFRECORD_SUFFIX}"))]
+    spans = [
+        s
+        for s in features.list_spans(root)
+        if any(
+            (features.span_dir(root, s) / features.POOL_SPLIT).glob(f"*{features.TFRECORD_SUFFIX}")
+        )
+    ]
     if not spans:
         raise HohError(
             f"sampling.pool_root={pool_root!r} holds no span with a {features.POOL_SPLIT}/ split "
             "(write one with: hoh data import --unlabeled SRC --out POOL_DIR)"
         )
     return str(root)
+
+
+def triton_pusher_factory(cfg: HohConfig, model_repository: str) -> Optional[Callable[..., Any]]:
+    """`create_components`' pusher: a TritonPusher writing to `model_repository` (a local path,
+    gs://, or a Kubeflow runtime parameter), served as `cfg.push` says; None = push disabled."""
+    if not cfg.push.enabled:
+        return None
+    # Imported unguarded: a broken pusher install must fail the run, not silently skip the push.
+    from hoh.components.triton_pusher.component import TritonPusher
+
+    def make(model, model_blessing):
+        return TritonPusher(
+            model=model,
+            model_blessing=model_blessing,
+            model_repository=model_repository,
+            push_config=cfg.push,
+        )
+
+    return make
 
 
 def component_options(

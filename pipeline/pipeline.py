@@ -3,25 +3,34 @@
 Every option is a parameter (penguin style); mapping the typed config onto these parameters is
 `hoh.pipeline.factory`'s job, so runners differ only in how they orchestrate.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional
 
 from google.protobuf import message
+
 # Direct imports, not `from tfx import v1`: the v1 facade also loads the Google Cloud and Kubeflow
 # extensions, 7 s of every `hoh run` start (measured: 20.3 s vs 13.3 s).
 from tfx.components import (
-    Evaluator, ExampleValidator, SchemaGen, StatisticsGen, Trainer, Transform,
+    Evaluator,
+    ExampleValidator,
+    SchemaGen,
+    StatisticsGen,
+    Trainer,
+    Transform,
 )
 from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen
 from tfx.dsl.components.common.resolver import Resolver
 from tfx.dsl.experimental.conditionals.conditional import Cond
-from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
+from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import (
+    LatestBlessedModelStrategy,
+)
 from tfx.orchestration.data_types import RuntimeParameter
 from tfx.orchestration.pipeline import Pipeline
+from tfx.proto import example_gen_pb2
 from tfx.types import standard_artifacts
 from tfx.types.channel import Channel
-from tfx.proto import example_gen_pb2
 from tfx.utils import json_utils, proto_utils
 
 from hoh import features
@@ -36,7 +45,8 @@ PREPROCESSING_FN = "hoh.transforms.preprocessing.preprocessing_fn"
 RUN_FN = "hoh.trainer.task.run_fn"
 # The values an engineer changes per run. Kubeflow's v2 compiler substitutes whole exec
 # properties only, so span, epochs and thresholds travel inside the exec property that holds
-# them; `hoh kfp submit --param span=3 --param epochs=5 ...` rewrites them (hoh.pipeline.kfp.params).
+# them; `hoh kfp submit --param span=3 --param epochs=5 ...` rewrites them
+# (hoh.pipeline.kfp.params).
 RUNTIME_PARAMETERS = ("data_root", "range_config", "trainer_config", "eval_config")
 
 
@@ -122,13 +132,19 @@ def create_components(
     example_gen = CopyingImportExampleGen(
         input_base=param("data_root", data_root),
         input_config=example_gen_input_config(),
-        range_config=param("range_config", span_range_config(span, explicit_latest=runtime_parameters)),
+        range_config=param(
+            "range_config", span_range_config(span, explicit_latest=runtime_parameters)
+        ),
     ).with_id("ImportExampleGen")
     if schema_path:
         schema_gen = ImportSchemaGen(schema_file=schema_path)
-        statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"])
+        statistics_gen = StatisticsGen(
+            examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"]
+        )
     else:
-        statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"], stats_options=image_bytes_stats_options())
+        statistics_gen = StatisticsGen(
+            examples=example_gen.outputs["examples"], stats_options=image_bytes_stats_options()
+        )
         schema_gen = SchemaGen(
             statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True
         )
@@ -151,7 +167,11 @@ def create_components(
     transform.add_upstream_node(anomalies_gate)
     trainer = Trainer(
         run_fn=RUN_FN,
-        examples=(transform.outputs["transformed_examples"] if materialize else example_gen.outputs["examples"]),
+        examples=(
+            transform.outputs["transformed_examples"]
+            if materialize
+            else example_gen.outputs["examples"]
+        ),
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
         custom_config=param(
@@ -178,15 +198,24 @@ def create_components(
         example_splits=["eval"],
     )
     components = [
-        example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate,
-        transform, trainer, model_resolver, evaluator,
+        example_gen,
+        statistics_gen,
+        schema_gen,
+        example_validator,
+        anomalies_gate,
+        transform,
+        trainer,
+        model_resolver,
+        evaluator,
     ]
     drift_check = None
     if drift is not None:
         drift_check = DriftCheck(
             examples=example_gen.outputs["examples"],
             model=model_resolver.outputs["model"],  # embeddings from the model to beat, if any
-            data_root=example_gen.exec_properties["input_base"],  # same value, also as a KFP parameter
+            data_root=example_gen.exec_properties[
+                "input_base"
+            ],  # same value, also as a KFP parameter
             blocks_push=int(drift_blocks_push and pusher is not None),
             **drift,
         )
@@ -199,14 +228,17 @@ def create_components(
             components.append(pusher(trainer.outputs["model"], evaluator.outputs["blessing"]))
     if pool_root:
         pool_gen = pool_example_gen(pool_root)
-        components += [pool_gen, ActiveLearningSampler(
-            pool=pool_gen.outputs["examples"],
-            model=trainer.outputs["model"],
-            model_blessing=evaluator.outputs["blessing"],
-            baseline_model=model_resolver.outputs["model"],
-            labeled=example_gen.outputs["examples"],
-            **(sampling or {}),
-        )]
+        components += [
+            pool_gen,
+            ActiveLearningSampler(
+                pool=pool_gen.outputs["examples"],
+                model=trainer.outputs["model"],
+                model_blessing=evaluator.outputs["blessing"],
+                baseline_model=model_resolver.outputs["model"],
+                labeled=example_gen.outputs["examples"],
+                **(sampling or {}),
+            ),
+        ]
     return {c.id: c for c in components}
 
 

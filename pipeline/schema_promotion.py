@@ -1,4 +1,5 @@
 """Finding the schema SchemaGen inferred, so a person can review it and commit it to schemas/."""
+
 from __future__ import annotations
 
 import os
@@ -16,7 +17,8 @@ def latest_inferred_schema(metadata_path: str) -> str:
         raise HohError(f"no pipeline metadata at {metadata_path}: run `hoh run` first")
     store = open_readonly(metadata_path)
     schemas = [
-        a for a in store.get_artifacts_by_type("Schema")
+        a
+        for a in store.get_artifacts_by_type("Schema")
         if os.path.exists(os.path.join(a.uri, SCHEMA_FILE))
         and "ImportSchemaGen" not in a.uri  # only inferred ones are worth promoting
     ]
@@ -43,5 +45,8 @@ def promotable_schema(schema_text: str) -> Tuple[str, List[str]]:
     for feature in schema.feature:
         if feature.name == features.IMAGE_KEY and feature.WhichOneof("domain_info") is None:
             feature.image_domain.SetInParent()
-            changes.append(f"added image_domain to {features.IMAGE_KEY!r} (TFDV then keeps byte sizes, not the bytes)")
+            changes.append(
+                f"added image_domain to {features.IMAGE_KEY!r} "
+                "(TFDV then keeps byte sizes, not the bytes)"
+            )
     return text_format.MessageToString(schema), changes

@@ -12,6 +12,7 @@ port can run code as the server's user (in explicit mode) or read the repository
 `TritonServer` object that started the server uses them (`model_states`, `load_model`,
 `unload_model`). Inference, health, metadata, model config and statistics stay open.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -11,6 +11,7 @@ it runs only when its environment is assembled by hand:
 - this environment's `bin` first on `PATH`, so the stub embeds this venv's Python (and finds
   TensorFlow and numpy 1.x there).
 """
+
 from __future__ import annotations
 
 import importlib.util

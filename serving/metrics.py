@@ -5,6 +5,7 @@ and `nv_inference_exec_count` (batches actually executed, so count/exec = the dy
 average batch) per model and version. A notebook or a test wants them for one model, summed over
 its versions; this reads the text format with prometheus_client's parser and does that.
 """
+
 from __future__ import annotations
 
 import urllib.request
@@ -34,8 +35,11 @@ def parse(text: str) -> list[Sample]:
         return family.name if counter else sample.name
 
     try:
-        return [Sample(name(family, s), dict(s.labels), float(s.value))
-                for family in text_string_to_metric_families(text) for s in family.samples]
+        return [
+            Sample(name(family, s), dict(s.labels), float(s.value))
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        ]
     except ValueError as exc:
         raise HohError(f"not a Prometheus text exposition: {exc}") from None
 
@@ -45,7 +49,9 @@ def fetch(url: str, timeout: float = 10.0) -> list[Sample]:
         return parse(response.read().decode("utf-8", "replace"))
 
 
-def model_totals(samples: list[Sample], model: str, prefixes=("nv_inference_", "nv_cache_")) -> dict[str, float]:
+def model_totals(
+    samples: list[Sample], model: str, prefixes=("nv_inference_", "nv_cache_")
+) -> dict[str, float]:
     """{metric: value summed over the model's versions} for the metrics starting with `prefixes`."""
     totals: dict[str, float] = {}
     for s in samples:

@@ -1,4 +1,5 @@
 """Process plumbing for servers hoh starts: free ports, and no server outliving its launcher."""
+
 from __future__ import annotations
 
 import ctypes

@@ -7,6 +7,7 @@ The server runs in its own session so that Ctrl-C reaches only us and we shut it
 (SIGTERM, wait for in-flight requests, SIGKILL to its process group only after a timeout); on
 Linux it also receives SIGTERM if this process dies, so no server outlives its launcher.
 """
+
 from __future__ import annotations
 
 import json
@@ -184,7 +185,9 @@ class TritonServer:
     def _admin_post(self, path: str, timeout: float) -> tuple[int, bytes]:
         """POST `{}` to a restricted repository API, with the key only this object knows."""
         request = urllib.request.Request(
-            f"http://{self.http_url}/v2/repository/{path}", data=b"{}", method="POST",
+            f"http://{self.http_url}/v2/repository/{path}",
+            data=b"{}",
+            method="POST",
             headers={ADMIN_HEADER: self._admin_key},
         )
         try:

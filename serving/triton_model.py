@@ -21,6 +21,7 @@ Behaviour that matters to clients:
 - TensorFlow is imported in `initialize`, not at module level: Triton imports this module once
   more to auto-complete the config, and a module-level import would load TensorFlow twice.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -157,9 +158,7 @@ def thread_counts(model_config: dict, cpu_count: int) -> tuple[int, int]:
     `intra_op_threads` 0 (the default) = cores / CPU instances.
     """
     configured = int(config_parameter(model_config, "intra_op_threads", "0"))
-    instances = sum(
-        int(g.get("count", 1)) for g in model_config.get("instance_group", [])
-    ) or 1
+    instances = sum(int(g.get("count", 1)) for g in model_config.get("instance_group", [])) or 1
     intra = configured if configured > 0 else max(1, cpu_count // instances)
     return intra, max(1, min(2, intra))
 
@@ -202,18 +201,22 @@ class TritonPythonModel:
         self._max_pixels = int(
             config_parameter(config, "max_image_pixels", str(DEFAULT_MAX_IMAGE_PIXELS))
         )
-        self._max_request_images = int(config_parameter(
-            config, "max_images_per_request", str(max(1, int(config.get("max_batch_size", 1))))
-        ))
+        self._max_request_images = int(
+            config_parameter(
+                config, "max_images_per_request", str(max(1, int(config.get("max_batch_size", 1))))
+            )
+        )
         self._max_request_bytes = int(
             config_parameter(config, "max_request_bytes", str(DEFAULT_MAX_REQUEST_BYTES))
         )
         frames = config_parameter(config, "max_gif_frames", "")
         self._max_gif_frames = int(frames) if frames else None  # None: the pixel budget bounds them
         # Absent: no cap beyond what max_images_per_request full-size images decode to.
-        self._max_request_pixels = int(config_parameter(
-            config, "max_request_pixels", str(self._max_pixels * self._max_request_images)
-        ))
+        self._max_request_pixels = int(
+            config_parameter(
+                config, "max_request_pixels", str(self._max_pixels * self._max_request_images)
+            )
+        )
         path = os.path.join(os.path.dirname(os.path.abspath(__file__)), SAVED_MODEL_DIR)
         self._model = tf.saved_model.load(path)  # keep a reference: signatures need it alive
         self._serve = self._model.signatures[SIGNATURE]
@@ -240,8 +243,10 @@ class TritonPythonModel:
     def _read(self, request) -> list[bytes]:
         images = flatten_input(pb_utils.get_input_tensor_by_name(request, INPUT_NAME).as_numpy())
         check_request(images, self._max_request_images, self._max_request_bytes)
-        infos = [check_image(i, data, self._max_bytes, self._max_pixels, self._max_gif_frames)
-                 for i, data in enumerate(images)]
+        infos = [
+            check_image(i, data, self._max_bytes, self._max_pixels, self._max_gif_frames)
+            for i, data in enumerate(images)
+        ]
         check_request_pixels(infos, self._max_request_pixels)
         return images
 

@@ -1,4 +1,5 @@
 """Small, distinct image files for tests, made on the fly so no test depends on shared data."""
+
 from __future__ import annotations
 
 import io

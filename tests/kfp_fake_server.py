@@ -10,6 +10,7 @@ machines this project is tested on; this is what `hoh kfp submit/schedule` is te
         ... kfp.url ...
         kfp.requests  # [Recorded(method, path, query, headers, body, json, files)]
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -91,7 +92,9 @@ class FakeKfpServer:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-kfp", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="fake-kfp", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -135,7 +138,9 @@ class FakeKfpServer:
         with self._lock:
             self.requests.append(record)
             route = self._route(method, parts.path)
-            status, answer = route(record) if route else (404, {"error": f"no route {method} {parts.path}"})
+            status, answer = (
+                route(record) if route else (404, {"error": f"no route {method} {parts.path}"})
+            )
         payload = json.dumps(answer).encode()
         handler.send_response(status)
         handler.send_header("Content-Type", "application/json")
@@ -146,7 +151,7 @@ class FakeKfpServer:
     def _route(self, method: str, path: str) -> Optional[Callable[[Recorded], tuple[int, Any]]]:
         if not path.startswith(API):
             return None
-        path = path[len(API):]
+        path = path[len(API) :]
         routes = {
             ("GET", "/healthz"): lambda r: (200, {"multi_user": False}),
             ("GET", "/pipelines"): self._list_pipelines,
@@ -160,7 +165,12 @@ class FakeKfpServer:
         if (method, path) in routes:
             return routes[(method, path)]
         segments = path.strip("/").split("/")
-        if method == "GET" and len(segments) == 3 and segments[0] == "pipelines" and segments[2] == "versions":
+        if (
+            method == "GET"
+            and len(segments) == 3
+            and segments[0] == "pipelines"
+            and segments[2] == "versions"
+        ):
             return lambda r: self._list_versions(segments[1])
         return None
 
@@ -197,7 +207,9 @@ class FakeKfpServer:
         return 200, {k: v for k, v in version.items() if k != "package"}
 
     def _list_versions(self, pipeline_id: str) -> tuple[int, Any]:
-        versions = sorted(self.versions.get(pipeline_id, []), key=lambda v: v["pipeline_version_id"], reverse=True)
+        versions = sorted(
+            self.versions.get(pipeline_id, []), key=lambda v: v["pipeline_version_id"], reverse=True
+        )
         shown = [{k: v for k, v in version.items() if k != "package"} for version in versions]
         return 200, {"pipeline_versions": shown, "total_size": len(shown)}
 
@@ -217,6 +229,11 @@ class FakeKfpServer:
         return 200, run
 
     def _create_recurring_run(self, r: Recorded) -> tuple[int, Any]:
-        job = {**r.json, "recurring_run_id": self._id("recurring-run"), "created_at": _now(), "status": "ENABLED"}
+        job = {
+            **r.json,
+            "recurring_run_id": self._id("recurring-run"),
+            "created_at": _now(),
+            "status": "ENABLED",
+        }
         self.recurring_runs[job["recurring_run_id"]] = job
         return 200, job

@@ -1,10 +1,11 @@
 """The tf_keras AutoGraph exemption: in place, idempotent, and it really stops conversion."""
-import hoh  # noqa: F401
+
 import tensorflow as tf
 import tf_keras as keras
 from tensorflow.python.autograph.core import config
 from tensorflow.python.autograph.impl import conversion
 
+import hoh  # noqa: F401
 from hoh.autograph import TF_KERAS_MODULE, exempt_tf_keras
 
 

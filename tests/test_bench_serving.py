@@ -3,6 +3,7 @@
 No assertion here depends on how fast anything is: the machine running the tests is shared, and
 the benchmark's numbers are for the lead to read on a quiet machine, not for CI to judge.
 """
+
 from __future__ import annotations
 
 import io
@@ -24,12 +25,13 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # bench/ lives in the checkout, not in the installed package
     sys.path.insert(0, str(REPO))
 
+from tiny_model import make_image  # noqa: E402
+
 from bench import observe, serving  # noqa: E402
 from bench import serving_report as report  # noqa: E402
 from bench.loadgen import run_load  # noqa: E402
 from bench.payload import PayloadSource, RepeatedPayload, unique_variant  # noqa: E402
 from bench.stats import percentile, summarize  # noqa: E402
-from tiny_model import make_image  # noqa: E402
 
 # ====================================================================== statistics
 
@@ -117,8 +119,9 @@ def test_run_load_sends_exactly_n_each_thread_using_its_own_sender():
         observed.append("start")
         return lambda: {"server_cpu_s": 1.5}
 
-    result = run_load(make_sender, concurrency=4, requests=30, time_cap_s=60, warmup=5,
-                      observe=observer)
+    result = run_load(
+        make_sender, concurrency=4, requests=30, time_cap_s=60, warmup=5, observe=observer
+    )
     assert len(sent) == 35 and not wrong_thread and len(closed) == 4
     assert len(result.latencies_s) + len(result.errors) == 30
     assert result.errors and all("every 7th fails" in e for e in result.errors)
@@ -127,8 +130,12 @@ def test_run_load_sends_exactly_n_each_thread_using_its_own_sender():
 
 
 def test_run_load_stops_at_the_time_cap():
-    result = run_load(lambda: (lambda: time.sleep(0.02), lambda: None), concurrency=2,
-                      requests=10**6, time_cap_s=0.2)
+    result = run_load(
+        lambda: (lambda: time.sleep(0.02), lambda: None),
+        concurrency=2,
+        requests=10**6,
+        time_cap_s=0.2,
+    )
     assert result.capped and 0 < len(result.latencies_s) < 10**6
 
 
@@ -159,9 +166,13 @@ nv_gpu_utilization{gpu_uuid="x"} NaN
 def test_metrics_are_summed_over_versions_and_turned_into_per_request_times():
     after = observe.parse_metrics(METRICS, "hoh")
     assert after["nv_inference_request_success"] == 120
-    before = {"nv_inference_request_success": 20, "nv_inference_count": 20,
-              "nv_inference_exec_count": 5, "nv_inference_queue_duration_us": 40000,
-              "nv_inference_compute_infer_duration_us": 200000}
+    before = {
+        "nv_inference_request_success": 20,
+        "nv_inference_count": 20,
+        "nv_inference_exec_count": 5,
+        "nv_inference_queue_duration_us": 40000,
+        "nv_inference_compute_infer_duration_us": 200000,
+    }
     b = observe.server_breakdown(before, after)
     assert (b["requests_ok"], b["executions"], b["avg_batch_images"]) == (100, 25, 4.0)
     assert (b["queue_ms"], b["compute_infer_ms"], b["cache_hits"]) == (2.0, 10.0, 4)
@@ -178,26 +189,47 @@ def test_process_cpu_accounting_sees_this_process():
 
 
 def _run(**fields):
-    base = {"requests": 10, "images": 10, "errors": 0, "wall_s": 1.0, "images_per_s": 10.0,
-            "requests_per_s": 10.0, "capped": False,
-            "latency_ms": {"mean": 1.0, "min": 1.0, "max": 1.0, "p50": 1.0, "p95": 2.0, "p99": 3.0}}
+    base = {
+        "requests": 10,
+        "images": 10,
+        "errors": 0,
+        "wall_s": 1.0,
+        "images_per_s": 10.0,
+        "requests_per_s": 10.0,
+        "capped": False,
+        "latency_ms": {"mean": 1.0, "min": 1.0, "max": 1.0, "p50": 1.0, "p95": 2.0, "p99": 3.0},
+    }
     return {**base, **fields}
 
 
 def _result():
     in_process = [_run(batch_size=1, images_per_s=40.0), _run(batch_size=32, images_per_s=100.0)]
     triton = [
-        _run(protocol=p, concurrency=c, server={"avg_batch_images": 2.0}, images_per_s=ips,
-             latency_ms={"p50": 50.0, "p95": p95, "p99": 200.0}, client_cpu_s=0.2,
-             server_cpu_s=1.5)
-        for p, c, ips, p95 in [("http", 1, 30.0, 40.0), ("http", 4, 70.0, 120.0),
-                               ("grpc", 4, 85.0, 160.0), ("grpc", 8, 82.0, 300.0)]
+        _run(
+            protocol=p,
+            concurrency=c,
+            server={"avg_batch_images": 2.0},
+            images_per_s=ips,
+            latency_ms={"p50": 50.0, "p95": p95, "p99": 200.0},
+            client_cpu_s=0.2,
+            server_cpu_s=1.5,
+        )
+        for p, c, ips, p95 in [
+            ("http", 1, 30.0, 40.0),
+            ("http", 4, 70.0, 120.0),
+            ("grpc", 4, 85.0, 160.0),
+            ("grpc", 8, 82.0, 300.0),
+        ]
     ]
     cache = [_run(protocol="grpc", server={"cache_hits": 10})]
     return {
-        "schema": report.SCHEMA, "settings": {}, "model": {},
+        "schema": report.SCHEMA,
+        "settings": {},
+        "model": {},
         "machine": {"cpus": 2, "loadavg_start": [3.0, 2.0, 1.0], "loadavg_end": [3.0, 2.0, 1.0]},
-        "in_process": in_process, "triton": triton, "cache_hit": cache,
+        "in_process": in_process,
+        "triton": triton,
+        "cache_hit": cache,
         "comparison": report.compare(in_process, triton),
     }
 
@@ -227,13 +259,23 @@ def test_result_shape_check_and_markdown():
 
 def test_quick_defaults_and_explicit_flags():
     quick = serving.resolve_args(["--quick", "--requests", "5"])
-    assert (quick.requests, quick.warmup, quick.time_cap) == (5, serving.QUICK["warmup"],
-                                                              serving.QUICK["time_cap"])
+    assert (quick.requests, quick.warmup, quick.time_cap) == (
+        5,
+        serving.QUICK["warmup"],
+        serving.QUICK["time_cap"],
+    )
     full = serving.resolve_args(["--concurrency", "2,6", "--protocols", "grpc"])
-    assert (full.requests, full.concurrency, full.protocols) == (serving.FULL["requests"],
-                                                                 (2, 6), ("grpc",))
-    for bad in (["--http-outputs", "json"], ["--concurrency", "0"], ["--protocols", "udp"],
-                ["--images-per-request", "64"]):
+    assert (full.requests, full.concurrency, full.protocols) == (
+        serving.FULL["requests"],
+        (2, 6),
+        ("grpc",),
+    )
+    for bad in (
+        ["--http-outputs", "json"],
+        ["--concurrency", "0"],
+        ["--protocols", "udp"],
+        ["--images-per-request", "64"],
+    ):
         with pytest.raises(SystemExit):
             serving.resolve_args(bad)
 
@@ -247,17 +289,44 @@ def test_quick_run_end_to_end_writes_valid_json(tmp_path):
     out = tmp_path / "bench.json"
     requests, cache_requests = 6, 4
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.serving", "--quick", "--image-size", "32", "--alpha",
-         "0.35", "--source-size", "64", "--requests", str(requests), "--warmup", "2",
-         "--cache-requests", str(cache_requests), "--concurrency", "1,4",
-         "--json-out", str(out), "--workdir", str(tmp_path / "work")],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "bench.serving",
+            "--quick",
+            "--image-size",
+            "32",
+            "--alpha",
+            "0.35",
+            "--source-size",
+            "64",
+            "--requests",
+            str(requests),
+            "--warmup",
+            "2",
+            "--cache-requests",
+            str(cache_requests),
+            "--concurrency",
+            "1,4",
+            "--json-out",
+            str(out),
+            "--workdir",
+            str(tmp_path / "work"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"JSON has {c}"))
     assert report.check_shape(result) == []
     assert [(r["protocol"], r["concurrency"]) for r in result["triton"]] == [
-        ("http", 1), ("http", 4), ("grpc", 1), ("grpc", 4)]
+        ("http", 1),
+        ("http", 4),
+        ("grpc", 1),
+        ("grpc", 4),
+    ]
     for row in result["triton"]:
         assert (row["requests"], row["errors"]) == (requests, 0), row["error_samples"]
         assert row["server"]["requests_ok"] == requests

@@ -1,4 +1,5 @@
 """The typed config: defaults, profiles, overrides, and errors that name the key."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,7 +22,9 @@ def test_every_builtin_profile_validates(name):
 def test_overrides_parse_yaml_values_and_keyword_fields_win(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("training:\n  epochs: 7\nmodel:\n  weights: none\n")
-    cfg = load_config(path, ["model.hidden_units=[64, 32]", "training.epochs=2"], **{"data.root": "/d"})
+    cfg = load_config(
+        path, ["model.hidden_units=[64, 32]", "training.epochs=2"], **{"data.root": "/d"}
+    )
     assert cfg.training.epochs == 2 and cfg.model.hidden_units == [64, 32]
     assert cfg.model.weights == "none" and cfg.data.root == "/d"
 

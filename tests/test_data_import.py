@@ -1,4 +1,5 @@
 """`hoh data import`: what goes in comes out byte for byte; every other file is accounted for."""
+
 from __future__ import annotations
 
 import hashlib
@@ -290,8 +291,17 @@ def test_cli_import_summary(tmp_path, capsys):
     write_classes(tmp_path / "src", {"a": 3, "b": 3})
     write(tmp_path / "src" / "a" / "bad.png", b"text")
     extra = tmp_path / "r.json"
-    code = main(["data", "import", str(tmp_path / "src"), "--out", str(tmp_path / "lake"),
-                 "--report", str(extra)])
+    code = main(
+        [
+            "data",
+            "import",
+            str(tmp_path / "src"),
+            "--out",
+            str(tmp_path / "lake"),
+            "--report",
+            str(extra),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "seen 7 = written 6 + rejected 1 + duplicates 0" in out

@@ -1,5 +1,6 @@
 """`hoh data import` under attack: unreadable folders, class-changing links, camera JPEGs,
 report and output paths that cannot be written. Each test reproduces the attack itself."""
+
 from __future__ import annotations
 
 import errno
@@ -257,9 +258,20 @@ def test_unwritable_out_is_one_line_from_the_real_command(tmp_path):
     write_classes(src, {"a": 2, "b": 2})
     blocker = write(tmp_path / "blocker", b"a file")
     result = subprocess.run(
-        [sys.executable, "-m", "hoh.cli", "data", "import", str(src), "--out",
-         str(blocker / "lake")],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "hoh.cli",
+            "data",
+            "import",
+            str(src),
+            "--out",
+            str(blocker / "lake"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
     )
     assert result.returncode == UsageError.exit_code, result.stderr
     line = _one_line_error(result.stderr)
@@ -318,8 +330,11 @@ def test_files_then_directories_are_synced_before_the_rename_and_the_parent_afte
     span_dir = Path(report.span_dir)
     publish = events.index(("rename", str(span_dir)))
     before = [p for kind, p in events[:publish] if kind == "sync"]
-    names = {Path(p).relative_to(lake).as_posix().split("/", 1)[-1] for p in before
-             if Path(p).is_relative_to(lake)}
+    names = {
+        Path(p).relative_to(lake).as_posix().split("/", 1)[-1]
+        for p in before
+        if Path(p).is_relative_to(lake)
+    }
     expected = {REPORT_NAME, "train", "eval"} | {
         f"{split}/{p.name}" for split in ("train", "eval") for p in (span_dir / split).iterdir()
     }
@@ -328,4 +343,4 @@ def test_files_then_directories_are_synced_before_the_rename_and_the_parent_afte
     file_index = [i for i, p in enumerate(before) if p.endswith(features.TFRECORD_SUFFIX)]
     assert tmp_index and max(file_index) < tmp_index[-1]  # files first, then their directory
     assert str(extra.parent) in before  # the --report copy's directory, before publishing
-    assert events[publish + 1:] == [("sync", str(lake.absolute()))]
+    assert events[publish + 1 :] == [("sync", str(lake.absolute()))]

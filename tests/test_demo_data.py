@@ -1,4 +1,5 @@
 """`hoh data demo`: reproducible, decodable, and only solvable from shape."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -52,8 +53,9 @@ def test_same_seed_same_bytes_and_smaller_sets_are_prefixes(three_classes, tmp_p
     make_demo_dataset(tmp_path / "again", per_class=6, classes=("horses", "humans", "birds"))
     assert _files(tmp_path / "again") == _files(root)
     make_demo_dataset(tmp_path / "prefix", per_class=2, classes=("birds",))
-    assert _files(tmp_path / "prefix") == {k: v for k, v in _files(root).items()
-                                           if k in ("birds/bird-0001.png", "birds/bird-0002.png")}
+    assert _files(tmp_path / "prefix") == {
+        k: v for k, v in _files(root).items() if k in ("birds/bird-0001.png", "birds/bird-0002.png")
+    }
     make_demo_dataset(tmp_path / "other", per_class=2, seed=1, classes=("birds",))
     assert _files(tmp_path / "other").keys() == _files(tmp_path / "prefix").keys()
     assert _files(tmp_path / "other") != _files(tmp_path / "prefix")
@@ -99,8 +101,20 @@ def test_refuses_bad_arguments_and_non_empty_output(tmp_path):
 def test_cli_demo(tmp_path, capsys):
     out = tmp_path / "demo"
     out.mkdir()  # an empty folder is fine
-    code = main(["data", "demo", "--out", str(out), "--per-class", "2", "--size", "64",
-                 "--classes", "humans,birds"])
+    code = main(
+        [
+            "data",
+            "demo",
+            "--out",
+            str(out),
+            "--per-class",
+            "2",
+            "--size",
+            "64",
+            "--classes",
+            "humans,birds",
+        ]
+    )
     assert code == 0
     assert "wrote 4 images (humans 2, birds 2)" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == ["birds", "humans"]

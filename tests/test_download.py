@@ -1,4 +1,6 @@
-"""`hoh data download`: verification and safe unpacking, against a local HTTP server (no internet)."""
+"""`hoh data download`: verification and safe unpacking, against a local HTTP server
+(no internet)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,7 +26,9 @@ def _zip(path: Path, members: dict[str, bytes]) -> Path:
 
 def _archive_for(path: Path, url: str = "http://unused"):
     data = path.read_bytes()
-    return dataclasses.replace(HORSES_OR_HUMANS, url=url, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    return dataclasses.replace(
+        HORSES_OR_HUMANS, url=url, size=len(data), sha256=hashlib.sha256(data).hexdigest()
+    )
 
 
 def test_published_checksum_is_pinned():
@@ -34,7 +38,9 @@ def test_published_checksum_is_pinned():
 def test_downloads_verifies_and_unpacks_from_a_local_server(tmp_path):
     served = tmp_path / "srv"
     served.mkdir()
-    archive_path = _zip(served / "hoh.zip", {"horses/a.png": b"h", "humans/b.png": b"m", "__MACOSX/x": b""})
+    archive_path = _zip(
+        served / "hoh.zip", {"horses/a.png": b"h", "humans/b.png": b"m", "__MACOSX/x": b""}
+    )
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -46,7 +52,9 @@ def test_downloads_verifies_and_unpacks_from_a_local_server(tmp_path):
         server.shutdown()
         server.server_close()
     assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == [
-        "horses/a.png", "humans/b.png"]
+        "horses/a.png",
+        "humans/b.png",
+    ]
     with pytest.raises(HohError, match="already exists"):
         download(tmp_path / "out", _archive_for(archive_path, url))
 
@@ -71,5 +79,7 @@ def test_path_traversal_in_the_archive_is_refused(tmp_path):
 
 def test_unreachable_url_names_the_url_and_the_offline_fix(tmp_path):
     archive = dataclasses.replace(HORSES_OR_HUMANS, url="http://127.0.0.1:9/none.zip")
-    with pytest.raises(HohError, match=r"could not download http://127.0.0.1:9/none.zip.*--archive"):
+    with pytest.raises(
+        HohError, match=r"could not download http://127.0.0.1:9/none.zip.*--archive"
+    ):
         download(tmp_path / "out", archive)

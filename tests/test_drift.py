@@ -1,5 +1,6 @@
 """Drift check: descriptors, a real shift flagged and named, random splits not flagged, label
 drift, embeddings, streaming memory, report files, the CLI."""
+
 from __future__ import annotations
 
 import io
@@ -12,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageFilter
+from test_sampling_model import solid_png
 
 from hoh.components.drift import descriptors
 from hoh.components.drift.evaluation import descriptor_report, embedding_report, verdict
-from hoh.config import DriftConfig
 from hoh.components.drift.profile import Profile, ReducedEmbeddings, build_profile, fit_pca
+from hoh.config import DriftConfig
 from hoh.data.sources import ImageRecord, ImageSource, reference_span, resolve_path, span_source
-from test_sampling_model import known_model, solid_png  # noqa: F401
 
 
 def _encode(image: Image.Image, fmt: str, **options) -> bytes:
@@ -27,15 +28,19 @@ def _encode(image: Image.Image, fmt: str, **options) -> bytes:
     return buf.getvalue()
 
 
-# --- descriptors ------------------------------------------------------------------------------------
+# --- descriptors ----------------------------------------------------------------------------------
 
 
 def test_pixel_statistics_of_known_images():
     grey = descriptors.pixel_statistics(np.full((10, 12, 3), 128, np.uint8))
     assert grey["brightness"] == pytest.approx(128 / 255, abs=1e-4)
-    assert grey["contrast"] == pytest.approx(0) and grey["sharpness"] == 0 and grey["saturation"] == 0
+    assert (
+        grey["contrast"] == pytest.approx(0) and grey["sharpness"] == 0 and grey["saturation"] == 0
+    )
     red = descriptors.pixel_statistics(np.tile(np.array([255, 0, 0], np.uint8), (8, 8, 1)))
-    assert (red["mean_r"], red["mean_g"], red["mean_b"], red["saturation"]) == pytest.approx((1, 0, 0, 1))
+    assert (red["mean_r"], red["mean_g"], red["mean_b"], red["saturation"]) == pytest.approx(
+        (1, 0, 0, 1)
+    )
     checker = (np.indices((16, 16)).sum(axis=0) % 2 * 255).astype(np.uint8)
     sharp = descriptors.pixel_statistics(np.stack([checker] * 3, axis=2))
     assert sharp["contrast"] == pytest.approx(0.5, abs=1e-3) and sharp["sharpness"] > 1e5
@@ -44,7 +49,12 @@ def test_pixel_statistics_of_known_images():
 def test_describe_image_reads_every_format_and_keeps_the_original_size():
     rng = np.random.default_rng(0)
     photo = Image.fromarray(rng.integers(0, 256, (600, 1200, 3), dtype=np.uint8))
-    for fmt, image in (("PNG", photo.convert("RGBA")), ("JPEG", photo), ("GIF", photo.convert("P")), ("BMP", photo)):
+    for fmt, image in (
+        ("PNG", photo.convert("RGBA")),
+        ("JPEG", photo),
+        ("GIF", photo.convert("P")),
+        ("BMP", photo),
+    ):
         data = _encode(image, fmt)
         row = descriptors.describe_image(data)
         assert set(row) == set(descriptors.COLUMNS)
@@ -71,7 +81,9 @@ def _shift(image: Image.Image) -> Image.Image:
     """What a new camera might do: darker, a red cast, softer focus, smaller frames."""
     image = ImageEnhance.Brightness(image.convert("RGB")).enhance(0.65)
     r, g, b = image.split()
-    image = Image.merge("RGB", (r.point(lambda v: min(255, v + 45)), g, b.point(lambda v: int(v * 0.8))))
+    image = Image.merge(
+        "RGB", (r.point(lambda v: min(255, v + 45)), g, b.point(lambda v: int(v * 0.8)))
+    )
     return image.filter(ImageFilter.GaussianBlur(1.2)).resize((48, 48), Image.Resampling.BILINEAR)
 
 
@@ -147,7 +159,9 @@ def test_label_proportion_drift_is_flagged(demo_profile):
     _, results = descriptor_report(demo_profile, current, DriftConfig())
     assert results["labels"]["drifted"] is True
     assert results["labels"]["current"] == {"horses": 0.9, "humans": 0.1}
-    assert any("class proportions" in r for r in verdict(results["descriptors"], results["labels"], None))
+    assert any(
+        "class proportions" in r for r in verdict(results["descriptors"], results["labels"], None)
+    )
     _, without = descriptor_report(demo_profile, current, DriftConfig(label_drift=False))
     assert without["labels"] is None
 
@@ -180,8 +194,11 @@ def test_unreadable_images_are_listed_and_skipped(tmp_path, spans):
     shutil.copytree(spans[1] / "horses", folder / "horses")
     (folder / "horses" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     (folder / "horses" / ".DS_Store").write_bytes(b"junk")
-    summary = check_drift(resolve_path(folder, ("train",), "current"),
-                          resolve_path(spans[1], ("train",), "reference"), str(tmp_path / "out"))
+    summary = check_drift(
+        resolve_path(folder, ("train",), "current"),
+        resolve_path(spans[1], ("train",), "reference"),
+        str(tmp_path / "out"),
+    )
     skipped = {Path(s["source"]).name for s in summary["current"]["skipped"]}
     assert skipped == {"broken.png", ".DS_Store"}
     assert summary["current"]["images"] == 60
@@ -235,7 +252,9 @@ def test_pca_is_fitted_on_the_first_reference_rows_and_reused_for_current():
         reducer.add(chunk)
     reduced = reducer.finish()
     assert reduced.shape == (300, 4)
-    fitted_on = int(next(n for n in np.cumsum([len(c) for c in chunks]) if n >= 100))  # the first batches only
+    fitted_on = int(
+        next(n for n in np.cumsum([len(c) for c in chunks]) if n >= 100)
+    )  # the first batches only
     np.testing.assert_allclose(reduced, fit_pca(reference[:fitted_on], 4)(reference), atol=1e-3)
     current = ReducedEmbeddings(4, 100, reducer.projection)
     current.add(reference[:10])
@@ -251,6 +270,7 @@ def _embedded(rows: np.ndarray) -> Profile:
 
 def test_embedding_drift_votes_only_with_enough_images():
     rng = np.random.default_rng(5)
+
     def compare(rows: int, shift: float) -> dict:
         reference, current = rng.normal(size=(rows, 6)), rng.normal(shift, 1, size=(rows, 6))
         return embedding_report(_embedded(reference), _embedded(current), DriftConfig())[1]
@@ -272,42 +292,100 @@ def test_check_drift_with_a_model_adds_the_embedding_test(tmp_path, known_model)
         for i, colour in enumerate(rng.integers(60, 160, (40, 3))):
             (tmp_path / side).mkdir(exist_ok=True)
             (tmp_path / side / f"{i}.png").write_bytes(solid_png(np.clip(colour + tint, 0, 255)))
-    summary = check_drift(ImageSource("current", folder=str(tmp_path / "current")),
-                          ImageSource("reference", folder=str(tmp_path / "reference")), str(tmp_path / "out"),
-                          DriftConfig(embedding_min_rows=20, embedding_components=3), str(known_model))
+    summary = check_drift(
+        ImageSource("current", folder=str(tmp_path / "current")),
+        ImageSource("reference", folder=str(tmp_path / "reference")),
+        str(tmp_path / "out"),
+        DriftConfig(embedding_min_rows=20, embedding_components=3),
+        str(known_model),
+    )
     embeddings = summary["embeddings"]
-    assert embeddings["drifted"] and embeddings["counts_in_verdict"] and embeddings["components"] <= 3
+    assert (
+        embeddings["drifted"] and embeddings["counts_in_verdict"] and embeddings["components"] <= 3
+    )
     assert any("embeddings drifted" in reason for reason in summary["reasons"])
-    assert (tmp_path / "out" / "embeddings.html").is_file() and "embeddings.html" in summary["files"]
+    assert (tmp_path / "out" / "embeddings.html").is_file() and "embeddings.html" in summary[
+        "files"
+    ]
 
 
-# --- the command line -------------------------------------------------------------------------------
+# --- the command line -----------------------------------------------------------------------------
 
 
 def test_cli_drift_on_span_directories(spans, tmp_path, capsys):
     from hoh.cli import main
 
     data, _ = spans
-    args = ["drift", "--reference", str(data / "span-1"), "--current", str(data / "span-2"), "--out", str(tmp_path)]
+    args = [
+        "drift",
+        "--reference",
+        str(data / "span-1"),
+        "--current",
+        str(data / "span-2"),
+        "--out",
+        str(tmp_path),
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "drift: DETECTED" in out and "brightness: mean" in out
     assert main(args + ["--fail-on-drift"]) == 5  # ExitCode.DRIFT_DETECTED, not a failure (1)
-    assert main(["drift", "--reference", str(data / "span-1"), "--current", str(data / "span-1"),
-                 "--out", str(tmp_path / "same"), "--fail-on-drift"]) == 0
-    assert main(["drift", "--reference", str(tmp_path / "nope"), "--current", str(data), "--out", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "drift",
+                "--reference",
+                str(data / "span-1"),
+                "--current",
+                str(data / "span-1"),
+                "--out",
+                str(tmp_path / "same"),
+                "--fail-on-drift",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "drift",
+                "--reference",
+                str(tmp_path / "nope"),
+                "--current",
+                str(data),
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     assert "not a directory" in capsys.readouterr().err
 
 
 def test_run_summary_says_why_nothing_was_pushed():
     from hoh.pipeline.telemetry.summary import RunSummary
 
-    drift = {"drift_detected": True, "drifted_share": 0.5, "reasons": ["6 of 12 descriptors drifted"],
-             "reference": {"images": 10, "skipped": []}, "current": {"images": 12, "skipped": []},
-             "features": [], "notes": [], "blocks_push": True}
+    drift = {
+        "drift_detected": True,
+        "drifted_share": 0.5,
+        "reasons": ["6 of 12 descriptors drifted"],
+        "reference": {"images": 10, "skipped": []},
+        "current": {"images": 12, "skipped": []},
+        "features": [],
+        "notes": [],
+        "blocks_push": True,
+    }
     held = RunSummary(components=[], blessed=True, drift=drift).lines()
     assert held[1].startswith("drift: DETECTED") and "  - 6 of 12 descriptors drifted" in held
     assert any("held by the drift gate" in line for line in held)
-    reported = RunSummary(components=[], blessed=True, pushed=True, pushed_version="2",
-                          pushed_destination="repo/hoh/2", drift={**drift, "blocks_push": False}).lines()
-    assert not any("held" in line for line in reported) and "pushed: version 2 -> repo/hoh/2" in reported
+    reported = RunSummary(
+        components=[],
+        blessed=True,
+        pushed=True,
+        pushed_version="2",
+        pushed_destination="repo/hoh/2",
+        drift={**drift, "blocks_push": False},
+    ).lines()
+    assert (
+        not any("held" in line for line in reported)
+        and "pushed: version 2 -> repo/hoh/2" in reported
+    )

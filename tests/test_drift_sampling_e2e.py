@@ -5,17 +5,18 @@ Two runs share one output directory, as scheduled runs do: run 1 on span 1 (no r
 model is pushed), run 2 after a shifted span 2 arrives (drift detected, the push is held).
 Both runs score an unlabeled pool imported with `hoh data import --unlabeled`.
 """
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from conftest import make_span_root
-from hoh.config import builtin_config_path, load_config
+from PIL import Image
 from test_drift import _shift
+
+from hoh.config import builtin_config_path, load_config
 
 pytestmark = pytest.mark.e2e
 K = 5
@@ -31,8 +32,14 @@ def _mlmd(output: Path):
 
 
 def _props(artifact) -> dict:
-    return {k: v.int_value if v.HasField("int_value") else v.double_value if v.HasField("double_value")
-            else v.string_value for k, v in artifact.custom_properties.items()}
+    return {
+        k: v.int_value
+        if v.HasField("int_value")
+        else v.double_value
+        if v.HasField("double_value")
+        else v.string_value
+        for k, v in artifact.custom_properties.items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +75,11 @@ def _by_run(store, type_name: str) -> list:
 
 def test_first_span_has_no_reference_and_is_pushed(runs):
     output, first, *_ = runs
-    assert first.drift is not None and first.drift["reference"] is None and not first.drift["drift_detected"]
+    assert (
+        first.drift is not None
+        and first.drift["reference"] is None
+        and not first.drift["drift_detected"]
+    )
     assert "DriftCheck" in [c.component_id for c in first.components]
     (report, *_) = _by_run(_mlmd(output), "hoh.DriftReport")
     assert _props(report)["drift_detected"] == 0 and _props(report)["reference_span"] == -1
@@ -104,7 +115,11 @@ def test_sampler_writes_a_labeling_batch_from_the_pool(runs):
     assert len(samples) == 2  # a new model in run 2, so the pool is scored again
     props = _props(samples[-1])
     assert {k: props[k] for k in ("selected", "scored", "skipped", "model_source")} == {
-        "selected": K, "scored": pool_size, "skipped": 0, "model_source": "current"}
+        "selected": K,
+        "scored": pool_size,
+        "skipped": 0,
+        "model_source": "current",
+    }
     uri = Path(samples[-1].uri)
     summary = json.loads((uri / "summary.json").read_text())
     assert summary["diversity"] is True, "the Trainer's model must reload with its backbone"
@@ -125,24 +140,49 @@ def test_the_gated_dag_compiles_for_kubeflow(tmp_path):
 
     def pusher(model, model_blessing):
         destination = tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(base_directory="gs://bucket/serving"))
-        return tfx.components.Pusher(model=model, model_blessing=model_blessing, push_destination=destination)
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory="gs://bucket/serving")
+        )
+        return tfx.components.Pusher(
+            model=model, model_blessing=model_blessing, push_destination=destination
+        )
 
     pipeline = create_pipeline(
-        pipeline_name="hoh", pipeline_root="gs://bucket/root", data_root="gs://bucket/data", span=None,
-        schema_path=None, fail_on_anomalies=True, image_size=32, materialize=False, trainer_config={},
-        num_classes=2, min_auc=0.0, min_accuracy=0.0, max_regression=1.0, pusher=pusher,
-        runtime_parameters=True, drift=drift_parameters(cfg), drift_blocks_push=True,
-        pool_root="gs://bucket/pool", sampling=sampling_parameters(cfg),
+        pipeline_name="hoh",
+        pipeline_root="gs://bucket/root",
+        data_root="gs://bucket/data",
+        span=None,
+        schema_path=None,
+        fail_on_anomalies=True,
+        image_size=32,
+        materialize=False,
+        trainer_config={},
+        num_classes=2,
+        min_auc=0.0,
+        min_accuracy=0.0,
+        max_regression=1.0,
+        pusher=pusher,
+        runtime_parameters=True,
+        drift=drift_parameters(cfg),
+        drift_blocks_push=True,
+        pool_root="gs://bucket/pool",
+        sampling=sampling_parameters(cfg),
     )
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
-            default_image="hoh:test", use_pipeline_spec_2_1=True),
-        output_dir=str(tmp_path), output_filename="pipeline.yaml",
+            default_image="hoh:test", use_pipeline_spec_2_1=True
+        ),
+        output_dir=str(tmp_path),
+        output_filename="pipeline.yaml",
     )
     tasks = runner.run(pipeline, write_out=False)["pipelineSpec"]["root"]["dag"]["tasks"]
     assert {"DriftCheck", "PoolExampleGen", "ActiveLearningSampler", "Pusher"} <= set(tasks)
     condition = tasks["Pusher"]["triggerPolicy"]["condition"]
-    assert "DriftCheck.drift_report" in condition and "drift_detected" in condition and "== 0" in condition
+    assert (
+        "DriftCheck.drift_report" in condition
+        and "drift_detected" in condition
+        and "== 0" in condition
+    )
     # The drift check reads the reference spans from the same data_root the ExampleGen reads.
-    assert tasks["DriftCheck"]["inputs"]["parameters"]["data_root"] == {"componentInputParameter": "data_root"}
+    assert tasks["DriftCheck"]["inputs"]["parameters"]["data_root"] == {
+        "componentInputParameter": "data_root"
+    }

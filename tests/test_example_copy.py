@@ -1,4 +1,6 @@
-"""The copying ImportExampleGen executor: same artifact as the stock one, checked input, no re-encode."""
+"""The copying ImportExampleGen executor: same artifact as the stock one, checked input,
+no re-encode."""
+
 from __future__ import annotations
 
 import gzip
@@ -9,7 +11,8 @@ import pytest
 import tensorflow as tf
 from tfx.components.example_gen import utils as example_gen_utils
 from tfx.proto import example_gen_pb2
-from tfx.types import artifact_utils, standard_artifacts, standard_component_specs as specs
+from tfx.types import artifact_utils, standard_artifacts
+from tfx.types import standard_component_specs as specs
 from tfx.utils import proto_utils
 
 from hoh import features
@@ -21,9 +24,14 @@ from hoh.errors import HohError
 def _exec_properties(input_base, splits, output_config=None):
     return {
         specs.INPUT_BASE_KEY: str(input_base),
-        specs.INPUT_CONFIG_KEY: proto_utils.proto_to_json(example_gen_pb2.Input(
-            splits=[example_gen_pb2.Input.Split(name=n, pattern=p) for n, p in splits])),
-        specs.OUTPUT_CONFIG_KEY: proto_utils.proto_to_json(output_config or example_gen_pb2.Output()),
+        specs.INPUT_CONFIG_KEY: proto_utils.proto_to_json(
+            example_gen_pb2.Input(
+                splits=[example_gen_pb2.Input.Split(name=n, pattern=p) for n, p in splits]
+            )
+        ),
+        specs.OUTPUT_CONFIG_KEY: proto_utils.proto_to_json(
+            output_config or example_gen_pb2.Output()
+        ),
         specs.OUTPUT_DATA_FORMAT_KEY: example_gen_pb2.FORMAT_TF_EXAMPLE,
         specs.OUTPUT_FILE_FORMAT_KEY: example_gen_pb2.FORMAT_TFRECORDS_GZIP,
     }
@@ -37,7 +45,9 @@ def _run(tmp_path, exec_properties):
 
 
 def _read(split_dir):
-    records = tf.data.TFRecordDataset(tf.io.gfile.glob(os.path.join(split_dir, "*")), compression_type="GZIP")
+    records = tf.data.TFRecordDataset(
+        tf.io.gfile.glob(os.path.join(split_dir, "*")), compression_type="GZIP"
+    )
     return sorted(r.numpy() for r in records)
 
 
@@ -47,36 +57,59 @@ SPAN_SPLITS = [(split, os.path.join("span-1", split, "*")) for split in features
 def test_copies_each_split_byte_for_byte_with_the_stock_artifact_properties(tmp_path, tiny_span):
     examples = _run(tmp_path, _exec_properties(tiny_span, SPAN_SPLITS))
     assert artifact_utils.decode_split_names(examples.split_names) == list(features.SPLITS)
-    assert examples.get_string_custom_property(example_gen_utils.PAYLOAD_FORMAT_PROPERTY_NAME) == "FORMAT_TF_EXAMPLE"
-    assert examples.get_string_custom_property(example_gen_utils.FILE_FORMAT_PROPERTY_NAME) == "tfrecords_gzip"
+    assert (
+        examples.get_string_custom_property(example_gen_utils.PAYLOAD_FORMAT_PROPERTY_NAME)
+        == "FORMAT_TF_EXAMPLE"
+    )
+    assert (
+        examples.get_string_custom_property(example_gen_utils.FILE_FORMAT_PROPERTY_NAME)
+        == "tfrecords_gzip"
+    )
     for split in features.SPLITS:
         sources = sorted(tf.io.gfile.glob(str(features.span_dir(tiny_span, 1) / split / "*")))
-        copies = sorted(tf.io.gfile.glob(os.path.join(artifact_utils.get_split_uri([examples], split), "*")))
+        copies = sorted(
+            tf.io.gfile.glob(os.path.join(artifact_utils.get_split_uri([examples], split), "*"))
+        )
         assert [os.path.basename(c) for c in copies] == [
-            files.OUTPUT_NAME.format(index=i, count=len(sources)) for i in range(len(sources))]
+            files.OUTPUT_NAME.format(index=i, count=len(sources)) for i in range(len(sources))
+        ]
         assert [open(c, "rb").read() for c in copies] == [open(s, "rb").read() for s in sources]
         assert len(_read(artifact_utils.get_split_uri([examples], split))) > 0
 
 
 def test_one_input_split_into_one_output_split_is_copied_under_the_output_name(tmp_path, tiny_span):
-    output = example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(
-        splits=[example_gen_pb2.SplitConfig.Split(name="pool", hash_buckets=1)]))
+    output = example_gen_pb2.Output(
+        split_config=example_gen_pb2.SplitConfig(
+            splits=[example_gen_pb2.SplitConfig.Split(name="pool", hash_buckets=1)]
+        )
+    )
     props = _exec_properties(tiny_span, [("train", os.path.join("span-1", "train", "*"))], output)
     assert copy_executor.reencode_reason(props) is None
     examples = _run(tmp_path, props)
     assert artifact_utils.decode_split_names(examples.split_names) == ["pool"]
-    assert _read(artifact_utils.get_split_uri([examples], "pool")) == _read(features.span_dir(tiny_span, 1) / "train")
+    assert _read(artifact_utils.get_split_uri([examples], "pool")) == _read(
+        features.span_dir(tiny_span, 1) / "train"
+    )
 
 
 def test_hash_bucket_splits_and_other_formats_take_the_stock_beam_path(tmp_path, tiny_span):
-    two_way = example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(splits=[
-        example_gen_pb2.SplitConfig.Split(name="a", hash_buckets=1),
-        example_gen_pb2.SplitConfig.Split(name="b", hash_buckets=1)]))
+    two_way = example_gen_pb2.Output(
+        split_config=example_gen_pb2.SplitConfig(
+            splits=[
+                example_gen_pb2.SplitConfig.Split(name="a", hash_buckets=1),
+                example_gen_pb2.SplitConfig.Split(name="b", hash_buckets=1),
+            ]
+        )
+    )
     props = _exec_properties(tiny_span, [("all", os.path.join("span-1", "*", "*"))], two_way)
     assert "hashing" in copy_executor.reencode_reason(props)
     examples = _run(tmp_path, props)  # the stock executor: records re-encoded and partitioned
-    together = _read(artifact_utils.get_split_uri([examples], "a")) + _read(artifact_utils.get_split_uri([examples], "b"))
-    original = _read(features.span_dir(tiny_span, 1) / "train") + _read(features.span_dir(tiny_span, 1) / "eval")
+    together = _read(artifact_utils.get_split_uri([examples], "a")) + _read(
+        artifact_utils.get_split_uri([examples], "b")
+    )
+    original = _read(features.span_dir(tiny_span, 1) / "train") + _read(
+        features.span_dir(tiny_span, 1) / "eval"
+    )
     assert len(together) == len(original)
     proto = _exec_properties(tiny_span, SPAN_SPLITS)
     proto[specs.OUTPUT_DATA_FORMAT_KEY] = example_gen_pb2.FORMAT_PROTO
@@ -86,8 +119,11 @@ def test_hash_bucket_splits_and_other_formats_take_the_stock_beam_path(tmp_path,
 def test_uncompressed_input_takes_the_stock_path_and_is_gzipped(tmp_path):
     split_dir = tmp_path / "in" / "train"
     split_dir.mkdir(parents=True)
-    example = tf.train.Example(features=tf.train.Features(feature={
-        "x": tf.train.Feature(int64_list=tf.train.Int64List(value=[1]))})).SerializeToString()
+    example = tf.train.Example(
+        features=tf.train.Features(
+            feature={"x": tf.train.Feature(int64_list=tf.train.Int64List(value=[1]))}
+        )
+    ).SerializeToString()
     with tf.io.TFRecordWriter(str(split_dir / "plain.tfrecord")) as writer:
         writer.write(example)
     examples = _run(tmp_path, _exec_properties(tmp_path / "in", [("train", "train/*")]))
@@ -111,8 +147,11 @@ def _gzip_records(*records: bytes) -> bytes:
 
 
 def test_bad_inputs_are_refused_with_the_file_named(tmp_path):
-    good = tf.train.Example(features=tf.train.Features(feature={
-        "x": tf.train.Feature(int64_list=tf.train.Int64List(value=[1]))})).SerializeToString()
+    good = tf.train.Example(
+        features=tf.train.Features(
+            feature={"x": tf.train.Feature(int64_list=tf.train.Int64List(value=[1]))}
+        )
+    ).SerializeToString()
     full = _gzip_records(good, good)
     with pytest.raises(HohError, match=r"truncated\.gz is not a readable gzip TFRecord"):
         files.count_examples(_split(tmp_path, "truncated", full[: len(full) // 2]))

@@ -1,4 +1,5 @@
 """The exported SavedModel's three signatures and its assets.extra files, for 2 and 3 classes."""
+
 from __future__ import annotations
 
 import io
@@ -7,12 +8,13 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
-
 from conftest import make_span_root
-from hoh import features
-from hoh.trainer import export, model as model_lib
+from PIL import Image
 from tests_support.transform import analyze_span, read_examples
+
+from hoh import features
+from hoh.trainer import export
+from hoh.trainer import model as model_lib
 
 
 @pytest.fixture(scope="module", params=[2, 3], ids=["2-class", "3-class"])
@@ -22,7 +24,9 @@ def exported(request, tmp_path_factory, tiny_span):
     if request.param == 2:
         data_root = tiny_span
     else:
-        data_root = make_span_root(tmp_path_factory.mktemp("three"), ("birds", "horses", "humans"), per_class=8)
+        data_root = make_span_root(
+            tmp_path_factory.mktemp("three"), ("birds", "horses", "humans"), per_class=8
+        )
     tft_dir = analyze_span(data_root, tmp_path_factory.mktemp("tft"), image_size=32)
     tft_output = tft.TFTransformOutput(str(tft_dir))
     class_names = [v.decode() for v in tft_output.vocabulary_by_name(features.LABEL_VOCAB_NAME)]
@@ -31,8 +35,14 @@ def exported(request, tmp_path_factory, tiny_span):
     )
     examples = read_examples(data_root, "eval")
     serving_dir = tmp_path_factory.mktemp("model") / "Format-Serving"
-    export.export_model(model, str(serving_dir), tft_output, class_names, 32,
-                        sample_image=examples[0][features.IMAGE_KEY][0])
+    export.export_model(
+        model,
+        str(serving_dir),
+        tft_output,
+        class_names,
+        32,
+        sample_image=examples[0][features.IMAGE_KEY][0],
+    )
     return serving_dir, class_names, examples
 
 
@@ -54,10 +64,12 @@ def test_serving_default_takes_raw_png_and_jpeg_and_matches_tf_example_path(expo
     probs = out[export.PROBABILITIES].numpy()
     assert probs.shape == (2, len(class_names)) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
-    labels = [l.decode() for l in out[export.LABEL].numpy()]
+    labels = [label.decode() for label in out[export.LABEL].numpy()]
     assert labels == [class_names[i] for i in probs.argmax(axis=1)]
 
-    via_example = loaded.signatures["serving_tf_example"](examples=tf.constant([_example(i) for i in images]))
+    via_example = loaded.signatures["serving_tf_example"](
+        examples=tf.constant([_example(i) for i in images])
+    )
     np.testing.assert_allclose(via_example[export.PROBABILITIES].numpy(), probs, atol=1e-6)
     predictions = via_example[export.PREDICTIONS].numpy()
     assert predictions.shape == ((2, 1) if len(class_names) == 2 else (2, len(class_names)))
@@ -72,7 +84,9 @@ def test_transform_features_yields_label_ids_for_tfma(exported):
             k: tf.train.Feature(bytes_list=tf.train.BytesList(value=list(e[k])))
             for k in (features.IMAGE_KEY, features.LABEL_KEY)
         }
-        serialized.append(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+        serialized.append(
+            tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+        )
     out = loaded.signatures["transform_features"](examples=tf.constant(serialized))
     ids = out[features.LABEL_XF].numpy().reshape(-1).tolist()
     assert ids == [class_names.index(e[features.LABEL_KEY][0].decode()) for e in examples[:4]]

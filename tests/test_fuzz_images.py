@@ -3,6 +3,7 @@
 The 300 s run and its results are in docs/BENCHMARKS.md; this one keeps the harness working
 and catches a regression that the seeds' neighbourhood already reaches.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -27,7 +28,10 @@ def test_short_fuzz_run_finds_nothing(tmp_path):
         pytest.skip(message)
     proc = subprocess.run(
         [sys.executable, "-m", "bench.fuzz_images", "--runs", "5000", "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "stat::number_of_executed_units: 5000" in proc.stderr
@@ -40,18 +44,22 @@ def test_the_property_fails_when_a_check_undercounts():
     seeds = fuzz_images.seed_images()
     lying = imagecheck.ImageInfo("PNG", 1, 1, decoded_pixels=1)
     target = fuzz_images.make_target(
-        (ValueError,), check_server=lambda d: lying, check_importer=lambda d: lying,
+        (ValueError,),
+        check_server=lambda d: lying,
+        check_importer=lambda d: lying,
         decode=lambda d: (7, 9),
     )
     with pytest.raises(fuzz_images.Violation, match="accepted .* but TensorFlow decoded 9x7"):
         target(seeds["rgb.png"])
     honest = imagecheck.ImageInfo("PNG", 9, 7, decoded_pixels=63)
-    fuzz_images.make_target((ValueError,), lambda d: honest, lambda d: honest,
-                            decode=lambda d: (7, 9))(seeds["rgb.png"])
+    fuzz_images.make_target(
+        (ValueError,), lambda d: honest, lambda d: honest, decode=lambda d: (7, 9)
+    )(seeds["rgb.png"])
 
 
 def test_seeds_are_real_images_the_checks_accept():
-    limits = imagecheck.Limits(fuzz_images.MAX_BYTES, fuzz_images.MAX_PIXELS,
-                               fuzz_images.MAX_GIF_FRAMES)
+    limits = imagecheck.Limits(
+        fuzz_images.MAX_BYTES, fuzz_images.MAX_PIXELS, fuzz_images.MAX_GIF_FRAMES
+    )
     formats = {imagecheck.check(data, limits).format for data in fuzz_images.seed_images().values()}
     assert formats == set(imagecheck.FORMATS)

@@ -4,6 +4,7 @@ Each bomb is built at its header level (what the validator reads) from a real Pi
 the bytes are the attack TensorFlow would be fed; the decoder is only run on the small, legal
 variants to show the size read here is the size TensorFlow decodes.
 """
+
 from __future__ import annotations
 
 import struct
@@ -19,8 +20,9 @@ LIMITS = imagecheck.Limits(max_bytes=10**7, max_pixels=10**6, max_gif_frames=50)
 
 
 def _sof_offset(jpeg: bytes) -> int:
-    return next(i for i in range(2, len(jpeg) - 1)
-                if jpeg[i] == 0xFF and jpeg[i + 1] in (0xC0, 0xC2))
+    return next(
+        i for i in range(2, len(jpeg) - 1) if jpeg[i] == 0xFF and jpeg[i + 1] in (0xC0, 0xC2)
+    )
 
 
 def jpeg_bomb_behind_stray_byte(width: int = 20000, height: int = 20000) -> bytes:
@@ -32,7 +34,7 @@ def jpeg_bomb_behind_stray_byte(width: int = 20000, height: int = 20000) -> byte
     jpeg = encode(pattern(1, (16, 16), mode="L"), "JPEG")
     sof = _sof_offset(jpeg)
     body = bytearray(jpeg)
-    body[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    body[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
     return bytes(body[:sof]) + b"\x00" + bytes(body[sof:])
 
 
@@ -58,15 +60,20 @@ def test_stray_byte_jpeg_decodes_at_the_size_read_here():
     assert tuple(decoded.shape) == (8, 24, 3)
 
 
-@pytest.mark.parametrize("data, reason", [
-    (b"\xff\xd8\xff\xe0\x00\x04ab\xff\xd9", "no frame header|marker 0xD9 before any frame"),
-    (b"\xff\xd8\xff\xda\x00\x02" + b"\x12" * 40, "marker 0xDA before any frame header"),
-    (b"\xff\xd8\xff\xe0\x00\x10JFIF", "no frame header"),
-    (b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x0dIHDX" + b"\x00" * 20, "no IHDR"),
-    (b"BM" + b"\x00" * 12 + struct.pack("<I", 99) + b"\x00" * 20, "DIB header size 99"),
-    (b"GIF89a\x00\x00\x00\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x00;",
-     "declared size 0x0"),
-])
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"\xff\xd8\xff\xe0\x00\x04ab\xff\xd9", "no frame header|marker 0xD9 before any frame"),
+        (b"\xff\xd8\xff\xda\x00\x02" + b"\x12" * 40, "marker 0xDA before any frame header"),
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF", "no frame header"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x0dIHDX" + b"\x00" * 20, "no IHDR"),
+        (b"BM" + b"\x00" * 12 + struct.pack("<I", 99) + b"\x00" * 20, "DIB header size 99"),
+        (
+            b"GIF89a\x00\x00\x00\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x00;",
+            "declared size 0x0",
+        ),
+    ],
+)
 def test_an_image_whose_size_cannot_be_established_is_rejected(data, reason):
     with pytest.raises(imagecheck.ImageError, match=reason):
         imagecheck.check(data, LIMITS)
@@ -95,7 +102,7 @@ def test_gif_frames_count_against_the_pixel_budget():
 def test_gif_frame_larger_than_its_screen_counts_at_its_own_size():
     gif = bytearray(animated_gif(4, size=(10, 10), frames=1))
     at = gif.index(b"\x2c", 13)  # the first image descriptor
-    gif[at + 5:at + 9] = struct.pack("<HH", 5000, 5000)
+    gif[at + 5 : at + 9] = struct.pack("<HH", 5000, 5000)
     with pytest.raises(imagecheck.ImageError, match="above the limit"):
         imagecheck.check(bytes(gif), LIMITS)
 
@@ -132,11 +139,14 @@ def test_bmp_sizes_follow_tensorflow():
 
 
 def test_request_pixels_add_up():
-    infos = [tm.check_image(i, encode(pattern(i, (100, 100)), "PNG"), 10**7, 10**6)
-             for i in range(3)]
+    infos = [
+        tm.check_image(i, encode(pattern(i, (100, 100)), "PNG"), 10**7, 10**6) for i in range(3)
+    ]
     tm.check_request_pixels(infos, 30_000)
-    with pytest.raises(tm.InputError, match="request decodes to 30000 pixels in 3 images; the "
-                                            "limit is 29999 pixels"):
+    with pytest.raises(
+        tm.InputError,
+        match="request decodes to 30000 pixels in 3 images; the limit is 29999 pixels",
+    ):
         tm.check_request_pixels(infos, 29_999)
 
 
@@ -150,8 +160,9 @@ def test_the_importer_refuses_what_the_server_refuses(tmp_path):
     with pytest.raises(ImageRejected) as exc:
         read_header(jpeg, max_pixels=10**6)
     assert exc.value.kind in ("too_large", "corrupt")
-    assert read_header(write(tmp_path / "ok.gif", animated_gif(1)), max_pixels=10**6).format \
-        == "GIF"
+    assert (
+        read_header(write(tmp_path / "ok.gif", animated_gif(1)), max_pixels=10**6).format == "GIF"
+    )
 
 
 def test_decoded_size_matches_for_every_format():
@@ -174,7 +185,7 @@ def _gif_with_frame_sizes(sizes) -> bytes:
                 at += 1 + gif[at]
             at += 1
         assert gif[at] == 0x2C
-        gif[at + 5:at + 9] = struct.pack("<HH", *size)
+        gif[at + 5 : at + 9] = struct.pack("<HH", *size)
         flags = gif[at + 9]
         at += 11 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
         while gif[at]:

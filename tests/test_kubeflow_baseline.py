@@ -1,4 +1,5 @@
 """LatestPushedModel's executor: the production model when there is one, else the candidate."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,13 +8,15 @@ from hoh.components.latest_pushed_model.component import FOUND_PROPERTY, SOURCE_
 
 
 def _run(candidate_uri: Path, repo: Path, out: Path):
-    from hoh.components.latest_pushed_model import component
     from tfx.types import standard_artifacts
+
+    from hoh.components.latest_pushed_model import component
 
     candidate, baseline = standard_artifacts.Model(), standard_artifacts.Model()
     candidate.uri, baseline.uri = str(candidate_uri), str(out)
     component.LatestPushedModel_Executor().Do(
-        {"candidate": [candidate]}, {"model": [baseline]},
+        {"candidate": [candidate]},
+        {"model": [baseline]},
         {"model_repository": str(repo), "model_name": "hoh"},
     )
     return baseline

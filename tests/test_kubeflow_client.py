@@ -1,19 +1,21 @@
-"""`hoh kfp submit | schedule` against a local stand-in of the KFP v2beta1 API (tests/kfp_fake_server.py).
+"""`hoh kfp submit | schedule` against a local stand-in of the KFP v2beta1 API
+(tests/kfp_fake_server.py).
 
 There is no Kubeflow cluster here: what is checked is what the kfp SDK, driven by hoh, sends to
 the documented REST endpoints - the uploaded package, the parameters, the cron, the credentials -
 and that mistakes are refused before the first request.
 """
+
 from __future__ import annotations
 
 import json
 
 import pytest
 import yaml
-
-from hoh.cli import main
 from kfp_fake_server import FakeKfpServer
 from test_kubeflow_compile import compile_args
+
+from hoh.cli import main
 
 TOKEN = "t0k3n-for-tests"
 
@@ -36,15 +38,35 @@ def _run(*args: str) -> int:
 
 
 def test_submit_uploads_the_compiled_pipeline_and_starts_a_run(kfp, package, capsys):
-    assert _run("submit", "--host", kfp.url, "--package", str(package), "--experiment", "nightly",
-                "--param", "data_root=gs://lake/horses", "--param", "span=3", "--token", TOKEN) == 0
-    upload, = kfp.calls("POST", "/pipelines/upload")
-    assert upload.files["uploadfile"] == package.read_bytes()  # the compiled pipeline, byte for byte
+    assert (
+        _run(
+            "submit",
+            "--host",
+            kfp.url,
+            "--package",
+            str(package),
+            "--experiment",
+            "nightly",
+            "--param",
+            "data_root=gs://lake/horses",
+            "--param",
+            "span=3",
+            "--token",
+            TOKEN,
+        )
+        == 0
+    )
+    (upload,) = kfp.calls("POST", "/pipelines/upload")
+    assert (
+        upload.files["uploadfile"] == package.read_bytes()
+    )  # the compiled pipeline, byte for byte
     assert upload.query["name"] == "hoh"
-    run, = kfp.calls("POST", "/runs")
+    (run,) = kfp.calls("POST", "/runs")
     version = kfp.versions[upload_pipeline_id(kfp)][0]
     assert run.json["pipeline_version_reference"] == {
-        "pipeline_id": version["pipeline_id"], "pipeline_version_id": version["pipeline_version_id"]}
+        "pipeline_id": version["pipeline_id"],
+        "pipeline_version_id": version["pipeline_version_id"],
+    }
     from hoh.pipeline.factory import span_range_config
     from hoh.pipeline.pipeline import as_runtime_parameter
 
@@ -53,7 +75,9 @@ def test_submit_uploads_the_compiled_pipeline_and_starts_a_run(kfp, package, cap
         "range_config": as_runtime_parameter("range_config", span_range_config(3)).default,
     }
     assert json.loads(run.json["runtime_config"]["parameters"]["range_config"])["static_range"] == {
-        "start_span_number": 3, "end_span_number": 3}
+        "start_span_number": 3,
+        "end_span_number": 3,
+    }
     assert run.json["experiment_id"] == next(iter(kfp.experiments))
     assert next(iter(kfp.experiments.values()))["display_name"] == "nightly"
     assert all(r.headers.get("authorization") == f"Bearer {TOKEN}" for r in kfp.requests)
@@ -74,17 +98,38 @@ def test_a_second_submit_adds_a_version_of_the_same_pipeline(kfp, package):
     assert [v["package"] for v in versions] == [package.read_text()] * 2
     runs = [r.json for r in kfp.calls("POST", "/runs")]
     assert [r["pipeline_version_reference"]["pipeline_version_id"] for r in runs] == [
-        v["pipeline_version_id"] for v in versions]
+        v["pipeline_version_id"] for v in versions
+    ]
     assert all(r["runtime_config"].get("parameters", {}) == {} for r in runs)  # compiled defaults
 
 
 def test_schedule_sends_the_cron_and_parameters_as_given(kfp, package, capsys):
-    assert _run("schedule", "--host", kfp.url, "--package", str(package), "--cron", "0 30 2 * * MON-FRI",
-                "--param", "data_root=/mnt/lake", "--max-concurrency", "1", "--name", "nightly-retrain",
-                "--pipeline-root", "gs://other/root") == 0
-    job, = kfp.calls("POST", "/recurringruns")
+    assert (
+        _run(
+            "schedule",
+            "--host",
+            kfp.url,
+            "--package",
+            str(package),
+            "--cron",
+            "0 30 2 * * MON-FRI",
+            "--param",
+            "data_root=/mnt/lake",
+            "--max-concurrency",
+            "1",
+            "--name",
+            "nightly-retrain",
+            "--pipeline-root",
+            "gs://other/root",
+        )
+        == 0
+    )
+    (job,) = kfp.calls("POST", "/recurringruns")
     assert job.json["trigger"] == {"cron_schedule": {"cron": "0 30 2 * * MON-FRI"}}
-    assert job.json["runtime_config"] == {"parameters": {"data_root": "/mnt/lake"}, "pipeline_root": "gs://other/root"}
+    assert job.json["runtime_config"] == {
+        "parameters": {"data_root": "/mnt/lake"},
+        "pipeline_root": "gs://other/root",
+    }
     assert job.json["max_concurrency"] == 1 and job.json["no_catchup"] is True
     assert job.json["mode"] == "ENABLE" and job.json["display_name"] == "nightly-retrain"
     assert kfp.calls("POST", "/pipelines/upload")[0].files["uploadfile"] == package.read_bytes()
@@ -94,20 +139,36 @@ def test_schedule_sends_the_cron_and_parameters_as_given(kfp, package, capsys):
 
 
 def test_schedule_with_catchup_and_concurrency(kfp, package):
-    assert _run("schedule", "--host", kfp.url, "--package", str(package), "--cron", "@daily",
-                "--catchup", "--max-concurrency", "2") == 0
-    job, = kfp.calls("POST", "/recurringruns")
+    assert (
+        _run(
+            "schedule",
+            "--host",
+            kfp.url,
+            "--package",
+            str(package),
+            "--cron",
+            "@daily",
+            "--catchup",
+            "--max-concurrency",
+            "2",
+        )
+        == 0
+    )
+    (job,) = kfp.calls("POST", "/recurringruns")
     assert job.json["no_catchup"] is False and job.json["max_concurrency"] == 2
     assert job.json["trigger"]["cron_schedule"]["cron"] == "@daily"
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["schedule", "--cron", "0 3 * * *"], "Kubeflow Pipelines wants 6 with seconds first"),
-    (["schedule", "--cron", "0 0 3 * * *", "--max-concurrency", "0"], "--max-concurrency"),
-    (["submit", "--param", "epoch=5"], "no such parameter"),
-    (["submit", "--param", "span"], "NAME=VALUE"),
-    (["submit", "--token", "a", "--token-file", "b"], "not both"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["schedule", "--cron", "0 3 * * *"], "Kubeflow Pipelines wants 6 with seconds first"),
+        (["schedule", "--cron", "0 0 3 * * *", "--max-concurrency", "0"], "--max-concurrency"),
+        (["submit", "--param", "epoch=5"], "no such parameter"),
+        (["submit", "--param", "span"], "NAME=VALUE"),
+        (["submit", "--token", "a", "--token-file", "b"], "not both"),
+    ],
+)
 def test_mistakes_are_refused_before_any_request(kfp, package, capsys, args, needle):
     assert _run(*args, "--host", kfp.url, "--package", str(package)) == 2
     assert needle in capsys.readouterr().err
@@ -123,7 +184,9 @@ def test_a_bad_cron_is_refused_before_compiling_or_any_request(kfp, capsys, tmp_
 def test_server_errors_are_one_line(kfp, package, capsys):
     url = kfp.url
     kfp.stop()  # nothing listens there any more
-    assert _run("submit", "--host", url, "--package", str(package)) == 1  # ExitCode.FAILED: retry later
+    assert (
+        _run("submit", "--host", url, "--package", str(package)) == 1
+    )  # ExitCode.FAILED: retry later
     err = capsys.readouterr().err
     assert "cannot reach Kubeflow Pipelines" in err and "Traceback" not in err
 
@@ -131,18 +194,39 @@ def test_server_errors_are_one_line(kfp, package, capsys):
 def test_parameter_shortcuts_rewrite_the_compiled_defaults(kfp, package):
     """`--param epochs=5` sends trainer_config = the compiled one with training.epochs 5."""
     args = compile_args(package)[2:-2]  # the compile flags, without "kfp compile" and --output
-    assert _run("submit", "--host", kfp.url, "--package", str(package), *args,
-                "--param", "epochs=5", "--param", "min_auc=0.8") == 0
+    assert (
+        _run(
+            "submit",
+            "--host",
+            kfp.url,
+            "--package",
+            str(package),
+            *args,
+            "--param",
+            "epochs=5",
+            "--param",
+            "min_auc=0.8",
+        )
+        == 0
+    )
     sent = kfp.calls("POST", "/runs")[0].json["runtime_config"]["parameters"]
-    defaults = {name: p["defaultValue"] for name, p in
-                yaml.safe_load(package.read_text())["root"]["inputDefinitions"]["parameters"].items()}
+    defaults = {
+        name: p["defaultValue"]
+        for name, p in yaml.safe_load(package.read_text())["root"]["inputDefinitions"][
+            "parameters"
+        ].items()
+    }
     assert set(sent) == {"trainer_config", "eval_config"}
     trainer, compiled = json.loads(sent["trainer_config"]), json.loads(defaults["trainer_config"])
     assert trainer["training"]["epochs"] == 5
     compiled["training"]["epochs"] = 5
     assert trainer == compiled  # nothing else changed
-    auc = next(m for spec in json.loads(sent["eval_config"])["metrics_specs"] for m in spec["metrics"]
-               if m["class_name"] == "AUC")
+    auc = next(
+        m
+        for spec in json.loads(sent["eval_config"])["metrics_specs"]
+        for m in spec["metrics"]
+        if m["class_name"] == "AUC"
+    )
     assert auc["per_slice_thresholds"][0]["threshold"]["value_threshold"]["lower_bound"] == 0.8
     assert sent["eval_config"].replace("0.8", "0.0") == defaults["eval_config"]  # only that changed
 
@@ -160,7 +244,8 @@ def test_token_from_the_environment_reaches_the_server(kfp, package, capsys, mon
     monkeypatch.setenv("HOH_KFP_TOKEN", TOKEN)
     assert _submit(kfp, package) == 0
     assert kfp.requests and all(
-        r.headers.get("authorization") == f"Bearer {TOKEN}" for r in kfp.requests)
+        r.headers.get("authorization") == f"Bearer {TOKEN}" for r in kfp.requests
+    )
     captured = capsys.readouterr()
     assert "--token shows" not in captured.err  # no flag, no warning about flags
     assert TOKEN not in captured.out + captured.err
@@ -176,7 +261,8 @@ def test_token_flag_still_works_but_warns_that_ps_shows_it(kfp, package, capsys)
 
 @pytest.mark.parametrize("source", ["file", "env", "flag"])
 def test_the_cookie_is_sent_from_a_file_the_environment_or_the_flag(
-        kfp, package, capsys, monkeypatch, tmp_path, source):
+    kfp, package, capsys, monkeypatch, tmp_path, source
+):
     cookie = f"authservice_session={SECRET}"
     if source == "file":
         (tmp_path / "cookie").write_text(cookie + "\n")
@@ -196,7 +282,8 @@ def test_the_cookie_is_sent_from_a_file_the_environment_or_the_flag(
 @pytest.mark.parametrize("source", ["file", "env", "flag"])
 @pytest.mark.parametrize("bad", [SECRET, f"{SECRET}\r\nX-Injected: 1", f"=x{SECRET}"])
 def test_a_malformed_cookie_is_refused_without_showing_it(
-        kfp, package, capsys, monkeypatch, tmp_path, source, bad):
+    kfp, package, capsys, monkeypatch, tmp_path, source, bad
+):
     if source == "file":
         (tmp_path / "cookie").write_text(bad)
         args = ["--cookie-file", str(tmp_path / "cookie")]
@@ -209,12 +296,12 @@ def test_a_malformed_cookie_is_refused_without_showing_it(
     captured = capsys.readouterr()
     assert SECRET not in captured.out + captured.err
     assert {"file": "--cookie-file", "env": "$HOH_KFP_COOKIE", "flag": "--cookie"}[source] in (
-        captured.err)
+        captured.err
+    )
     assert "Traceback" not in captured.err and kfp.requests == []
 
 
-def test_a_token_with_a_line_break_is_refused_without_showing_it(kfp, package, capsys,
-                                                                   monkeypatch):
+def test_a_token_with_a_line_break_is_refused_without_showing_it(kfp, package, capsys, monkeypatch):
     monkeypatch.setenv("HOH_KFP_TOKEN", f"{SECRET}\nX-Injected: 1")
     assert _submit(kfp, package) == 2
     captured = capsys.readouterr()

@@ -1,5 +1,6 @@
 """`hoh kfp compile`: the YAML is the local DAG, loads with the kfp SDK, leaks no local path, and
 every class it names imports from the package the image installs."""
+
 from __future__ import annotations
 
 import importlib
@@ -17,15 +18,33 @@ from hoh.config import builtin_config_path, load_config
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = "registry.example.com/hoh:test"
 ROOT, DATA, MODELS = "gs://hoh-test/pipeline-root", "gs://hoh-test/data", "gs://hoh-test/models"
-SETTINGS = ["data.num_classes=2", f"kubeflow.model_repository={MODELS}", "kubeflow.resources.Trainer.gpu=1",
-            "kubeflow.resources.Trainer.memory_gb=16"]
+SETTINGS = [
+    "data.num_classes=2",
+    f"kubeflow.model_repository={MODELS}",
+    "kubeflow.resources.Trainer.gpu=1",
+    "kubeflow.resources.Trainer.memory_gb=16",
+]
 LAUNCHER = ["python", "-m", "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"]
 
 
 def compile_args(output: Path, *extra: str) -> list[str]:
     sets = [a for s in SETTINGS for a in ("--set", s)]
-    return ["kfp", "compile", "--profile", "tiny", *sets, "--image", IMAGE, "--pipeline-root", ROOT,
-            "--data", DATA, "--output", str(output), *extra]
+    return [
+        "kfp",
+        "compile",
+        "--profile",
+        "tiny",
+        *sets,
+        "--image",
+        IMAGE,
+        "--pipeline-root",
+        ROOT,
+        "--data",
+        DATA,
+        "--output",
+        str(output),
+        *extra,
+    ]
 
 
 def kfp_pipeline_object(*overrides: str):
@@ -56,7 +75,11 @@ def expected_tasks(pipeline) -> dict[str, set[str]]:
     `-model-resolver`, with no dependency between them in the spec) and its consumers depend on
     the second one; every other node is one task named by its id.
     """
-    renamed = {n.id: f"{n.id}-model-resolver" for n in pipeline.components if _is_latest_blessed_resolver(n)}
+    renamed = {
+        n.id: f"{n.id}-model-resolver"
+        for n in pipeline.components
+        if _is_latest_blessed_resolver(n)
+    }
     tasks = {}
     for node in pipeline.components:
         if node.id in renamed:
@@ -68,7 +91,10 @@ def expected_tasks(pipeline) -> dict[str, set[str]]:
 
 
 def compiled_tasks(spec: dict) -> dict[str, set[str]]:
-    return {name: set(task.get("dependentTasks", [])) for name, task in spec["root"]["dag"]["tasks"].items()}
+    return {
+        name: set(task.get("dependentTasks", []))
+        for name, task in spec["root"]["dag"]["tasks"].items()
+    }
 
 
 def test_yaml_loads_with_the_kfp_sdk(compiled):
@@ -94,12 +120,21 @@ def test_same_dag_as_the_local_runner_but_for_the_baseline(compiled, tiny_span, 
     from hoh.pipeline.runners.local import build_local_pipeline
 
     _, spec, _ = compiled
-    cfg = load_config(builtin_config_path("tiny"), [], **{"data.root": str(tiny_span), "output_dir": str(tmp_path)})
+    cfg = load_config(
+        builtin_config_path("tiny"),
+        [],
+        **{"data.root": str(tiny_span), "output_dir": str(tmp_path)},
+    )
     local = build_local_pipeline(cfg, str(tiny_span))
     resolver = next(n.id for n in local.components if _is_latest_blessed_resolver(n))
     swap = {resolver: "LatestPushedModel"}
-    expected = {swap.get(n.id, n.id): {swap.get(u.id, u.id) for u in n.upstream_nodes} for n in local.components}
-    expected["LatestPushedModel"] |= {"Trainer"}  # the candidate is its fallback before the first push
+    expected = {
+        swap.get(n.id, n.id): {swap.get(u.id, u.id) for u in n.upstream_nodes}
+        for n in local.components
+    }
+    expected["LatestPushedModel"] |= {
+        "Trainer"
+    }  # the candidate is its fallback before the first push
     assert compiled_tasks(spec) == expected
 
 
@@ -113,8 +148,8 @@ def test_every_container_runs_the_image_through_the_tfx_launcher(compiled):
 
 
 def test_runtime_parameters_exist_with_their_defaults(compiled):
-    from hoh.pipeline.runners.kubeflow import runtime_parameter_defaults
     from hoh.pipeline.pipeline import RUNTIME_PARAMETERS
+    from hoh.pipeline.runners.kubeflow import runtime_parameter_defaults
 
     _, spec, pipeline = compiled
     parameters = spec["root"]["inputDefinitions"]["parameters"]
@@ -123,7 +158,9 @@ def test_runtime_parameters_exist_with_their_defaults(compiled):
     assert all(p["parameterType"] == "STRING" for p in parameters.values())
     assert defaults == runtime_parameter_defaults(pipeline)
     assert defaults["data_root"] == DATA
-    assert json.loads(defaults["range_config"]) == {"rolling_range": {"num_spans": 1}}  # the newest span
+    assert json.loads(defaults["range_config"]) == {
+        "rolling_range": {"num_spans": 1}
+    }  # the newest span
     trainer = json.loads(defaults["trainer_config"])
     assert trainer["training"]["epochs"] == 1 and trainer["image_size"] == 32  # tiny profile
     import tensorflow_model_analysis as tfma
@@ -131,10 +168,16 @@ def test_runtime_parameters_exist_with_their_defaults(compiled):
 
     eval_config = proto_utils.json_to_proto(defaults["eval_config"], tfma.EvalConfig())
     auc = next(m for s in eval_config.metrics_specs for m in s.metrics if m.class_name == "AUC")
-    assert auc.per_slice_thresholds[0].threshold.value_threshold.lower_bound.value == 0.0  # tiny: open gate
+    assert (
+        auc.per_slice_thresholds[0].threshold.value_threshold.lower_bound.value == 0.0
+    )  # tiny: open gate
     tasks = spec["root"]["dag"]["tasks"]
-    uses = {(task, name): p["componentInputParameter"] for task, t in tasks.items()
-            for name, p in t["inputs"].get("parameters", {}).items() if "componentInputParameter" in p}
+    uses = {
+        (task, name): p["componentInputParameter"]
+        for task, t in tasks.items()
+        for name, p in t["inputs"].get("parameters", {}).items()
+        if "componentInputParameter" in p
+    }
     assert uses[("ImportExampleGen", "input_base")] == "data_root"
     assert uses[("ImportExampleGen", "range_config")] == "range_config"
     assert uses[("Trainer", "custom_config")] == "trainer_config"
@@ -142,12 +185,14 @@ def test_runtime_parameters_exist_with_their_defaults(compiled):
 
 
 def test_span_shortcut_builds_the_range_config_the_pipeline_would():
-    from hoh.pipeline.kfp.params import span_parameter
     from hoh.pipeline.factory import span_range_config
+    from hoh.pipeline.kfp.params import span_parameter
     from hoh.pipeline.pipeline import as_runtime_parameter
 
     for span in (None, 0, 3):
-        expected = as_runtime_parameter("range_config", span_range_config(span, explicit_latest=True)).default
+        expected = as_runtime_parameter(
+            "range_config", span_range_config(span, explicit_latest=True)
+        ).default
         assert span_parameter("latest" if span is None else str(span)) == expected
 
 
@@ -162,7 +207,9 @@ def test_no_local_path_leaks(compiled, tmp_path):
     assert {p for p in paths if not p.startswith(IMAGE_SITE_PACKAGES)} == set(), "only image paths"
     tasks = spec["root"]["dag"]["tasks"]
     for task in ("TritonPusher", "LatestPushedModel"):
-        repository = tasks[task]["inputs"]["parameters"]["model_repository"]["runtimeValue"]["constant"]
+        repository = tasks[task]["inputs"]["parameters"]["model_repository"]["runtimeValue"][
+            "constant"
+        ]
         assert repository == MODELS, task  # the pods' repository, as configured
 
 
@@ -209,7 +256,9 @@ def test_every_class_path_imports_from_the_installed_package(compiled):
         cls = import_utils.import_class_by_path(path)
         assert issubclass(cls, base_executor.BaseExecutor), path
         if path.startswith("hoh."):
-            assert cls.__module__.rsplit(".", 1)[0] in packages, f"{path} is not in setup.py's packages"
+            assert cls.__module__.rsplit(".", 1)[0] in packages, (
+                f"{path} is not in setup.py's packages"
+            )
     for dotted in _module_functions(spec):
         module, _, attr = dotted.rpartition(".")
         if module in packages:  # a package path such as hoh.schemas is not a function reference
@@ -231,7 +280,8 @@ def test_dockerfile_copies_every_package_the_pipeline_references(compiled):
 
 
 def test_vertex_variant_keeps_the_resolver(tmp_path):
-    """kubeflow.baseline=latest_blessed: the Resolver compiles to its two resolver tasks (Vertex)."""
+    """kubeflow.baseline=latest_blessed: the Resolver compiles to its two resolver tasks
+    (Vertex)."""
     from hoh.pipeline.runners import kubeflow
 
     pipeline = kfp_pipeline_object("kubeflow.baseline=latest_blessed")
@@ -242,10 +292,45 @@ def test_vertex_variant_keeps_the_resolver(tmp_path):
 
 
 def test_compile_errors_are_one_line(tmp_path, capsys):
-    assert main(["kfp", "compile", "--profile", "tiny", "--image", IMAGE, "--pipeline-root", ROOT,
-                 "--data", DATA, "--output", str(tmp_path / "p.yaml")]) == 2
+    assert (
+        main(
+            [
+                "kfp",
+                "compile",
+                "--profile",
+                "tiny",
+                "--image",
+                IMAGE,
+                "--pipeline-root",
+                ROOT,
+                "--data",
+                DATA,
+                "--output",
+                str(tmp_path / "p.yaml"),
+            ]
+        )
+        == 2
+    )
     assert "kubeflow.model_repository" in capsys.readouterr().err
-    assert main(["kfp", "compile", "--profile", "tiny", "--set", f"kubeflow.model_repository={MODELS}",
-                 "--image", IMAGE, "--pipeline-root", ROOT, "--data", DATA,
-                 "--output", str(tmp_path / "p.yaml")]) == 2
+    assert (
+        main(
+            [
+                "kfp",
+                "compile",
+                "--profile",
+                "tiny",
+                "--set",
+                f"kubeflow.model_repository={MODELS}",
+                "--image",
+                IMAGE,
+                "--pipeline-root",
+                ROOT,
+                "--data",
+                DATA,
+                "--output",
+                str(tmp_path / "p.yaml"),
+            ]
+        )
+        == 2
+    )
     assert "data.num_classes" in capsys.readouterr().err

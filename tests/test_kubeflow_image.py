@@ -2,6 +2,7 @@
 hash checking on a base image pulled by digest, then the package non-editable, copies every
 folder setup.py installs, and leaves a small non-root runtime whose `python` is the venv the
 compiled pipeline's commands call."""
+
 from __future__ import annotations
 
 import fnmatch
@@ -86,8 +87,9 @@ def test_installs_the_lock_then_the_package_non_editable():
     assert runs.index(install) > sync
     # The only thing installed from outside the lock is uv itself, checked against its own lock.
     others = [r for r in runs if "pip install" in r and "uv pip" not in r]
-    assert others and all("--require-hashes -" in r and "requirements-image.lock" in r
-                          for r in others)
+    assert others and all(
+        "--require-hashes -" in r and "requirements-image.lock" in r for r in others
+    )
 
 
 PLACEHOLDER_DIGEST = "sha256:" + "0" * 64
@@ -123,8 +125,13 @@ def test_make_image_refuses_the_placeholder_digest_and_passes_a_given_one(tmp_pa
     env = {**os.environ, "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"}
 
     def make(*args):
-        return subprocess.run(["make", "-s", "image", "IMAGE=hoh:test", *args], cwd=REPO, env=env,
-                              capture_output=True, text=True)
+        return subprocess.run(
+            ["make", "-s", "image", "IMAGE=hoh:test", *args],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
 
     text = (REPO / "Dockerfile").read_text()
     if PLACEHOLDER_DIGEST in text:
@@ -135,7 +142,13 @@ def test_make_image_refuses_the_placeholder_digest_and_passes_a_given_one(tmp_pa
     built = make(f"PYTHON_DIGEST={digest}")
     assert built.returncode == 0, built.stderr
     assert calls.read_text().split() == [
-        "build", "--build-arg", f"PYTHON_DIGEST={digest}", "-t", "hoh:test", "."]
+        "build",
+        "--build-arg",
+        f"PYTHON_DIGEST={digest}",
+        "-t",
+        "hoh:test",
+        ".",
+    ]
 
 
 def test_copies_every_folder_setup_py_installs():
@@ -163,9 +176,10 @@ def test_runtime_stage_is_slim_non_root_and_has_no_build_tools():
 
 
 def test_environment_and_entrypoint_match_the_compiled_pipeline():
+    from tfx.orchestration.kubeflow.v2.kubeflow_v2_dag_runner import KUBEFLOW_TFX_CMD
+
     from hoh import env
     from hoh.pipeline.runners import kubeflow
-    from tfx.orchestration.kubeflow.v2.kubeflow_v2_dag_runner import KUBEFLOW_TFX_CMD
 
     text = re.sub(r"\\\n", " ", (REPO / "Dockerfile").read_text())
     env_lines = " ".join(a for i, a in _stage(1) if i == "ENV")
@@ -173,22 +187,42 @@ def test_environment_and_entrypoint_match_the_compiled_pipeline():
         assert f"{key}={value}" in env_lines, key
     assert f"PATH={kubeflow.IMAGE_VENV}/bin:$PATH" in env_lines
     # The schema path baked into the compiled pipeline is where this Dockerfile installs hoh.
-    assert f"uv venv --python /usr/local/bin/python{kubeflow.IMAGE_PYTHON} {kubeflow.IMAGE_VENV}" in text
+    assert (
+        f"uv venv --python /usr/local/bin/python{kubeflow.IMAGE_PYTHON} {kubeflow.IMAGE_VENV}"
+        in text
+    )
     entrypoint = next(a for i, a in _stage(1) if i == "ENTRYPOINT")
     assert entrypoint == '["' + '", "'.join(KUBEFLOW_TFX_CMD) + '"]'
 
 
-@pytest.mark.parametrize("needed", ["setup.py", "pyproject.toml", "README.md", "requirements.lock",
-                                    "requirements-image.lock", "hoh/cli.py",
-                                    "pipeline/runners/kubeflow.py", "components/latest_pushed_model/component.py",
-                                    "schemas/schema.pbtxt", "serving/triton_model.py"])
+@pytest.mark.parametrize(
+    "needed",
+    [
+        "setup.py",
+        "pyproject.toml",
+        "README.md",
+        "requirements.lock",
+        "requirements-image.lock",
+        "hoh/cli.py",
+        "pipeline/runners/kubeflow.py",
+        "components/latest_pushed_model/component.py",
+        "schemas/schema.pbtxt",
+        "serving/triton_model.py",
+    ],
+)
 def test_dockerignore_keeps_what_the_build_needs(needed):
-    patterns = [p.strip() for p in (REPO / ".dockerignore").read_text().splitlines()
-                if p.strip() and not p.startswith("#")]
+    patterns = [
+        p.strip()
+        for p in (REPO / ".dockerignore").read_text().splitlines()
+        if p.strip() and not p.startswith("#")
+    ]
     parts = Path(needed).parts
     prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
     for pattern in patterns:
-        assert not any(fnmatch.fnmatch(prefix, pattern.rstrip("/")) for prefix in prefixes), (needed, pattern)
+        assert not any(fnmatch.fnmatch(prefix, pattern.rstrip("/")) for prefix in prefixes), (
+            needed,
+            pattern,
+        )
 
 
 def test_make_image_builds_the_dockerfile():

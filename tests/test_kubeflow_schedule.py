@@ -4,28 +4,33 @@ Three "scheduled" runs of the Kubeflow pipeline object (runtime parameters at th
 LatestPushedModel as the baseline) with LocalDagRunner: span 1; then a drifted span 2 lands;
 then nothing new. What was pushed each time is read back from the Triton repository and MLMD.
 """
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import pytest
-
 from conftest import make_span_root
+
 from hoh.config import builtin_config_path, load_config
 
 pytestmark = pytest.mark.e2e
 
 
 def _run(cfg, data_root: Path, out: Path) -> None:
-    from hoh.pipeline.runners import kubeflow
     from tfx import v1 as tfx
     from tfx.orchestration import metadata
 
-    target = kubeflow.resolve_target(cfg, image="hoh:local", pipeline_root=str(out / "pipeline_root"),
-                                     data_root=str(data_root))
+    from hoh.pipeline.runners import kubeflow
+
+    target = kubeflow.resolve_target(
+        cfg, image="hoh:local", pipeline_root=str(out / "pipeline_root"), data_root=str(data_root)
+    )
     pipeline = kubeflow.build_pipeline(cfg, target, beam_args=[])  # in-process Beam, as `hoh run`
-    pipeline.metadata_connection_config = metadata.sqlite_metadata_connection_config(str(out / "metadata.sqlite"))
+    pipeline.metadata_connection_config = metadata.sqlite_metadata_connection_config(
+        str(out / "metadata.sqlite")
+    )
     tfx.orchestration.LocalDagRunner().run(pipeline)
 
 
@@ -52,8 +57,10 @@ def _snapshot(out: Path, repo: Path) -> dict:
     by_id = lambda t: sorted(store.get_artifacts_by_type(t), key=lambda a: a.id)  # noqa: E731
     return {
         "versions": versions,
-        "sources": [json.loads((model_dir / str(v) / repository.PUSH_INFO_FILE).read_text())["source"]
-                    for v in versions],
+        "sources": [
+            json.loads((model_dir / str(v) / repository.PUSH_INFO_FILE).read_text())["source"]
+            for v in versions
+        ],
         "models": [m.uri for m in by_id("Model") if "LatestPushedModel" not in m.uri],
         "baselines": [_props(m) for m in by_id("Model") if "LatestPushedModel" in m.uri],
         "pushed": [_props(p) for p in by_id("PushedModel")],
@@ -68,7 +75,9 @@ def schedule(tmp_path_factory):
     repo, out = root / "repo", root / "out"
     # The curated schema by its path here: in the pods it is the copy installed in the image.
     schema = Path(__file__).resolve().parents[1] / "schemas" / "schema.pbtxt"
-    cfg = load_config(builtin_config_path("tiny"), [f"kubeflow.model_repository={repo}", f"schema.path={schema}"])
+    cfg = load_config(
+        builtin_config_path("tiny"), [f"kubeflow.model_repository={repo}", f"schema.path={schema}"]
+    )
     snapshots = []
     _run(cfg, data_root, out)
     snapshots.append(_snapshot(out, repo))

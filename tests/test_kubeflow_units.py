@@ -1,4 +1,6 @@
-"""Kubeflow pieces that need no TFX and no server: cron, params, auth, presets, config, baseline lookup."""
+"""Kubeflow pieces that need no TFX and no server: cron, params, auth, presets, config,
+baseline lookup."""
+
 from __future__ import annotations
 
 import json
@@ -13,14 +15,22 @@ from hoh.pipeline.kfp import client as kfp_client
 from hoh.pipeline.kfp.params import PARAMETER_ALIASES, parameter_values
 from hoh.pipeline.runners.kubeflow import Target
 
-
 # --------------------------------------------------------------------------- cron
 
 
-@pytest.mark.parametrize("cron", [
-    "0 0 3 * * *", "0 */15 * * * *", "30 0 9 ? * MON-FRI", "0 0 0 1 JAN,JUL *",
-    "0 0 12 * * 1-5", "@daily", "@every 6h", "  0  0 3 * * *  ",
-])
+@pytest.mark.parametrize(
+    "cron",
+    [
+        "0 0 3 * * *",
+        "0 */15 * * * *",
+        "30 0 9 ? * MON-FRI",
+        "0 0 0 1 JAN,JUL *",
+        "0 0 12 * * 1-5",
+        "@daily",
+        "@every 6h",
+        "  0  0 3 * * *  ",
+    ],
+)
 def test_valid_cron_expressions_pass(cron):
     assert kfp_client.validate_cron(cron) == " ".join(cron.split())
 
@@ -33,18 +43,21 @@ def test_five_field_cron_is_refused_saying_kfp_wants_six_seconds_first():
     assert "'0 0 3 * * *'" in message  # the expression it probably meant
 
 
-@pytest.mark.parametrize("cron, needle", [
-    ("0 60 * * * *", "minute field '60'"),
-    ("0 0 24 * * *", "hour"),
-    ("0 0 3 0 * *", "day of month"),
-    ("0 0 3 * 13 *", "month"),
-    ("0 0 3 * * FUNDAY", "day of week"),
-    ("0 0 3 * * * *", "7 fields"),
-    ("0 ? 3 * * *", "'?' is only allowed"),
-    ("0 */0 * * * *", "step"),
-    ("0 0 5-3 * * *", "backwards"),
-    ("", "0 fields"),
-])
+@pytest.mark.parametrize(
+    "cron, needle",
+    [
+        ("0 60 * * * *", "minute field '60'"),
+        ("0 0 24 * * *", "hour"),
+        ("0 0 3 0 * *", "day of month"),
+        ("0 0 3 * 13 *", "month"),
+        ("0 0 3 * * FUNDAY", "day of week"),
+        ("0 0 3 * * * *", "7 fields"),
+        ("0 ? 3 * * *", "'?' is only allowed"),
+        ("0 */0 * * * *", "step"),
+        ("0 0 5-3 * * *", "backwards"),
+        ("", "0 fields"),
+    ],
+)
 def test_bad_cron_fields_are_named(cron, needle):
     with pytest.raises(HohError, match="--cron") as err:
         kfp_client.validate_cron(cron)
@@ -55,13 +68,19 @@ def test_bad_cron_fields_are_named(cron, needle):
 
 
 def test_params_parse_and_keep_strings():
-    assert kfp_client.parse_params(["span=3", "data_root=gs://b/d", "eval_config={\"a\": 1}", "x="]) == {
-        "span": "3", "data_root": "gs://b/d", "eval_config": '{"a": 1}', "x": "",
+    assert kfp_client.parse_params(
+        ["span=3", "data_root=gs://b/d", 'eval_config={"a": 1}', "x="]
+    ) == {
+        "span": "3",
+        "data_root": "gs://b/d",
+        "eval_config": '{"a": 1}',
+        "x": "",
     }
 
 
-@pytest.mark.parametrize("items, needle", [(["span"], "NAME=VALUE"), (["=3"], "NAME=VALUE"),
-                                           (["a=1", "a=2"], "twice")])
+@pytest.mark.parametrize(
+    "items, needle", [(["span"], "NAME=VALUE"), (["=3"], "NAME=VALUE"), (["a=1", "a=2"], "twice")]
+)
 def test_bad_params_are_refused(items, needle):
     with pytest.raises(HohError, match=needle):
         kfp_client.parse_params(items)
@@ -76,20 +95,29 @@ def test_host_needs_a_scheme(host):
 def test_auth_is_passed_through(tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text("abc")
-    kwargs = kfp_client.client_kwargs("https://kfp.example.com/pipeline/", kfp_client.Auth(
-        token="t0k", cookie="authservice_session=xyz", namespace="team-a"))
-    assert kwargs == {"host": "https://kfp.example.com/pipeline", "existing_token": "t0k",
-                      "cookies": "authservice_session=xyz", "namespace": "team-a"}
+    kwargs = kfp_client.client_kwargs(
+        "https://kfp.example.com/pipeline/",
+        kfp_client.Auth(token="t0k", cookie="authservice_session=xyz", namespace="team-a"),
+    )
+    assert kwargs == {
+        "host": "https://kfp.example.com/pipeline",
+        "existing_token": "t0k",
+        "cookies": "authservice_session=xyz",
+        "namespace": "team-a",
+    }
     kwargs = kfp_client.client_kwargs("http://h:1", kfp_client.Auth(token_file=str(token_file)))
     assert kwargs["token_file"] == str(token_file)
 
 
-@pytest.mark.parametrize("auth, needle", [
-    (kfp_client.Auth(token="a", token_file="b"), "not both"),
-    (kfp_client.Auth(token_file="/nonexistent/token"), "--token-file"),
-    (kfp_client.Auth(cookie="just-a-value"), "--cookie"),
-    (kfp_client.Auth(ssl_ca_cert="/nonexistent/ca.pem"), "--ssl-ca-cert"),
-])
+@pytest.mark.parametrize(
+    "auth, needle",
+    [
+        (kfp_client.Auth(token="a", token_file="b"), "not both"),
+        (kfp_client.Auth(token_file="/nonexistent/token"), "--token-file"),
+        (kfp_client.Auth(cookie="just-a-value"), "--cookie"),
+        (kfp_client.Auth(ssl_ca_cert="/nonexistent/ca.pem"), "--ssl-ca-cert"),
+    ],
+)
 def test_bad_auth_is_refused_before_any_request(auth, needle):
     with pytest.raises(HohError, match=needle):
         kfp_client.client_kwargs("http://h:1", auth)
@@ -108,8 +136,12 @@ def test_version_names_are_the_package_hash_and_time(tmp_path):
 # --------------------------------------------------------------------------- parameter shortcuts
 
 
-PACKAGE = {"data_root": "gs://b/d", "range_config": '{"rolling_range": {"num_spans": 1}}',
-           "trainer_config": '{"epochs": 1}', "eval_config": '{"min_auc": 0.9}'}
+PACKAGE = {
+    "data_root": "gs://b/d",
+    "range_config": '{"rolling_range": {"num_spans": 1}}',
+    "trainer_config": '{"epochs": 1}',
+    "eval_config": '{"min_auc": 0.9}',
+}
 
 
 def _defaults_for(overrides):
@@ -125,9 +157,13 @@ def _defaults_for(overrides):
 
 
 def test_parameter_names_pass_and_aliases_rewrite_their_parameter():
-    values = parameter_values({"data_root": "gs://other", "epochs": "5", "span": "2"}, PACKAGE, _defaults_for)
+    values = parameter_values(
+        {"data_root": "gs://other", "epochs": "5", "span": "2"}, PACKAGE, _defaults_for
+    )
     assert values["data_root"] == "gs://other" and values["trainer_config"] == '{"epochs": 5}'
-    assert json.loads(values["range_config"]) == {"static_range": {"start_span_number": 2, "end_span_number": 2}}
+    assert json.loads(values["range_config"]) == {
+        "static_range": {"start_span_number": 2, "end_span_number": 2}
+    }
     latest = parameter_values({"span": "latest"}, PACKAGE, _defaults_for)["range_config"]
     assert json.loads(latest) == {"rolling_range": {"num_spans": 1}}
     assert parameter_values({}, PACKAGE, _defaults_for) == {}
@@ -141,7 +177,11 @@ def test_bad_span_is_refused():
 def test_unknown_parameters_are_refused_with_the_known_ones():
     with pytest.raises(HohError) as err:
         parameter_values({"epoch": "5"}, PACKAGE, _defaults_for)
-    assert "epoch" in str(err.value) and "epochs" in str(err.value) and "trainer_config" in str(err.value)
+    assert (
+        "epoch" in str(err.value)
+        and "epochs" in str(err.value)
+        and "trainer_config" in str(err.value)
+    )
 
 
 def test_aliases_refuse_a_config_that_did_not_compile_the_package():
@@ -163,12 +203,15 @@ def test_every_alias_names_a_config_key():
 # --------------------------------------------------------------------------- beam presets
 
 
-@pytest.mark.parametrize("preset, options", [
-    ("direct", {}),
-    ("dataflow", {"project": "p", "region": "europe-west4", "temp_location": "gs://b/tmp"}),
-    ("flink", {"job_endpoint": "flink-jobserver:8099"}),
-    ("spark", {"job_endpoint": "spark-jobserver:8099"}),
-])
+@pytest.mark.parametrize(
+    "preset, options",
+    [
+        ("direct", {}),
+        ("dataflow", {"project": "p", "region": "europe-west4", "temp_location": "gs://b/tmp"}),
+        ("flink", {"job_endpoint": "flink-jobserver:8099"}),
+        ("spark", {"job_endpoint": "spark-jobserver:8099"}),
+    ],
+)
 def test_every_preset_fills_and_ships_the_image(preset, options):
     args = beam_presets.beam_args(preset, options, ["--extra=1"], "reg/hoh:1")
     assert "--sdk_container_image=reg/hoh:1" in args  # no ephemeral TFX sdist, same code everywhere
@@ -187,9 +230,16 @@ def test_presets_name_missing_and_meaningless_options():
 
 
 def test_kubeflow_section_validates_pod_locations():
-    cfg = load_config(overrides=["kubeflow.pipeline_root=gs://b/root", "kubeflow.data_root=/mnt/data",
-                                 "kubeflow.resources.Trainer.gpu=1"])
-    assert cfg.kubeflow.pipeline_root == "gs://b/root" and cfg.kubeflow.resources["Trainer"].gpu == 1
+    cfg = load_config(
+        overrides=[
+            "kubeflow.pipeline_root=gs://b/root",
+            "kubeflow.data_root=/mnt/data",
+            "kubeflow.resources.Trainer.gpu=1",
+        ]
+    )
+    assert (
+        cfg.kubeflow.pipeline_root == "gs://b/root" and cfg.kubeflow.resources["Trainer"].gpu == 1
+    )
     with pytest.raises(ConfigError, match="kubeflow.data_root"):
         load_config(overrides=["kubeflow.data_root=s3://bucket/data"])
     with pytest.raises(ConfigError, match="relative"):
@@ -209,7 +259,8 @@ def test_target_resolution_names_what_is_missing():
     with pytest.raises(HohError, match="--data / kubeflow.data_root"):
         resolve_target(cfg, image="i", pipeline_root="gs://b/r", data_root="data")
     assert resolve_target(cfg, image="i", pipeline_root="gs://b/r", data_root="gs://b/d") == Target(
-        "i", "gs://b/r", "gs://b/d", "gs://b/models")
+        "i", "gs://b/r", "gs://b/d", "gs://b/models"
+    )
     with pytest.raises(HohError, match="model_repository"):
         resolve_target(load_config(), image="i", pipeline_root="gs://b/r", data_root="gs://b/d")
 

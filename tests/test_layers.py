@@ -7,6 +7,7 @@ two components share code only through a lower layer. The graph is read from the
 `ast` (function-level imports count too: they are dependencies all the same), so this runs in
 milliseconds and fails on the commit that adds the wrong arrow.
 """
+
 from __future__ import annotations
 
 import ast
@@ -15,12 +16,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # Install names -> folders, as setup.py maps them.
 FOLDERS = {
-    "hoh": "hoh", "hoh.pipeline": "pipeline", "hoh.components": "components",
-    "hoh.transforms": "transforms", "hoh.trainer": "trainer", "hoh.schemas": "schemas",
+    "hoh": "hoh",
+    "hoh.pipeline": "pipeline",
+    "hoh.components": "components",
+    "hoh.transforms": "transforms",
+    "hoh.trainer": "trainer",
+    "hoh.schemas": "schemas",
     "hoh.serving": "serving",
 }
-RANK = {"core": 0, "data": 1, "transforms": 2, "trainer": 2, "serving": 2, "components": 3,
-        "pipeline": 4, "cli": 5}
+RANK = {
+    "core": 0,
+    "data": 1,
+    "transforms": 2,
+    "trainer": 2,
+    "serving": 2,
+    "components": 3,
+    "pipeline": 4,
+    "cli": 5,
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -105,7 +118,9 @@ def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_graph_sees_the_tree():
     graph = import_graph()
-    assert {"hoh.config", "hoh.trainer.task", "hoh.pipeline.pipeline", "hoh.serving.client"} <= set(graph)
+    assert {"hoh.config", "hoh.trainer.task", "hoh.pipeline.pipeline", "hoh.serving.client"} <= set(
+        graph
+    )
     assert any(target == "hoh.trainer.model" for target, _ in graph["hoh.trainer.task"])
 
 
@@ -121,8 +136,13 @@ def test_no_import_goes_up_a_layer():
 
 def test_serving_needs_neither_pipeline_nor_trainer():
     graph = import_graph()
-    bad = [f"{m} -> {t}" for m, targets in graph.items() if layer(m) == "serving"
-           for t, _ in targets if layer(t) in ("pipeline", "trainer", "components")]
+    bad = [
+        f"{m} -> {t}"
+        for m, targets in graph.items()
+        if layer(m) == "serving"
+        for t, _ in targets
+        if layer(t) in ("pipeline", "trainer", "components")
+    ]
     assert not bad, bad
 
 
@@ -140,4 +160,7 @@ def test_cycle_finder_and_layers_catch_what_they_guard():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
     assert layer("hoh.pipeline.kfp.cli") == "cli" and layer("hoh.data.importer") == "data"
-    assert layer("hoh.features") == "core" and unit("hoh.components.drift.check") == "hoh.components.drift"
+    assert (
+        layer("hoh.features") == "core"
+        and unit("hoh.components.drift.check") == "hoh.components.drift"
+    )

@@ -1,4 +1,5 @@
 """The model builder: heads, losses, tf_keras classes, weights resolution, class weights."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +11,9 @@ from hoh.trainer import model as model_lib
 
 
 def _spec(num_classes, **kw):
-    return model_lib.ModelSpec(num_classes=num_classes, image_size=32, alpha=0.35, weights="none", **kw)
+    return model_lib.ModelSpec(
+        num_classes=num_classes, image_size=32, alpha=0.35, weights="none", **kw
+    )
 
 
 def test_binary_head_is_one_sigmoid_unit_with_binary_crossentropy():
@@ -28,38 +31,49 @@ def test_multiclass_head_is_softmax_with_sparse_crossentropy_and_hidden_layers()
     assert model.output_shape == (None, 3)
     assert isinstance(model.loss, tf_keras.losses.SparseCategoricalCrossentropy)
     head = model.get_layer("head")
-    assert [l.units for l in head.layers if l.name.startswith("head_dense")] == [16, 8]
+    assert [layer.units for layer in head.layers if layer.name.startswith("head_dense")] == [16, 8]
     out = model.predict(np.random.rand(2, 32, 32, 3).astype("float32"), verbose=0)
     np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
 
 
 def test_random_backbone_is_trained_and_pretrained_is_frozen(tmp_path):
-    assert model_lib.backbone_of(model_lib.build_model(_spec(2))).trainable  # weights: none -> trained
+    assert model_lib.backbone_of(
+        model_lib.build_model(_spec(2))
+    ).trainable  # weights: none -> trained
     # A "pretrained" backbone from an .h5 file: save random weights, load them frozen.
-    donor = tf_keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, include_top=False,
-                                              weights=None, pooling="avg")
+    donor = tf_keras.applications.MobileNetV2(
+        input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None, pooling="avg"
+    )
     path = tmp_path / "backbone.h5"
     donor.save_weights(path)
-    model = model_lib.build_model(model_lib.ModelSpec(num_classes=2, image_size=32, alpha=0.35, weights=str(path)))
+    model = model_lib.build_model(
+        model_lib.ModelSpec(num_classes=2, image_size=32, alpha=0.35, weights=str(path))
+    )
     backbone = model_lib.backbone_of(model)
     assert not backbone.trainable
     np.testing.assert_allclose(backbone.get_weights()[0], donor.get_weights()[0])
     changed = model_lib.unfreeze_top_layers(model, 10)
     assert 0 < changed <= 10
-    assert not any(l.trainable for l in backbone.layers if isinstance(l, tf_keras.layers.BatchNormalization))
+    assert not any(
+        layer.trainable
+        for layer in backbone.layers
+        if isinstance(layer, tf_keras.layers.BatchNormalization)
+    )
 
 
 def test_augmentation_layers_only_when_asked():
-    names = [l.name for l in model_lib.build_model(_spec(2, augment=True)).layers]
+    names = [layer.name for layer in model_lib.build_model(_spec(2, augment=True)).layers]
     assert "augment_flip" in names
-    assert "augment_flip" not in [l.name for l in model_lib.build_model(_spec(2)).layers]
+    assert "augment_flip" not in [layer.name for layer in model_lib.build_model(_spec(2)).layers]
 
 
 def test_batch_norm_momentum_override():
     model = model_lib.build_model(_spec(2, batch_norm_momentum=0.5))
     backbone = model_lib.backbone_of(model)
-    bns = [l for l in backbone.layers if isinstance(l, tf_keras.layers.BatchNormalization)]
-    assert bns and all(l.momentum == 0.5 for l in bns)
+    bns = [
+        layer for layer in backbone.layers if isinstance(layer, tf_keras.layers.BatchNormalization)
+    ]
+    assert bns and all(bn.momentum == 0.5 for bn in bns)
 
 
 def test_weights_errors_name_the_input(tmp_path, monkeypatch):
@@ -67,7 +81,9 @@ def test_weights_errors_name_the_input(tmp_path, monkeypatch):
         model_lib.resolve_weights(str(tmp_path / "missing.h5"), 1.0, 224)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     monkeypatch.setenv("HOH_ALLOW_WEIGHTS_DOWNLOAD", "0")
-    with pytest.raises(HohError, match="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"):
+    with pytest.raises(
+        HohError, match="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+    ):
         model_lib.resolve_weights("imagenet", 1.0, 224)
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / model_lib.imagenet_weights_filename(0.35, 100)).write_bytes(b"x")
@@ -105,8 +121,12 @@ def test_cached_features_feed_the_same_head_the_full_model_uses():
     np.testing.assert_allclose(first, again)
     assert got_labels.tolist() == labels.tolist()
     head = model.get_layer("head")
-    np.testing.assert_allclose(head(first, training=False).numpy(), model(images, training=False).numpy(),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        head(first, training=False).numpy(),
+        model(images, training=False).numpy(),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_auto_class_weights_balance_only_past_the_ratio():
@@ -116,10 +136,13 @@ def test_auto_class_weights_balance_only_past_the_ratio():
     assert reason.startswith("balanced (auto: largest class 3.00x the smallest > 1.5")
     assert "birds 10" in reason
     weights, reason = model_lib.choose_class_weights("auto", [20, 30, 30], names, 1.5)
-    assert weights is None and reason.startswith("none (auto: largest class 1.50x the smallest <= 1.5")
+    assert weights is None and reason.startswith(
+        "none (auto: largest class 1.50x the smallest <= 1.5"
+    )
     assert model_lib.choose_class_weights("none", [1, 30, 30], names, 1.5)[0] is None
     assert model_lib.choose_class_weights("balanced", [30, 30, 30], names, 1.5)[0] == pytest.approx(
-        {0: 1.0, 1: 1.0, 2: 1.0})
+        {0: 1.0, 1: 1.0, 2: 1.0}
+    )
     with pytest.raises(HohError, match="no training examples"):
         model_lib.choose_class_weights("auto", [0, 30, 30], names, 1.5)
     with pytest.raises(HohError, match="expected auto, none or balanced"):
@@ -141,4 +164,6 @@ def test_trainer_config_is_read_with_the_typed_config_defaults_and_checks():
     with pytest.raises(ConfigError, match="trainer_config.training"):
         parse_trainer_config({"training": {"epochs": 0}})
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['class_weights'\]"):
-        parse_trainer_config({"class_weights": "balanced"})  # the pre-0.2 shape: refused, not ignored
+        parse_trainer_config(
+            {"class_weights": "balanced"}
+        )  # the pre-0.2 shape: refused, not ignored

@@ -8,6 +8,7 @@ below with the pipeline run stubbed out. Executed copies are kept in pytest's tm
 (`*.executed.ipynb`) for reading after a failure. Cells tagged `finally` run even after an
 earlier cell failed (02 stops its Triton server that way).
 """
+
 from __future__ import annotations
 
 import ast
@@ -44,7 +45,11 @@ def test_there_are_notebooks():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_committed_without_outputs(path):
-    dirty = [i for i, cell in enumerate(_code_cells(path)) if cell.outputs or cell.execution_count is not None]
+    dirty = [
+        i
+        for i, cell in enumerate(_code_cells(path))
+        if cell.outputs or cell.execution_count is not None
+    ]
     assert not dirty, (
         f"{path.name}: code cells {dirty} carry outputs or execution counts; strip them with "
         "`make strip-notebooks` (nbstripout) before committing"
@@ -54,8 +59,11 @@ def test_committed_without_outputs(path):
 def test_nbstripout_finds_nothing_to_strip():
     """The same check by the tool that strips them (metadata, cell ids, ...), so a notebook
     saved from JupyterLab is caught even when its outputs happen to be empty."""
-    result = subprocess.run([sys.executable, "-m", "nbstripout", "--verify", *map(str, NOTEBOOKS)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "nbstripout", "--verify", *map(str, NOTEBOOKS)],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, f"run `make strip-notebooks`:\n{result.stdout}{result.stderr}"
 
 
@@ -70,7 +78,9 @@ def test_parameters_come_first_and_hoh_is_imported_before_tensorflow(path):
 
 
 def test_pipeline_notebook_uses_create_components():
-    source = "\n".join(c.source for c in _code_cells(NOTEBOOKS_DIR / "01_pipeline_interactive.ipynb"))
+    source = "\n".join(
+        c.source for c in _code_cells(NOTEBOOKS_DIR / "01_pipeline_interactive.ipynb")
+    )
     assert "create_components(" in source
     assert "tfx.components." not in source, "components come from create_components, not redefined"
 
@@ -106,8 +116,12 @@ def execute(path: Path, parameters: dict, tmp_path: Path):
 
     nb = nbformat.read(path, as_version=4)
     _inject(nb, parameters)
-    client = NotebookClient(nb, km=_kernel_manager(tmp_path), timeout=CELL_TIMEOUT,
-                            resources={"metadata": {"path": str(NOTEBOOKS_DIR)}})
+    client = NotebookClient(
+        nb,
+        km=_kernel_manager(tmp_path),
+        timeout=CELL_TIMEOUT,
+        resources={"metadata": {"path": str(NOTEBOOKS_DIR)}},
+    )
     failure = None
     started = time.monotonic()
     try:
@@ -124,7 +138,9 @@ def execute(path: Path, parameters: dict, tmp_path: Path):
         nbformat.write(nb, executed)
         print(f"{path.name}: {time.monotonic() - started:.0f} s, executed copy {executed}")
     if failure is not None:
-        raise AssertionError(f"{path.name} failed (executed copy: {executed}):\n{failure}") from None
+        raise AssertionError(
+            f"{path.name} failed (executed copy: {executed}):\n{failure}"
+        ) from None
     return nb
 
 
@@ -157,7 +173,7 @@ def _drift_reference_span(output: Path) -> int:
     from ml_metadata.metadata_store import metadata_store
     from ml_metadata.proto import metadata_store_pb2
 
-    from hoh.components.drift.component import DriftReport, REFERENCE_SPAN
+    from hoh.components.drift.component import REFERENCE_SPAN, DriftReport
 
     config = metadata_store_pb2.ConnectionConfig()
     config.sqlite.filename_uri = str(output / "metadata.sqlite")
@@ -177,7 +193,9 @@ def test_pipeline_notebook_runs_every_step_under_the_output_dir(executed):
     # statistics/schema/anomalies/drift render as HTML; transformed images, curves, picks as PNG
     assert _count(nb, "text/html") >= 5
     assert _count(nb, "image/png") >= 3
-    assert (output / "metadata.sqlite").is_file(), "MLMD under OUTPUT_DIR, not InteractiveContext's /tmp default"
+    assert (output / "metadata.sqlite").is_file(), (
+        "MLMD under OUTPUT_DIR, not InteractiveContext's /tmp default"
+    )
     assert (output / "pipeline_root" / "Trainer").is_dir()
     assert (output / "model_repository" / "hoh" / "1").is_dir()
 
@@ -194,12 +212,16 @@ def test_serving_notebook_predicts_and_stops_the_server(executed):
 
 def test_finally_cells_run_after_a_failure(tmp_path):
     """What 02 relies on to stop its server: the executor runs `finally` cells after an error."""
-    nb = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell("MARK = ''", metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell("raise RuntimeError('boom')"),
-        nbformat.v4.new_code_cell("open(MARK + '.skipped', 'w').close()"),
-        nbformat.v4.new_code_cell("open(MARK + '.finally', 'w').close()", metadata={"tags": [FINALLY_TAG]}),
-    ])
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell("MARK = ''", metadata={"tags": ["parameters"]}),
+            nbformat.v4.new_code_cell("raise RuntimeError('boom')"),
+            nbformat.v4.new_code_cell("open(MARK + '.skipped', 'w').close()"),
+            nbformat.v4.new_code_cell(
+                "open(MARK + '.finally', 'w').close()", metadata={"tags": [FINALLY_TAG]}
+            ),
+        ]
+    )
     path = tmp_path / "failing.ipynb"
     nbformat.write(nb, path)
     with pytest.raises(AssertionError, match="boom"):
@@ -223,8 +245,15 @@ def test_push_decision_is_the_pipelines_gate_made_explicit():
 def test_notebook_config_applies_parameters_over_the_profile(tmp_path):
     from hoh.pipeline.notebook.interactive import notebook_config
 
-    cfg = notebook_config(profile="tiny", output_dir=str(tmp_path / "out"), data_root="data",
-                          image_size=48, alpha=None, epochs=2, overrides=["sampling.k=3"])
+    cfg = notebook_config(
+        profile="tiny",
+        output_dir=str(tmp_path / "out"),
+        data_root="data",
+        image_size=48,
+        alpha=None,
+        epochs=2,
+        overrides=["sampling.k=3"],
+    )
     assert cfg.transform.image_size == 48 and cfg.training.epochs == 2 and cfg.sampling.k == 3
     assert cfg.model.alpha == 0.35  # None keeps the profile's value
     assert Path(cfg.data.root).is_absolute() and cfg.output_dir == str(tmp_path / "out")
@@ -242,10 +271,12 @@ def test_demo_data_makes_spans_and_a_pool_once(tmp_path):
     assert (Path(data_root) / "span-2").stat().st_mtime_ns == stamp
 
 
-def test_ensure_pushed_model_runs_the_pipeline_only_when_the_repository_is_empty(tmp_path, monkeypatch):
+def test_ensure_pushed_model_runs_the_pipeline_only_when_the_repository_is_empty(
+    tmp_path, monkeypatch
+):
     from hoh.pipeline.notebook import interactive
-    from hoh.pipeline.runners import local
     from hoh.pipeline.notebook.interactive import ensure_pushed_model, notebook_config
+    from hoh.pipeline.runners import local
 
     cfg = notebook_config(profile="tiny", output_dir=str(tmp_path))
     runs = []
@@ -265,13 +296,27 @@ def test_ensure_pushed_model_runs_the_pipeline_only_when_the_repository_is_empty
 def test_metrics_rows_flatten_tfma_slices():
     from hoh.pipeline.notebook.interactive import metrics_rows
 
-    rows = metrics_rows([
-        ((), {"": {"": {"auc": {"doubleValue": 0.75}, "example_count": {"doubleValue": 16.0},
-                        "confusion_matrix_at_thresholds": {"matrices": []}}}}),
-        ((("label", "horses"),), {"": {"": {"example_count": {"doubleValue": 8.0}}}}),
-    ])
-    assert rows == [{"slice": "Overall", "auc": 0.75, "example_count": 16.0},
-                    {"slice": "label=horses", "example_count": 8.0}]
+    rows = metrics_rows(
+        [
+            (
+                (),
+                {
+                    "": {
+                        "": {
+                            "auc": {"doubleValue": 0.75},
+                            "example_count": {"doubleValue": 16.0},
+                            "confusion_matrix_at_thresholds": {"matrices": []},
+                        }
+                    }
+                },
+            ),
+            ((("label", "horses"),), {"": {"": {"example_count": {"doubleValue": 8.0}}}}),
+        ]
+    )
+    assert rows == [
+        {"slice": "Overall", "auc": 0.75, "example_count": 16.0},
+        {"slice": "label=horses", "example_count": 8.0},
+    ]
 
 
 def test_views_render_png():
@@ -283,12 +328,25 @@ def test_views_render_png():
     png = b"\x89PNG\r\n\x1a\n"
     buffer = io.BytesIO()
     Image.new("RGBA", (20, 10), (255, 0, 0, 128)).save(buffer, format="PNG")
-    grid = views.image_grid([np.random.rand(8, 8, 3).astype("float32"), buffer.getvalue(),
-                             np.zeros((8, 8, 1), "uint8")], ["a", "b", "c"], columns=2)
+    grid = views.image_grid(
+        [
+            np.random.rand(8, 8, 3).astype("float32"),
+            buffer.getvalue(),
+            np.zeros((8, 8, 1), "uint8"),
+        ],
+        ["a", "b", "c"],
+        columns=2,
+    )
     assert grid.data.startswith(png)
-    assert views.history_figure({"loss": [1.0, 0.5], "val_loss": [1.1, 0.7], "auc": [0.5, 0.6]}).data.startswith(png)
+    assert views.history_figure(
+        {"loss": [1.0, 0.5], "val_loss": [1.1, 0.7], "auc": [0.5, 0.6]}
+    ).data.startswith(png)
     frame = views.html_frame('<p class="x">a & b</p>').data
-    assert "srcdoc=" in frame and "&quot;x&quot;" in frame and "<p" not in frame.split("srcdoc=")[1][:5]
+    assert (
+        "srcdoc=" in frame
+        and "&quot;x&quot;" in frame
+        and "<p" not in frame.split("srcdoc=")[1][:5]
+    )
 
 
 def test_triton_metrics_are_summed_per_model():
@@ -307,7 +365,9 @@ nv_cpu_memory_used_bytes 1.2e+09
     samples = metrics.parse(text)
     assert samples[0] == metrics.Sample("nv_inference_count", {"model": "hoh", "version": "1"}, 8.0)
     assert metrics.model_totals(samples, "hoh") == {
-        "nv_cache_num_hits_per_model": 3.0, "nv_inference_count": 12.0, "nv_inference_exec_count": 2.0,
+        "nv_cache_num_hits_per_model": 3.0,
+        "nv_inference_count": 12.0,
+        "nv_inference_exec_count": 2.0,
     }
     # A page that is not an exposition (e.g. an HTML error page from a proxy) is named, not
     # silently read as "no traffic".

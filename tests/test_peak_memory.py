@@ -1,4 +1,5 @@
 """Per-step peak RSS: the kernel's high-water mark when the step set it, else sampled RSS."""
+
 import sys
 import time
 
@@ -8,7 +9,9 @@ from hoh.pipeline.telemetry.peak_memory import PeakMemory, format_mb
 
 
 def _status(path, hwm_kb, rss_kb):
-    path.write_text(f"Name:\tpython\nVmPeak:\t 9999999 kB\nVmHWM:\t  {hwm_kb} kB\nVmRSS:\t {rss_kb} kB\n")
+    path.write_text(
+        f"Name:\tpython\nVmPeak:\t 9999999 kB\nVmHWM:\t  {hwm_kb} kB\nVmRSS:\t {rss_kb} kB\n"
+    )
 
 
 def test_a_step_that_raised_the_high_water_mark_reports_it_exactly(tmp_path):

@@ -1,4 +1,5 @@
 """The whole DAG with LocalDagRunner on tiny generated data (tiny profile: 32px, 1 epoch)."""
+
 from __future__ import annotations
 
 import json
@@ -7,16 +8,19 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import make_span_root
+
 from hoh.config import builtin_config_path, load_config
 
 pytestmark = pytest.mark.e2e
 
 
 def _config(data_root: Path, output: Path, *overrides: str):
-    return load_config(builtin_config_path("tiny"), list(overrides),
-                       **{"data.root": str(data_root), "output_dir": str(output)})
+    return load_config(
+        builtin_config_path("tiny"),
+        list(overrides),
+        **{"data.root": str(data_root), "output_dir": str(output)},
+    )
 
 
 def _mlmd(output: Path):
@@ -43,8 +47,17 @@ def two_class_runs(tmp_path_factory, tiny_span):
 def test_first_run_executes_every_component_and_blesses(two_class_runs):
     output, first, _, lines, _ = two_class_runs
     ids = [c.component_id for c in first.components]
-    for expected in ("ImportExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
-                     "AnomaliesGate", "Transform", "Trainer", "latest_blessed_model_resolver", "Evaluator"):
+    for expected in (
+        "ImportExampleGen",
+        "StatisticsGen",
+        "ImportSchemaGen",
+        "ExampleValidator",
+        "AnomaliesGate",
+        "Transform",
+        "Trainer",
+        "latest_blessed_model_resolver",
+        "Evaluator",
+    ):
         assert expected in ids
     assert all(c.status == "done" for c in first.components)
     assert any(line.startswith("✔ Trainer ") for line in lines)
@@ -65,7 +78,10 @@ def test_artifacts_and_mlmd_state(two_class_runs):
     assert len(models) == 1  # the second run reused it
     serving = Path(models[0].uri) / "Format-Serving"
     assert (serving / "saved_model.pb").is_file()
-    assert (serving / "assets.extra" / "labels.txt").read_text().split() in (["horses", "humans"], ["humans", "horses"])
+    assert (serving / "assets.extra" / "labels.txt").read_text().split() in (
+        ["horses", "humans"],
+        ["humans", "horses"],
+    )
     blessings = store.get_artifacts_by_type("ModelBlessing")
     assert blessings and all(b.custom_properties["blessed"].int_value == 1 for b in blessings)
     run_dirs = list((Path(models[0].uri).parent.parent / "model_run").glob("*/history.json"))
@@ -93,7 +109,9 @@ def test_three_class_variant(tmp_path_factory):
     assert summary.blessed is True
     assert "sparse_categorical_accuracy" in summary.metrics
     store = _mlmd(root / "out")
-    labels = Path(store.get_artifacts_by_type("Model")[0].uri, "Format-Serving", "assets.extra", "labels.txt")
+    labels = Path(
+        store.get_artifacts_by_type("Model")[0].uri, "Format-Serving", "assets.extra", "labels.txt"
+    )
     assert sorted(labels.read_text().split()) == ["birds", "horses", "humans"]
 
 
@@ -102,7 +120,10 @@ def test_anomalies_stop_the_run_with_a_readable_message(tmp_path, tiny_span):
 
     schema = tmp_path / "schema.pbtxt"
     curated = Path(__file__).resolve().parents[1] / "schemas" / "schema.pbtxt"
-    schema.write_text(curated.read_text() + 'feature { name: "camera" type: BYTES presence { min_fraction: 1.0 } }\n')
+    schema.write_text(
+        curated.read_text()
+        + 'feature { name: "camera" type: BYTES presence { min_fraction: 1.0 } }\n'
+    )
     cfg = _config(tiny_span, tmp_path / "out", f"schema.path={schema}")
     with pytest.raises(PipelineFailed) as err:
         run_local(cfg, echo=lambda line: None)

@@ -1,4 +1,5 @@
 """Pure pieces under the pipeline glue: eval config, progress parsing, anomalies, summaries."""
+
 from __future__ import annotations
 
 import logging
@@ -78,8 +79,14 @@ def test_progress_handler_reports_start_end_duration_memory_and_cache():
         logger.info("Component %s is running.", "Evaluator")
     finally:
         logger.removeHandler(handler)
-    assert lines == ["▶ Transform ...", "✔ Transform 2.5s, peak RSS 812 MB", "▶ Trainer ...",
-                     "    epoch 1: loss 0.1", "✔ Trainer 0.5s (cached)", "▶ Evaluator ..."]
+    assert lines == [
+        "▶ Transform ...",
+        "✔ Transform 2.5s, peak RSS 812 MB",
+        "▶ Trainer ...",
+        "    epoch 1: loss 0.1",
+        "✔ Trainer 0.5s (cached)",
+        "▶ Evaluator ...",
+    ]
     assert [r.status for r in handler.runs] == ["done", "cached", "failed"]
     assert [r.peak_rss_mb for r in handler.runs] == [812.0, None, None]
     assert memory.resets == 3  # once per started component
@@ -148,7 +155,10 @@ def test_run_exit_codes_tell_outcomes_apart():
     from hoh.pipeline.cli import run_exit_code
     from hoh.pipeline.telemetry.summary import RunSummary
 
-    refused, pushed = RunSummary(components=[], blessed=False), RunSummary(components=[], blessed=True)
+    refused, pushed = (
+        RunSummary(components=[], blessed=False),
+        RunSummary(components=[], blessed=True),
+    )
     assert run_exit_code(refused, fail_if_not_blessed=False) == ExitCode.OK
     assert run_exit_code(refused, fail_if_not_blessed=True) == ExitCode.NOT_BLESSED == 3
     assert run_exit_code(pushed, fail_if_not_blessed=True) == ExitCode.OK

@@ -1,5 +1,6 @@
 """Active-learning sampling: exact picks per strategy, diversity, Label Studio files, bad images,
 the CLI, and the feedback path back into `hoh data import`."""
+
 from __future__ import annotations
 
 import csv
@@ -9,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_sampling_model import CLASSES, known_probabilities, solid_png
 
 from hoh.components.sampling import scoring
-from test_sampling_model import CLASSES, known_model, known_probabilities, solid_png  # noqa: F401
 
 # --- pure scoring ---------------------------------------------------------------------------------
 
@@ -31,7 +32,9 @@ def test_two_class_strategies_rank_alike():
     rng = np.random.default_rng(0)
     positive = rng.random(50)
     p = np.stack([1 - positive, positive], axis=1)
-    orders = {s: scoring.top_indices(list(scoring.uncertainty(p, s)), 10) for s in scoring.STRATEGIES}
+    orders = {
+        s: scoring.top_indices(list(scoring.uncertainty(p, s)), 10) for s in scoring.STRATEGIES
+    }
     assert orders["least_confidence"] == orders["margin"] == orders["entropy"]
 
 
@@ -70,7 +73,12 @@ STRATEGIES = scoring.STRATEGIES
 def _colours() -> np.ndarray:
     rng = np.random.default_rng(7)
     colours = rng.integers(0, 256, (30, 3))
-    near_grey = [[128, 128, 128], [129, 128, 128], [128, 129, 128], [128, 128, 129]]  # near-duplicates
+    near_grey = [
+        [128, 128, 128],
+        [129, 128, 128],
+        [128, 129, 128],
+        [128, 128, 129],
+    ]  # near-duplicates
     return np.concatenate([colours, near_grey]).astype(np.uint8)
 
 
@@ -104,13 +112,17 @@ def _expected(by_id: dict[str, np.ndarray], strategy: str, k: int) -> list[str]:
 
 
 def _sample(pool_dir: Path, model_dir: Path, out: Path, **settings):
+    from hoh.components.sampling.sample import SamplingSettings, sample_pool
     from hoh.data.sources import resolve_path
     from hoh.trainer.predictor import Predictor
-    from hoh.components.sampling.sample import SamplingSettings, sample_pool
 
     settings = SamplingSettings(**{"k": K, **settings})
-    return sample_pool(resolve_path(pool_dir, ("pool",), "pool"), Predictor(model_dir, settings.diversity),
-                       str(out), settings)
+    return sample_pool(
+        resolve_path(pool_dir, ("pool",), "pool"),
+        Predictor(model_dir, settings.diversity),
+        str(out),
+        settings,
+    )
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -145,7 +157,9 @@ def test_corrupt_pool_images_are_reported_and_skipped(pool, known_model, tmp_pat
 def test_diversity_keeps_one_of_the_near_duplicate_greys(pool, known_model, tmp_path):
     pool_dir, by_id = pool
     plain = _sample(pool_dir, known_model, tmp_path / "plain", strategy="entropy", diversity=False)
-    diverse = _sample(pool_dir, known_model, tmp_path / "diverse", strategy="entropy", diversity=True)
+    diverse = _sample(
+        pool_dir, known_model, tmp_path / "diverse", strategy="entropy", diversity=True
+    )
     assert diverse["diversity"] and diverse["candidates"] == 5 * K
 
     def greys(out: Path) -> int:
@@ -159,8 +173,15 @@ def test_diversity_keeps_one_of_the_near_duplicate_greys(pool, known_model, tmp_
 
 def test_output_files_and_label_studio_tasks(pool, known_model, tmp_path):
     pool_dir, by_id = pool
-    _sample(pool_dir, known_model, tmp_path, diversity=False, from_name="label", to_name="photo",
-            url_prefix="http://files.example/")
+    _sample(
+        pool_dir,
+        known_model,
+        tmp_path,
+        diversity=False,
+        from_name="label",
+        to_name="photo",
+        url_prefix="http://files.example/",
+    )
     tasks = json.loads((tmp_path / "label_studio.json").read_text())
     assert isinstance(tasks, list) and len(tasks) == K
     for task in tasks:
@@ -172,7 +193,10 @@ def test_output_files_and_label_studio_tasks(pool, known_model, tmp_path):
         assert result["from_name"] == "label" and result["to_name"] == "photo"
         assert result["type"] == "choices" and result["value"]["choices"][0] in CLASSES
     config = ET.fromstring((tmp_path / "label_config.xml").read_text())
-    assert config.find("Image").get("name") == "photo" and config.find("Image").get("value") == "$image"
+    assert (
+        config.find("Image").get("name") == "photo"
+        and config.find("Image").get("value") == "$image"
+    )
     choices = config.find("Choices")
     assert choices.get("name") == "label" and choices.get("toName") == "photo"
     assert [c.get("value") for c in choices] == list(CLASSES)
@@ -187,20 +211,35 @@ def test_output_files_and_label_studio_tasks(pool, known_model, tmp_path):
 
 
 def test_image_urls_can_name_the_sample_directory(pool, known_model, tmp_path):
-    _sample(pool[0], known_model, tmp_path, k=2, diversity=False, url_prefix="/data/local-files/?d={out_dir}/")
+    _sample(
+        pool[0],
+        known_model,
+        tmp_path,
+        k=2,
+        diversity=False,
+        url_prefix="/data/local-files/?d={out_dir}/",
+    )
     tasks = json.loads((tmp_path / "label_studio.json").read_text())
-    assert tasks[0]["data"]["image"] == f"/data/local-files/?d={str(tmp_path)[1:]}/{tasks[0]['data']['hoh_file']}"
+    assert (
+        tasks[0]["data"]["image"]
+        == f"/data/local-files/?d={str(tmp_path)[1:]}/{tasks[0]['data']['hoh_file']}"
+    )
 
 
 def test_already_labeled_images_are_not_proposed(pool, known_model, tmp_path):
+    from hoh.components.sampling.sample import SamplingSettings, sample_pool
     from hoh.data.sources import resolve_path
     from hoh.trainer.predictor import Predictor
-    from hoh.components.sampling.sample import SamplingSettings, sample_pool
 
     pool_dir, by_id = pool
     first = _expected(by_id, "margin", 1)[0]
-    summary = sample_pool(resolve_path(pool_dir, ("pool",), "pool"), Predictor(known_model, False), str(tmp_path),
-                          SamplingSettings(k=K, diversity=False), exclude_ids=frozenset({first}))
+    summary = sample_pool(
+        resolve_path(pool_dir, ("pool",), "pool"),
+        Predictor(known_model, False),
+        str(tmp_path),
+        SamplingSettings(k=K, diversity=False),
+        exclude_ids=frozenset({first}),
+    )
     rows = [json.loads(line) for line in (tmp_path / "selected.jsonl").read_text().splitlines()]
     assert first not in {r["id"] for r in rows} and summary["excluded_labeled"] == 1
 
@@ -213,7 +252,9 @@ def test_a_tfrecord_pool_with_a_corrupt_record(tmp_path, known_model):
 
     writer = ShardedWriter(tf, tmp_path / "pool-root" / "span-1" / "pool")
     for i, colour in enumerate(_colours()[:10]):
-        writer.write(serialize_example(tf, solid_png(colour), f"{i:064x}", f"img/{i}.png", None, 20, 20))
+        writer.write(
+            serialize_example(tf, solid_png(colour), f"{i:064x}", f"img/{i}.png", None, 20, 20)
+        )
     writer.write(serialize_example(tf, b"\x89PNG garbage", "f" * 64, "img/bad.png", None, 20, 20))
     writer.close()
     summary = _sample(tmp_path / "pool-root", known_model, tmp_path / "out", k=3)
@@ -240,15 +281,35 @@ def test_cli_sample_then_labels_then_import_as_a_new_span(pool, known_model, tmp
 
     pool_dir, by_id = pool
     out = tmp_path / "batch"
-    assert main(["sample", "--model", str(known_model), "--pool", str(pool_dir), "--k", "8",
-                 "--out", str(out), "--strategy", "entropy"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--model",
+                str(known_model),
+                "--pool",
+                str(pool_dir),
+                "--k",
+                "8",
+                "--out",
+                str(out),
+                "--strategy",
+                "entropy",
+            ]
+        )
+        == 0
+    )
     tasks = json.loads((out / "label_studio.json").read_text())
     assert len(tasks) == 8
     # What Label Studio exports after a person labelled six tasks, cancelled one and left one.
     for i, task in enumerate(tasks):
         task["id"] = i + 1
-        choice = {"from_name": "choice", "to_name": "image", "type": "choices",
-                  "value": {"choices": ["warm" if i % 2 else "cool"]}}
+        choice = {
+            "from_name": "choice",
+            "to_name": "image",
+            "type": "choices",
+            "value": {"choices": ["warm" if i % 2 else "cool"]},
+        }
         task["annotations"] = [] if i == 7 else [{"result": [choice], "was_cancelled": i == 6}]
     export = tmp_path / "export.json"
     export.write_text(json.dumps(tasks))
@@ -270,16 +331,51 @@ def test_cli_refuses_a_non_empty_output_and_bad_labels(tmp_path, known_model, po
 
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "x").write_text("")
-    assert main(["sample", "--model", str(known_model), "--pool", str(pool[0]), "--out", str(tmp_path / "out")]) == 2
+    assert (
+        main(
+            [
+                "sample",
+                "--model",
+                str(known_model),
+                "--pool",
+                str(pool[0]),
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
     assert "not empty" in capsys.readouterr().err
     with pytest.raises(HohError, match="JSON list"):
         labels_from_export({"tasks": []})
-    bad = [{"data": {"hoh_file": "images/a.png"},
-            "annotations": [{"result": [{"from_name": "choice", "type": "choices", "value": {"choices": ["../x"]}}]}]}]
+    bad = [
+        {
+            "data": {"hoh_file": "images/a.png"},
+            "annotations": [
+                {
+                    "result": [
+                        {"from_name": "choice", "type": "choices", "value": {"choices": ["../x"]}}
+                    ]
+                }
+            ],
+        }
+    ]
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     (tmp_path / "s" / "images").mkdir(parents=True)
     (tmp_path / "s" / "images" / "a.png").write_bytes(solid_png((1, 1, 1)))
-    assert main(["labels", str(tmp_path / "bad.json"), "--sample", str(tmp_path / "s"), "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "labels",
+                str(tmp_path / "bad.json"),
+                "--sample",
+                str(tmp_path / "s"),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert "cannot be a class folder" in capsys.readouterr().err
 
 
@@ -287,8 +383,12 @@ def test_cli_refuses_a_non_empty_output_and_bad_labels(tmp_path, known_model, po
 
 
 def _task(hoh_file, label: str) -> dict:
-    choice = {"from_name": "choice", "to_name": "image", "type": "choices",
-              "value": {"choices": [label]}}
+    choice = {
+        "from_name": "choice",
+        "to_name": "image",
+        "type": "choices",
+        "value": {"choices": [label]},
+    }
     return {"data": {"hoh_file": hoh_file}, "annotations": [{"result": [choice]}]}
 
 
@@ -316,18 +416,22 @@ def _files(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
 
 
-@pytest.mark.parametrize("attack, needle", [
-    ("absolute", "is not a path inside the sample directory"),
-    ("dotdot", "is not a path inside the sample directory"),
-    ("symlink", "leads out of the sample directory"),
-    ("nul_in_path", "is not a path inside the sample directory"),
-    ("nul_in_label", "NUL"),
-    ("slash_in_label", "cannot be a class folder name"),
-    ("dotdot_label", "cannot be a class folder name"),
-    ("backslash_in_label", "cannot be a class folder name"),
-])
+@pytest.mark.parametrize(
+    "attack, needle",
+    [
+        ("absolute", "is not a path inside the sample directory"),
+        ("dotdot", "is not a path inside the sample directory"),
+        ("symlink", "leads out of the sample directory"),
+        ("nul_in_path", "is not a path inside the sample directory"),
+        ("nul_in_label", "NUL"),
+        ("slash_in_label", "cannot be a class folder name"),
+        ("dotdot_label", "cannot be a class folder name"),
+        ("backslash_in_label", "cannot be a class folder name"),
+    ],
+)
 def test_labels_refuses_a_hostile_export_before_copying_anything(
-        tmp_path, sample_dir, capsys, attack, needle):
+    tmp_path, sample_dir, capsys, attack, needle
+):
     secret = tmp_path / "private" / "secret.png"
     hostile = {
         "absolute": _task(str(secret), "horse"),
@@ -347,9 +451,17 @@ def test_labels_refuses_a_hostile_export_before_copying_anything(
     assert needle in err and "Traceback" not in err
     assert _files(tmp_path / "src") == []
     assert _files(tmp_path) == sorted(  # nothing was written anywhere outside the inputs
-        ["batch", "batch/images", "batch/images/a.png", "batch/images/b.png", "export.json",
-         "private", "private/secret.png"] + (["batch/images/innocent.png"] if attack == "symlink"
-                                             else []))
+        [
+            "batch",
+            "batch/images",
+            "batch/images/a.png",
+            "batch/images/b.png",
+            "export.json",
+            "private",
+            "private/secret.png",
+        ]
+        + (["batch/images/innocent.png"] if attack == "symlink" else [])
+    )
 
 
 def test_labels_reads_a_symlink_that_stays_inside_the_sample_folder(tmp_path, sample_dir):
@@ -374,8 +486,11 @@ def test_labels_refuses_to_overwrite_a_different_existing_file(tmp_path, sample_
 
 
 def test_labels_reports_files_already_there_instead_of_counting_them(tmp_path, sample_dir, capsys):
-    tasks = [_task("images/a.png", "horse"), _task("images/b.png", "human"),
-             {"data": {"hoh_file": "images/c.png"}, "annotations": []}]
+    tasks = [
+        _task("images/a.png", "horse"),
+        _task("images/b.png", "human"),
+        {"data": {"hoh_file": "images/c.png"}, "annotations": []},
+    ]
     assert _labels(tmp_path, sample_dir, tasks) == 0
     out = capsys.readouterr().out
     assert "copied into" in out and "horse 1, human 1" in out and "without a label yet" in out
@@ -386,13 +501,17 @@ def test_labels_reports_files_already_there_instead_of_counting_them(tmp_path, s
     assert _files(tmp_path / "src") == ["horse", "horse/a.png", "human", "human/b.png"]
 
 
-@pytest.mark.parametrize("tasks, needle", [
-    ([_task("images/a.png", "horse"), _task("images/a.png", "human")], "labeled both"),
-    (["just a string"], "task 1 is not a JSON object"),
-    ([{"data": "images/a.png", "annotations": []}], "task 1 has no 'data' object"),
-])
+@pytest.mark.parametrize(
+    "tasks, needle",
+    [
+        ([_task("images/a.png", "horse"), _task("images/a.png", "human")], "labeled both"),
+        (["just a string"], "task 1 is not a JSON object"),
+        ([{"data": "images/a.png", "annotations": []}], "task 1 has no 'data' object"),
+    ],
+)
 def test_labels_refuses_contradictory_or_malformed_tasks(
-        tmp_path, sample_dir, capsys, tasks, needle):
+    tmp_path, sample_dir, capsys, tasks, needle
+):
     assert _labels(tmp_path, sample_dir, tasks) == 2
     assert needle in capsys.readouterr().err
     assert _files(tmp_path / "src") == []

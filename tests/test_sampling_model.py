@@ -6,6 +6,7 @@ is a global average pool: for a solid-colour image the embedding is the colour /
 probabilities are softmax(SCALE * colour / 255), so tests know every score exactly.
 `make_known_model` is imported by the other sampling and drift tests.
 """
+
 from __future__ import annotations
 
 import io
@@ -63,21 +64,26 @@ def make_known_model(directory: Path) -> Path:
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serve(image_bytes):
         probabilities = model(decode_and_resize(image_bytes, IMAGE_SIZE), training=False)
-        return {"probabilities": probabilities, "label": tf.gather(names, tf.argmax(probabilities, axis=1))}
+        return {
+            "probabilities": probabilities,
+            "label": tf.gather(names, tf.argmax(probabilities, axis=1)),
+        }
 
     serving = Path(directory) / "Format-Serving"
-    model.save(str(serving), save_format="tf", signatures={"serving_default": serve.get_concrete_function()},
-               include_optimizer=False, save_traces=False)
+    model.save(
+        str(serving),
+        save_format="tf",
+        signatures={"serving_default": serve.get_concrete_function()},
+        include_optimizer=False,
+        save_traces=False,
+    )
     write_model_extras(str(serving), CLASSES, IMAGE_SIZE, solid_png((1, 2, 3)), {})
     return Path(directory)
 
 
-@pytest.fixture(scope="module")
-def known_model(tmp_path_factory) -> Path:
-    return make_known_model(tmp_path_factory.mktemp("known_model"))
-
-
-COLOURS = np.array([[200, 10, 10], [120, 110, 100], [10, 240, 30], [90, 90, 200], [128, 128, 128]], np.uint8)
+COLOURS = np.array(
+    [[200, 10, 10], [120, 110, 100], [10, 240, 30], [90, 90, 200], [128, 128, 128]], np.uint8
+)
 
 
 def test_keras_path_gives_known_probabilities_and_colour_embeddings(known_model):
@@ -115,8 +121,8 @@ def test_undecodable_images_in_a_batch_are_isolated(known_model):
 
 
 def test_model_paths_that_are_not_hoh_models_are_refused(tmp_path, known_model):
-    from hoh.trainer.predictor import Predictor, find_serving_dir
     from hoh.errors import HohError
+    from hoh.trainer.predictor import Predictor, find_serving_dir
 
     assert find_serving_dir(known_model) == known_model / "Format-Serving"
     assert find_serving_dir(known_model / "Format-Serving") == known_model / "Format-Serving"

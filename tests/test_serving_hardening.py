@@ -5,6 +5,7 @@ messages when the URL points at something that is not Triton's API.
 The attacks themselves against a real server are in test_triton_serving.py (they share its
 server).
 """
+
 from __future__ import annotations
 
 import http.server
@@ -36,16 +37,32 @@ from hoh.serving.client import (
 
 def test_command_restricts_admin_apis_on_http_and_grpc(tmp_path):
     install = installation.find_installation()
-    cmd = command.server_command(install, tmp_path, "/repo", host="127.0.0.1", http_port=1,
-                             grpc_port=2, metrics_port=3, model_control_mode="explicit",
-                             admin_key="k3y_-A")
+    cmd = command.server_command(
+        install,
+        tmp_path,
+        "/repo",
+        host="127.0.0.1",
+        http_port=1,
+        grpc_port=2,
+        metrics_port=3,
+        model_control_mode="explicit",
+        admin_key="k3y_-A",
+    )
     expected = "model-repository,shared-memory,trace,logging:hoh-admin-key=k3y_-A"
     assert f"--http-restricted-api={expected}" in cmd
     assert f"--grpc-restricted-protocol={expected}" in cmd
     for bad_key in ("", "a b", "x,y:z=1"):  # would break Triton's flag syntax
         with pytest.raises(installation.ServerError, match="admin key"):
-            command.server_command(install, tmp_path, "/r", host="h", http_port=1, grpc_port=2,
-                               metrics_port=3, admin_key=bad_key)
+            command.server_command(
+                install,
+                tmp_path,
+                "/r",
+                host="h",
+                http_port=1,
+                grpc_port=2,
+                metrics_port=3,
+                admin_key=bad_key,
+            )
 
 
 def test_each_server_has_its_own_unprinted_key(tmp_path):
@@ -60,8 +77,13 @@ def test_each_server_has_its_own_unprinted_key(tmp_path):
 def test_push_defaults_come_from_the_typed_config():
     defaults = PushConfig()
     settings = repository.TritonPushSettings()
-    for name in ("max_image_bytes", "max_image_pixels", "max_images_per_request",
-                 "max_request_bytes", "response_cache"):
+    for name in (
+        "max_image_bytes",
+        "max_image_pixels",
+        "max_images_per_request",
+        "max_request_bytes",
+        "response_cache",
+    ):
         assert getattr(settings, name) == getattr(defaults, name)
     # model.py cannot import hoh; its fallbacks (for a hand-written config) must still agree.
     assert tm.DEFAULT_MAX_IMAGE_BYTES == defaults.max_image_bytes
@@ -71,10 +93,12 @@ def test_push_defaults_come_from_the_typed_config():
 
 def test_config_pbtxt_carries_the_limits_and_no_response_cache():
     info = repository.ServingModelInfo(("a", "b"), None)
-    settings = repository.TritonPushSettings(max_batch_size=16, preferred_batch_sizes=(8,),
-                                             max_request_bytes=1000, max_image_bytes=900)
+    settings = repository.TritonPushSettings(
+        max_batch_size=16, preferred_batch_sizes=(8,), max_request_bytes=1000, max_image_bytes=900
+    )
     config = repository.parse_model_config(
-        repository.render_model_config(repository.build_model_config(settings, info)))
+        repository.render_model_config(repository.build_model_config(settings, info))
+    )
     params = {k: v.string_value for k, v in config.parameters.items()}
     assert params["max_images_per_request"] == "16"  # null = max_batch_size
     assert params["max_request_bytes"] == "1000" and params["max_image_bytes"] == "900"
@@ -85,11 +109,17 @@ def test_config_pbtxt_carries_the_limits_and_no_response_cache():
     assert config.parameters["max_images_per_request"].string_value == "4"
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"max_images_per_request": 64}, r"max_images_per_request \(64\) must be <= max_batch_size"),
-    ({"max_image_bytes": 10, "max_request_bytes": 5}, "must be <= max_request_bytes"),
-    ({"max_request_bytes": 0}, "max_request_bytes must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (
+            {"max_images_per_request": 64},
+            r"max_images_per_request \(64\) must be <= max_batch_size",
+        ),
+        ({"max_image_bytes": 10, "max_request_bytes": 5}, "must be <= max_request_bytes"),
+        ({"max_request_bytes": 0}, "max_request_bytes must be >= 1"),
+    ],
+)
 def test_inconsistent_limits_are_refused_before_a_push(changes, message):
     with pytest.raises(repository.PushError, match=message):
         repository.TritonPushSettings(**changes).validate()
@@ -97,35 +127,41 @@ def test_inconsistent_limits_are_refused_before_a_push(changes, message):
         PushConfig(**changes)
 
 
-def test_executor_passes_limits_and_cache_switch():
-    from hoh.components.triton_pusher import executor
-
-    s = executor.settings_from_exec_properties(
-        {"max_images_per_request": 4, "max_request_bytes": 2048, "max_image_bytes": 1024,
-         "response_cache": 1})
-    assert (s.images_per_request, s.max_request_bytes, s.max_image_bytes, s.response_cache) == (
-        4, 2048, 1024, True)
-
-
 def test_model_refuses_requests_over_their_limits():
     tm.check_request([b"x" * 10] * 3, max_images=3, max_bytes=30)
-    with pytest.raises(tm.InputError, match=r"request holds 4 images; the limit is 3 images per "
-                       r"request \(max_images_per_request\)"):
+    with pytest.raises(
+        tm.InputError,
+        match=r"request holds 4 images; the limit is 3 images per "
+        r"request \(max_images_per_request\)",
+    ):
         tm.check_request([b"x"] * 4, max_images=3, max_bytes=100)
-    with pytest.raises(tm.InputError, match=r"request holds 31 bytes of images; the limit is 30 "
-                       r"bytes per request \(max_request_bytes\)"):
+    with pytest.raises(
+        tm.InputError,
+        match=r"request holds 31 bytes of images; the limit is 30 "
+        r"bytes per request \(max_request_bytes\)",
+    ):
         tm.check_request([b"x" * 10, b"x" * 21], max_images=3, max_bytes=30)
 
 
 def test_client_splits_requests_by_count_and_bytes():
     assert plan_requests([1] * 5, max_images=2) == [slice(0, 2), slice(2, 4), slice(4, 5)]
     assert plan_requests([4, 4, 4, 9, 1], max_images=8, max_bytes=8) == [
-        slice(0, 2), slice(2, 3), slice(3, 4), slice(4, 5)]  # 9 > 8 goes alone: server names it
+        slice(0, 2),
+        slice(2, 3),
+        slice(3, 4),
+        slice(4, 5),
+    ]  # 9 > 8 goes alone: server names it
     assert plan_requests([], max_images=3) == []
-    info = model_info_from_config({
-        "max_batch_size": 8, "output": [{"name": "probabilities", "dims": [2]}],
-        "parameters": {"max_images_per_request": {"string_value": "4"},
-                       "max_request_bytes": {"string_value": "1000"}}})
+    info = model_info_from_config(
+        {
+            "max_batch_size": 8,
+            "output": [{"name": "probabilities", "dims": [2]}],
+            "parameters": {
+                "max_images_per_request": {"string_value": "4"},
+                "max_request_bytes": {"string_value": "1000"},
+            },
+        }
+    )
     assert (info.images_per_request, info.max_request_bytes) == (4, 1000)
     old = model_info_from_config({"max_batch_size": 8})  # pushed before the limits existed
     assert (old.images_per_request, old.max_request_bytes) == (8, 0)
@@ -168,8 +204,11 @@ def answering(request):
 @pytest.mark.parametrize("answering", [404], indirect=True)
 def test_a_host_that_is_not_live_is_not_reported_as_model_not_ready(answering):
     """What an unreachable host behind a proxy, or any other web server, looks like."""
-    with pytest.raises(ServerUnavailable, match=r"answers, but not as Triton's HTTP inference "
-                       r"API \(its liveness check failed\)"):
+    with pytest.raises(
+        ServerUnavailable,
+        match=r"answers, but not as Triton's HTTP inference "
+        r"API \(its liveness check failed\)",
+    ):
         TritonImageClient(answering, timeout=5).check_ready()
 
 
@@ -179,9 +218,23 @@ def test_predict_at_a_metrics_like_port_is_a_clear_error(answering, tmp_path):
         TritonImageClient(answering, timeout=5).predict([b"x"])
     image = tmp_path / "x.png"
     image.write_bytes(b"x")
-    out = subprocess.run([sys.executable, "-m", "hoh.cli", "predict", str(image), "--url",
-                          answering, "--timeout", "5"], capture_output=True, text=True,
-                         timeout=120, check=False)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hoh.cli",
+            "predict",
+            str(image),
+            "--url",
+            answering,
+            "--timeout",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert out.returncode != 0
     assert "is it the metrics port" in out.stderr and "Traceback" not in out.stderr
 

@@ -3,6 +3,7 @@
 Sketching them is what made StatisticsGen's memory grow with the span (docs/SCHEMA.md); both
 ways the pipeline gives TFDV the hint are checked against what TFDV does without it.
 """
+
 from __future__ import annotations
 
 import pytest

@@ -7,6 +7,7 @@ augmentation (full model fitted, backbone frozen) and fine-tuning (second phase,
 unfrozen). The "pretrained" backbone is a random MobileNetV2 saved to an .h5 file: the same
 code path as the ImageNet weights, without a download.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,9 @@ class _DataAccessor:
     def tf_dataset_factory(file_pattern, options, schema):
         from tfx_bsl.public import tfxio
 
-        source = tfxio.TFExampleRecord(file_pattern=file_pattern, schema=schema,
-                                       telemetry_descriptors=["hoh-test"])
+        source = tfxio.TFExampleRecord(
+            file_pattern=file_pattern, schema=schema, telemetry_descriptors=["hoh-test"]
+        )
         return source.TensorFlowDataset(options)
 
 
@@ -39,8 +41,13 @@ class _DataAccessor:
 def backbone_h5(tmp_path_factory) -> str:
     import tf_keras
 
-    donor = tf_keras.applications.MobileNetV2(input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3), alpha=ALPHA,
-                                              include_top=False, weights=None, pooling="avg")
+    donor = tf_keras.applications.MobileNetV2(
+        input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
+        alpha=ALPHA,
+        include_top=False,
+        weights=None,
+        pooling="avg",
+    )
     path = tmp_path_factory.mktemp("backbone") / "backbone.h5"
     donor.save_weights(path)
     return str(path)
@@ -48,9 +55,10 @@ def backbone_h5(tmp_path_factory) -> str:
 
 def _span_and_transform(root: Path, counts: dict[str, int]):
     """An imported span with `counts` images per class (imbalanced when they differ)."""
+    from tests_support.transform import analyze_span
+
     from hoh.data.demo import make_demo_dataset
     from hoh.data.importer import import_images
-    from tests_support.transform import analyze_span
 
     images = root / "images"
     make_demo_dataset(images, per_class=max(counts.values()), size=48, classes=tuple(counts))
@@ -70,8 +78,9 @@ def two_class(tmp_path_factory):
 @pytest.fixture(scope="module")
 def three_class(tmp_path_factory):
     # Birds are a third of the others: `model.class_weights: auto` must switch balancing on.
-    return _span_and_transform(tmp_path_factory.mktemp("three"),
-                               {"birds": 6, "horses": 18, "humans": 18})
+    return _span_and_transform(
+        tmp_path_factory.mktemp("three"), {"birds": 6, "horses": 18, "humans": 18}
+    )
 
 
 def _run(tmp_path: Path, span, weights: str, **training):
@@ -89,15 +98,23 @@ def _run(tmp_path: Path, span, weights: str, **training):
         serving_model_dir=str(tmp_path / "serving"),
         custom_config={
             "image_size": IMAGE_SIZE,
-            "model": {"alpha": ALPHA, "weights": weights, "augment": training.pop("augment", False),
-                      "class_weights": "auto", "class_balance_ratio": 1.5},
+            "model": {
+                "alpha": ALPHA,
+                "weights": weights,
+                "augment": training.pop("augment", False),
+                "class_weights": "auto",
+                "class_balance_ratio": 1.5,
+            },
             "training": {"epochs": 1, "batch_size": 8, **training},
         },
     )
     run_fn(fn_args)
     run_dir = Path(fn_args.model_run_dir)
-    return (json.loads((run_dir / HISTORY_FILE).read_text()),
-            json.loads((run_dir / TIMING_FILE).read_text()), Path(fn_args.serving_model_dir))
+    return (
+        json.loads((run_dir / HISTORY_FILE).read_text()),
+        json.loads((run_dir / TIMING_FILE).read_text()),
+        Path(fn_args.serving_model_dir),
+    )
 
 
 def _served_probabilities(serving_dir: Path, num_classes: int) -> np.ndarray:
@@ -132,7 +149,9 @@ def test_every_training_path_trains_and_exports(request, tmp_path, backbone_h5, 
     num_classes = 2 if classes == "two_class" else 3
     history, timing, serving_dir = _run(tmp_path, span, backbone_h5, **dict(PATHS[path]))
     assert timing["cached_features"] is (path != "augmentation")
-    assert timing["class_weights"].startswith("balanced (auto" if num_classes == 3 else "none (auto")
+    assert timing["class_weights"].startswith(
+        "balanced (auto" if num_classes == 3 else "none (auto"
+    )
     epochs = 2 if path == "fine_tuning" else 1
     assert len(history["loss"]) == epochs and all(np.isfinite(history["loss"]))
     assert len(history["val_accuracy"]) == epochs

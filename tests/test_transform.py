@@ -1,4 +1,5 @@
 """`preprocessing_fn` through real tft_beam, and the shared decoder on every supported format."""
+
 from __future__ import annotations
 
 import io
@@ -7,22 +8,33 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
+from tests_support.transform import read_examples
 
 from hoh import features
 from hoh.transforms.images import decode_and_resize
-from tests_support.transform import read_examples
 
 
 def _encoded(fmt: str, mode: str, size=(40, 30)) -> bytes:
     rng = np.random.default_rng(0)
-    image = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).convert(mode)
+    image = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).convert(
+        mode
+    )
     buf = io.BytesIO()
     image.save(buf, fmt)
     return buf.getvalue()
 
 
 @pytest.mark.parametrize(
-    "fmt,mode", [("PNG", "RGB"), ("PNG", "RGBA"), ("PNG", "L"), ("PNG", "P"), ("JPEG", "RGB"), ("BMP", "RGB"), ("GIF", "P")]
+    "fmt,mode",
+    [
+        ("PNG", "RGB"),
+        ("PNG", "RGBA"),
+        ("PNG", "L"),
+        ("PNG", "P"),
+        ("JPEG", "RGB"),
+        ("BMP", "RGB"),
+        ("GIF", "P"),
+    ],
 )
 def test_decode_and_resize_every_format_gives_rgb_in_unit_range(fmt, mode):
     batch = tf.constant([[_encoded(fmt, mode)]])  # [batch, 1] as SchemaGen shapes it
@@ -45,10 +57,12 @@ def test_preprocessing_fn_through_tft_beam(tiny_span, transform_output):
 
     examples = read_examples(tiny_span)[:6]
     layer = tft_output.transform_features_layer()
-    out = layer({
-        features.IMAGE_KEY: tf.constant([e[features.IMAGE_KEY] for e in examples]),
-        features.LABEL_KEY: tf.constant([e[features.LABEL_KEY] for e in examples]),
-    })
+    out = layer(
+        {
+            features.IMAGE_KEY: tf.constant([e[features.IMAGE_KEY] for e in examples]),
+            features.LABEL_KEY: tf.constant([e[features.LABEL_KEY] for e in examples]),
+        }
+    )
     images, labels = out[features.IMAGE_XF].numpy(), out[features.LABEL_XF].numpy()
     assert images.shape == (6, 32, 32, 3) and images.dtype == np.float32
     assert 0.0 <= images.min() and images.max() <= 1.0

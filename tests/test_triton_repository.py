@@ -3,6 +3,7 @@
 A fake SavedModel (any `saved_model.pb` + the Trainer's `assets.extra/`) is enough here: the
 writer never loads the model, so these tests need neither TensorFlow nor TFX and run in seconds.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,9 +30,15 @@ def tree(root: Path) -> dict[str, bytes]:
     }
 
 
-SETTINGS = repo.TritonPushSettings(model_name="hoh", max_batch_size=16,
-                                   preferred_batch_sizes=(4, 8), max_queue_delay_us=500,
-                                   instance_count=2, versions_to_serve=1, versions_to_keep=2)
+SETTINGS = repo.TritonPushSettings(
+    model_name="hoh",
+    max_batch_size=16,
+    preferred_batch_sizes=(4, 8),
+    max_queue_delay_us=500,
+    instance_count=2,
+    versions_to_serve=1,
+    versions_to_keep=2,
+)
 
 
 # ------------------------------------------------------------------ configs
@@ -53,7 +60,10 @@ def test_every_written_config_parses_as_model_config(tmp_path, classes):
         assert (inp.name, inp.data_type, list(inp.dims)) == ("image_bytes", mc.TYPE_STRING, [1])
         probs, label = config.output
         assert (probs.name, probs.data_type, list(probs.dims)) == (
-            "probabilities", mc.TYPE_FP32, [len(classes)])
+            "probabilities",
+            mc.TYPE_FP32,
+            [len(classes)],
+        )
         assert probs.label_filename == "1/labels.txt"  # inside the version it describes
         assert (label.name, label.data_type, list(label.dims)) == ("label", mc.TYPE_STRING, [1])
         assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]
@@ -95,14 +105,16 @@ def test_version_layout(tmp_path):
     version_dir = Path(result.version_dir)
     assert result.version == 1 and version_dir.name == "1"
     assert (version_dir / "model.py").read_bytes() == (
-        Path(repo.__file__).parents[2] / "serving" / "triton_model.py").read_bytes()
+        Path(repo.__file__).parents[2] / "serving" / "triton_model.py"
+    ).read_bytes()
     assert (version_dir / "model.savedmodel" / "saved_model.pb").read_bytes() == b"graph"
     assert (version_dir / "model.savedmodel" / "assets.extra" / "labels.txt").exists()
     info = json.loads((version_dir / "hoh_push.json").read_text())
     assert info["source"] == "uri://m" and info["class_names"] == ["human", "horse"]
     # The image validator model.py imports from its own directory (stdlib-only, hoh's copy).
     assert (version_dir / "hoh_imagecheck.py").read_bytes() == (
-        Path(repo.__file__).parents[2] / "hoh" / "imagecheck.py").read_bytes()
+        Path(repo.__file__).parents[2] / "hoh" / "imagecheck.py"
+    ).read_bytes()
     # Both are precompiled (hash-checked), so the stub never writes into the version dir.
     for module in ("model", "hoh_imagecheck"):
         (pyc,) = (version_dir / "__pycache__").glob(f"{module}.*.pyc")
@@ -130,17 +142,22 @@ except model.InputError as exc:
 
 
 def test_pushed_model_py_runs_without_hoh_and_uses_its_own_validator(tmp_path):
-    result = repo.push_model(str(fake_saved_model(tmp_path / "m")), str(tmp_path / "repo"),
-                             SETTINGS)
+    result = repo.push_model(
+        str(fake_saved_model(tmp_path / "m")), str(tmp_path / "repo"), SETTINGS
+    )
     version_dir = Path(result.version_dir)
-    proc = subprocess.run([sys.executable, "-c", _STANDALONE_SCRIPT,
-                           str(version_dir / "model.py")], capture_output=True, text=True,
-                          check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", _STANDALONE_SCRIPT, str(version_dir / "model.py")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     where, message = proc.stdout.splitlines()
     assert where == str(version_dir / "hoh_imagecheck.py")
-    assert message == ("input 0: JPEG image of 20000x20000 pixels is above the limit of "
-                       "1000000 pixels")
+    assert message == (
+        "input 0: JPEG image of 20000x20000 pixels is above the limit of 1000000 pixels"
+    )
 
 
 # ------------------------------------------------------------------ versions
@@ -165,8 +182,9 @@ def test_next_version_follows_the_highest_existing_one(tmp_path):
     (model_dir / "7").mkdir(parents=True)
     (model_dir / "configs").mkdir()
     model = fake_saved_model(tmp_path / "m")
-    result = repo.push_model(str(model), str(tmp_path / "repo"),
-                             repo.TritonPushSettings(versions_to_keep=5))
+    result = repo.push_model(
+        str(model), str(tmp_path / "repo"), repo.TritonPushSettings(versions_to_keep=5)
+    )
     assert result.version == 8
 
 
@@ -193,11 +211,16 @@ def test_unchanged_warmup_is_not_rewritten_and_the_config_pins_the_new_version(t
     assert config.output[0].label_filename == "2/labels.txt"
 
 
-@pytest.mark.parametrize("names, expected", [
-    (["1", "2", "10", "configs", "warmup", ".hoh-staging-h-1-ab", "01", "0", "3.tmp"],
-     [0, 1, 2, 10]),
-    ([], []),
-])
+@pytest.mark.parametrize(
+    "names, expected",
+    [
+        (
+            ["1", "2", "10", "configs", "warmup", ".hoh-staging-h-1-ab", "01", "0", "3.tmp"],
+            [0, 1, 2, 10],
+        ),
+        ([], []),
+    ],
+)
 def test_version_numbers_match_what_triton_loads(names, expected):
     assert repo.version_numbers(names) == expected
 
@@ -229,10 +252,11 @@ def test_failure_while_staging_leaves_the_repository_untouched(tmp_path, monkeyp
         (Path(dst) / "saved_model.pb").write_bytes(b"half")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(repo, "_copy_tree", disk_full)
+    monkeypatch.setattr(repo, "copy_tree", disk_full)
     with pytest.raises(OSError, match="No space"):
-        repo.push_model(str(fake_saved_model(tmp_path / "b", classes=list("abc"))),
-                        str(repository), SETTINGS)
+        repo.push_model(
+            str(fake_saved_model(tmp_path / "b", classes=list("abc"))), str(repository), SETTINGS
+        )
     assert tree(repository) == before  # not even config.pbtxt/labels.txt of the new model
 
 
@@ -244,7 +268,7 @@ def test_failed_rename_leaves_previous_versions_and_no_leftovers(tmp_path, monke
     def refuse(src, dst):
         raise PermissionError(13, "Permission denied", dst)
 
-    monkeypatch.setattr(repo._LocalFS, "rename_dir", staticmethod(refuse))
+    monkeypatch.setattr(repo.LocalFS, "rename_dir", staticmethod(refuse))
     new_model = fake_saved_model(tmp_path / "b", classes=("a", "b", "c"), sample=b"GIF89a" + b"1")
     with pytest.raises(repo.PushError, match="could not publish version 2"):
         repo.push_model(str(new_model), str(repository), SETTINGS)
@@ -255,11 +279,14 @@ def test_failure_on_the_first_push_leaves_no_model_files(tmp_path, monkeypatch):
     def refuse(src, dst):
         raise PermissionError(13, "Permission denied", dst)
 
-    monkeypatch.setattr(repo._LocalFS, "rename_dir", staticmethod(refuse))
+    monkeypatch.setattr(repo.LocalFS, "rename_dir", staticmethod(refuse))
     with pytest.raises(repo.PushError):
         repo.push_model(str(fake_saved_model(tmp_path / "a")), str(tmp_path / "repo"), SETTINGS)
-    assert [p.relative_to(tmp_path / "repo").as_posix() for p in (tmp_path / "repo").rglob("*")
-            if p.is_file()] == []
+    assert [
+        p.relative_to(tmp_path / "repo").as_posix()
+        for p in (tmp_path / "repo").rglob("*")
+        if p.is_file()
+    ] == []
 
 
 def test_stale_leftovers_are_cleaned_on_the_next_push(tmp_path):
@@ -293,13 +320,16 @@ def test_is_stale_temp_rules():
 # ------------------------------------------------------------------ validation
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"model_name": "a/b"}, "model_name"),
-    ({"max_batch_size": 0}, "max_batch_size"),
-    ({"preferred_batch_sizes": (8, 64)}, r"preferred_batch_sizes \[64\]"),
-    ({"versions_to_keep": 1, "versions_to_serve": 2}, "versions_to_keep"),
-    ({"max_queue_delay_us": -1}, "max_queue_delay_us"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"model_name": "a/b"}, "model_name"),
+        ({"max_batch_size": 0}, "max_batch_size"),
+        ({"preferred_batch_sizes": (8, 64)}, r"preferred_batch_sizes \[64\]"),
+        ({"versions_to_keep": 1, "versions_to_serve": 2}, "versions_to_keep"),
+        ({"max_queue_delay_us": -1}, "max_queue_delay_us"),
+    ],
+)
 def test_invalid_settings_are_refused_before_writing(tmp_path, changes, message):
     settings = repo.TritonPushSettings(**changes)
     with pytest.raises(repo.PushError, match=message):
@@ -342,7 +372,7 @@ def served_model(model_dir: Path, config_file: str) -> tuple[tuple[str, ...], in
     config = repo.parse_model_config((model_dir / config_file).read_text())
     if config.version_policy.HasField("latest"):  # what Triton picks: the newest directories
         on_disk = repo.version_numbers(p.name for p in model_dir.iterdir() if p.is_dir())
-        served = on_disk[-config.version_policy.latest.num_versions:]
+        served = on_disk[-config.version_policy.latest.num_versions :]
     else:
         served = list(config.version_policy.specific.versions)
     assert served, f"{config_file} serves no version"
@@ -379,9 +409,13 @@ def test_a_push_killed_at_any_step_leaves_the_old_model_or_the_new_one(tmp_path)
         repository = tmp_path / f"repo-{step}"
         shutil.copytree(template, repository)
         env = dict(os.environ, **{repo.KILL_AT_STEP_ENV: str(step)})
-        proc = subprocess.run([sys.executable, "-c", _PUSH_SCRIPT, str(new_model),
-                               str(repository)], env=env, capture_output=True, text=True,
-                              check=False)
+        proc = subprocess.run(
+            [sys.executable, "-c", _PUSH_SCRIPT, str(new_model), str(repository)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         model_dir = repository / "hoh"
         if proc.returncode == 0:  # ran past its last checkpoint: every step has been killed
             assert served_model(model_dir, "config.pbtxt") == (NEW_CLASSES, 3)
@@ -396,8 +430,12 @@ def test_a_push_killed_at_any_step_leaves_the_old_model_or_the_new_one(tmp_path)
         # A version dir the config does not serve is no version yet (nor a baseline).
         assert repo.list_versions(str(model_dir))[-1] == cpu[1]
         # The next push (the retried execution) cleans up and ends with the new model.
-        result = repo.push_model(str(new_model), str(repository),
-                                 repo.TritonPushSettings(versions_to_keep=2), source="uri://new")
+        result = repo.push_model(
+            str(new_model),
+            str(repository),
+            repo.TritonPushSettings(versions_to_keep=2),
+            source="uri://new",
+        )
         assert served_model(model_dir, "config.pbtxt")[0] == NEW_CLASSES
         assert result.pushed == (outcomes[-1] == "old")
         assert not [p.name for p in model_dir.iterdir() if p.name.startswith(".")]
@@ -417,7 +455,8 @@ def test_unpublished_version_of_a_live_pusher_is_left_alone(tmp_path):
     (orphan / "hoh_push.json").write_text(json.dumps({"pusher": live}))
     assert repo.list_versions(str(repository / "hoh")) == [1]
     assert repo.clean_stale_temps(str(repository / "hoh")) == []  # its pusher may still publish
-    (orphan / "hoh_push.json").write_text(json.dumps({"pusher": f"{socket.gethostname()}-"
-                                                                f"{_dead_pid()}-abcd1234"}))
+    (orphan / "hoh_push.json").write_text(
+        json.dumps({"pusher": f"{socket.gethostname()}-{_dead_pid()}-abcd1234"})
+    )
     assert repo.clean_stale_temps(str(repository / "hoh")) == ["2"]
     assert not orphan.exists()

@@ -5,6 +5,7 @@ on a repository written by the real TritonPusher executor. They run in file orde
 last ones change the repository (a failed push, then version 2). The other tests cover the pure
 pieces (image checks, command line, client parsing) without a server.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_model import build_model_artifact_dir, make_image, predict_in_process, run_pusher_executor
 
 import hoh  # noqa: F401
 from hoh.components.triton_pusher import repository
@@ -39,7 +41,6 @@ from hoh.serving.client import (
     normalize_url,
     predictions_from_outputs,
 )
-from tiny_model import build_model_artifact_dir, make_image, predict_in_process, run_pusher_executor
 
 CLASSES_V1 = ("human", "horse")
 CLASSES_V2 = ("cat", "dog", "horse")
@@ -51,6 +52,7 @@ MAX_REQUEST_BYTES = 20 * 1024 * 1024  # above the 16 MiB per image (the push def
 
 def huge_png(width: int = 30000, height: int = 30000) -> bytes:
     """A valid 1-bit PNG that compresses to ~100 KB but decodes to width*height*3 bytes."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         crc = struct.pack(">I", zlib.crc32(kind + data))
         return struct.pack(">I", len(data)) + kind + data + crc
@@ -59,13 +61,15 @@ def huge_png(width: int = 30000, height: int = 30000) -> bytes:
     comp = zlib.compressobj(9)
     idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat)
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
 
 
 def images(seed: int, n: int) -> list[bytes]:
-    return [make_image(seed + i, size=(24 + i % 5, 20 + i % 7), fmt=FORMATS[i % 4])
-            for i in range(n)]
+    return [
+        make_image(seed + i, size=(24 + i % 5, 20 + i % 7), fmt=FORMATS[i % 4]) for i in range(n)
+    ]
 
 
 # ====================================================================== pure pieces
@@ -79,8 +83,9 @@ def test_image_header_sizes(fmt):
 
 
 def test_jpeg_size_behind_exif_block():
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     buf = io.BytesIO()
     exif = Image.Exif()
@@ -89,21 +94,29 @@ def test_jpeg_size_behind_exif_block():
     assert tm.image_format_and_size(buf.getvalue()) == ("JPEG", (41, 17))
 
 
-@pytest.mark.parametrize("data, message", [
-    (b"", "input 3: empty image bytes"),
-    (b"hello world", r"input 3: not a PNG, JPEG, GIF or BMP image \(starts with b'hello wo'\)"),
-    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 200, "input 3: 208 bytes is above the limit of 100 bytes"),
-    (huge_png(20000, 10000), "input 3: PNG image of 20000x10000 pixels is above the limit"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "input 3: empty image bytes"),
+        (b"hello world", r"input 3: not a PNG, JPEG, GIF or BMP image \(starts with b'hello wo'\)"),
+        (
+            b"\x89PNG\r\n\x1a\n" + b"\x00" * 200,
+            "input 3: 208 bytes is above the limit of 100 bytes",
+        ),
+        (huge_png(20000, 10000), "input 3: PNG image of 20000x10000 pixels is above the limit"),
+    ],
+)
 def test_check_image_rejects(data, message):
     with pytest.raises(tm.InputError, match=message):
         tm.check_image(3, data, max_bytes=100 if len(data) == 208 else 10**7, max_pixels=10**6)
 
 
 def test_error_summary_keeps_the_reason_only():
-    message = ("Graph execution error:\n\nDetected at node map/while/decode_image/DecodeImage "
-               "defined at (most recent call last):\n<stack traces unavailable>\nInvalid PNG data, "
-               "size 100\n\t [[{{node map/while/decode_image/DecodeImage}}]] [Op:__inference_1]")
+    message = (
+        "Graph execution error:\n\nDetected at node map/while/decode_image/DecodeImage "
+        "defined at (most recent call last):\n<stack traces unavailable>\nInvalid PNG data, "
+        "size 100\n\t [[{{node map/while/decode_image/DecodeImage}}]] [Op:__inference_1]"
+    )
     assert tm.error_summary(message) == "Invalid PNG data, size 100"
     assert tm.error_summary("") == "unknown error"
 
@@ -123,22 +136,57 @@ def test_flatten_input():
 
 def test_server_command_and_environment(tmp_path):
     install = installation.find_installation()
-    cmd = command.server_command(install, tmp_path, "/repo", host="127.0.0.1", http_port=1,
-                             grpc_port=2, metrics_port=3, model_config_name="gpu",
-                             repository_poll_secs=7, admin_key="k")
-    for flag in ("--model-repository=/repo", "--model-control-mode=poll",
-                 "--repository-poll-secs=7", "--model-config-name=gpu", "--exit-on-error=false",
-                 "--http-port=1", "--grpc-port=2", "--metrics-port=3", "--allow-metrics=true",
-                 f"--backend-directory={tmp_path}", f"--cache-directory={install.caches}"):
+    cmd = command.server_command(
+        install,
+        tmp_path,
+        "/repo",
+        host="127.0.0.1",
+        http_port=1,
+        grpc_port=2,
+        metrics_port=3,
+        model_config_name="gpu",
+        repository_poll_secs=7,
+        admin_key="k",
+    )
+    for flag in (
+        "--model-repository=/repo",
+        "--model-control-mode=poll",
+        "--repository-poll-secs=7",
+        "--model-config-name=gpu",
+        "--exit-on-error=false",
+        "--http-port=1",
+        "--grpc-port=2",
+        "--metrics-port=3",
+        "--allow-metrics=true",
+        f"--backend-directory={tmp_path}",
+        f"--cache-directory={install.caches}",
+    ):
         assert flag in cmd
     assert any(a.startswith("--cache-config=local,size=") for a in cmd)
-    explicit = command.server_command(install, tmp_path, "/repo", host="0.0.0.0", http_port=1,
-                                  grpc_port=2, metrics_port=3, model_control_mode="explicit",
-                                  admin_key="k")
+    explicit = command.server_command(
+        install,
+        tmp_path,
+        "/repo",
+        host="0.0.0.0",
+        http_port=1,
+        grpc_port=2,
+        metrics_port=3,
+        model_control_mode="explicit",
+        admin_key="k",
+    )
     assert "--load-model=*" in explicit and not any("poll-secs" in a for a in explicit)
     with pytest.raises(installation.ServerError, match="control mode"):
-        command.server_command(install, tmp_path, "/r", host="h", http_port=1, grpc_port=2,
-                           metrics_port=3, model_control_mode="none", admin_key="k")
+        command.server_command(
+            install,
+            tmp_path,
+            "/r",
+            host="h",
+            http_port=1,
+            grpc_port=2,
+            metrics_port=3,
+            model_control_mode="none",
+            admin_key="k",
+        )
     env = installation.server_environment(install, {"PATH": "/usr/bin", "LD_LIBRARY_PATH": "/x"})
     libs = env["LD_LIBRARY_PATH"].split(":")
     assert libs == [str(install.python_libdir), str(install.libs), "/x"]
@@ -149,13 +197,18 @@ def test_backend_dir_has_backend_utils_and_stub(tmp_path):
     install = installation.find_installation()
     python_dir = installation.prepare_backend_dir(install, tmp_path / "b") / "python"
     names = sorted(p.name for p in python_dir.iterdir())
-    assert names == ["libtriton_python.so", "triton_python_backend_stub",
-                     "triton_python_backend_utils.py"]
+    assert names == [
+        "libtriton_python.so",
+        "triton_python_backend_stub",
+        "triton_python_backend_utils.py",
+    ]
     assert (python_dir / "triton_python_backend_stub").resolve() == install.stub.resolve()
 
 
 def test_missing_stub_or_repository_is_a_clear_error(tmp_path):
-    with pytest.raises(installation.ServerError, match=r"no python backend stub for Python 2\.7 \(.*3\.11"):
+    with pytest.raises(
+        installation.ServerError, match=r"no python backend stub for Python 2\.7 \(.*3\.11"
+    ):
         installation.find_installation("2.7")
     with pytest.raises(installation.ServerError, match="does not exist"):
         srv.TritonServer(tmp_path / "nope").start()
@@ -164,13 +217,21 @@ def test_missing_stub_or_repository_is_a_clear_error(tmp_path):
 def test_client_parsing():
     assert normalize_url("http://h:1/", "http") == "h:1"
     assert normalize_url(None, "grpc") == "127.0.0.1:8001"
-    http_config = {"name": "hoh", "max_batch_size": 8,
-                   "output": [{"name": "probabilities", "dims": [3]}],
-                   "parameters": {"class_names": {"string_value": '["a", "b", "c"]'}}}
+    http_config = {
+        "name": "hoh",
+        "max_batch_size": 8,
+        "output": [{"name": "probabilities", "dims": [3]}],
+        "parameters": {"class_names": {"string_value": '["a", "b", "c"]'}},
+    }
     info = model_info_from_config(http_config)
     assert (info.max_batch_size, info.class_names) == (8, ("a", "b", "c"))
-    grpc_config = {"config": {"name": "hoh", "max_batch_size": "4",
-                              "output": [{"name": "probabilities", "dims": ["2"]}]}}
+    grpc_config = {
+        "config": {
+            "name": "hoh",
+            "max_batch_size": "4",
+            "output": [{"name": "probabilities", "dims": ["2"]}],
+        }
+    }
     assert model_info_from_config(grpc_config).class_names == ("class_0", "class_1")
     (p,) = predictions_from_outputs(np.array([[0.25, 0.75]]), ["dog"], ("cat", "dog"))
     assert (p.label, p.probability, p.probabilities) == ("dog", 0.75, {"cat": 0.25, "dog": 0.75})
@@ -224,14 +285,26 @@ def served(tmp_path_factory):
     model_uri = root / "model-1"
     build_model_artifact_dir(model_uri, class_names=CLASSES_V1, seed=0)
     run_pusher_executor(
-        model_uri, root / "repository", root / "pushed-1", blessed=1,
-        max_batch_size=MAX_BATCH, preferred_batch_sizes="[4, 8]",
+        model_uri,
+        root / "repository",
+        root / "pushed-1",
+        blessed=1,
+        max_batch_size=MAX_BATCH,
+        preferred_batch_sizes=[4, 8],
         max_queue_delay_us=50_000,  # wide enough that concurrent test requests share a batch
-        versions_to_serve=1, versions_to_keep=2,
-        max_images_per_request=MAX_IMAGES, max_request_bytes=MAX_REQUEST_BYTES,
+        versions_to_serve=1,
+        versions_to_keep=2,
+        max_images_per_request=MAX_IMAGES,
+        max_request_bytes=MAX_REQUEST_BYTES,
     )
-    server = srv.TritonServer(root / "repository", http_port=0, grpc_port=0, metrics_port=0,
-                              repository_poll_secs=1, log_file=root / "triton.log")
+    server = srv.TritonServer(
+        root / "repository",
+        http_port=0,
+        grpc_port=0,
+        metrics_port=0,
+        repository_poll_secs=1,
+        log_file=root / "triton.log",
+    )
     try:
         server.start()
         server.wait_ready(timeout=240)
@@ -269,7 +342,9 @@ def test_server_is_ready_with_model_metadata(served):
     assert meta["versions"] == ["1"]
     assert meta["inputs"] == [{"name": "image_bytes", "datatype": "BYTES", "shape": [-1, 1]}]
     assert {o["name"]: (o["datatype"], o["shape"]) for o in meta["outputs"]} == {
-        "probabilities": ("FP32", [-1, len(CLASSES_V1)]), "label": ("BYTES", [-1, 1])}
+        "probabilities": ("FP32", [-1, len(CLASSES_V1)]),
+        "label": ("BYTES", [-1, 1]),
+    }
     info = served.client().model_info()
     assert (info.class_names, info.max_batch_size) == (CLASSES_V1, MAX_BATCH)
 
@@ -330,7 +405,7 @@ def test_concurrent_requests_share_a_batch_and_a_bad_one_fails_alone(served):
     for i in range(len(good)):
         probabilities, _ = results[i]
         assert np.max(np.abs(probabilities[0] - reference[i])) <= 1e-5
-    for result in results[len(good):]:
+    for result in results[len(good) :]:
         assert isinstance(result, InvalidImage) and result.source == "#0"
         assert result.reason.startswith("could not be decoded as an image: ")
     # Fewer model executions than requests: the dynamic batcher grouped them, and the
@@ -343,15 +418,25 @@ def test_concurrent_requests_share_a_batch_and_a_bad_one_fails_alone(served):
 BAD_INPUTS = {
     "not-an-image": (lambda n: b"GIF? no, text %d" % n, "not a PNG, JPEG, GIF or BMP image"),
     "empty": (lambda n: b"", "empty image bytes"),
-    "huge-pixels": (lambda n: huge_png(30000 + n, 30000),
-                    "PNG image of 3000{n}x30000 pixels is above the limit of 50000000 pixels"),
-    "huge-bytes": (lambda n: b"\x89PNG\r\n\x1a\n" + bytes([n]) * (17 * 1024 * 1024),
-                   "bytes is above the limit of 16777216 bytes"),
-    "truncated": (lambda n: make_image(70 + n)[:90],
-                  "could not be decoded as an image: Invalid PNG data"),
+    "huge-pixels": (
+        lambda n: huge_png(30000 + n, 30000),
+        "PNG image of 3000{n}x30000 pixels is above the limit of 50000000 pixels",
+    ),
+    "huge-bytes": (
+        lambda n: b"\x89PNG\r\n\x1a\n" + bytes([n]) * (17 * 1024 * 1024),
+        "bytes is above the limit of 16777216 bytes",
+    ),
+    "truncated": (
+        lambda n: make_image(70 + n)[:90],
+        "could not be decoded as an image: Invalid PNG data",
+    ),
 }
-BAD_CASES = [(kind, protocol) for kind in BAD_INPUTS for protocol in ("http", "grpc")
-             if not (kind == "empty" and protocol == "grpc")]  # b"" cannot be made unique
+BAD_CASES = [
+    (kind, protocol)
+    for kind in BAD_INPUTS
+    for protocol in ("http", "grpc")
+    if not (kind == "empty" and protocol == "grpc")
+]  # b"" cannot be made unique
 
 
 @pytest.mark.e2e
@@ -377,16 +462,28 @@ def raw_infer(url: str, images: list[bytes], headers: dict | None = None) -> tup
     import json
 
     data = b"".join(struct.pack("<I", len(i)) + i for i in images)
-    head = json.dumps({
-        "inputs": [{"name": "image_bytes", "shape": [len(images), 1], "datatype": "BYTES",
-                    "parameters": {"binary_data_size": len(data)}}],
-        "outputs": [{"name": "probabilities", "parameters": {"binary_data": False}}],
-    }).encode()
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image_bytes",
+                    "shape": [len(images), 1],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(data)},
+                }
+            ],
+            "outputs": [{"name": "probabilities", "parameters": {"binary_data": False}}],
+        }
+    ).encode()
     host, port = url.rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=120)
     try:
-        conn.request("POST", "/v2/models/hoh/infer", body=head + data, headers={
-            "Inference-Header-Content-Length": str(len(head)), **(headers or {})})
+        conn.request(
+            "POST",
+            "/v2/models/hoh/infer",
+            body=head + data,
+            headers={"Inference-Header-Content-Length": str(len(head)), **(headers or {})},
+        )
         response = conn.getresponse()
         return response.status, response.read().decode("utf-8", "replace")
     finally:
@@ -410,14 +507,23 @@ def test_a_repeated_bad_request_is_still_an_error_for_any_client(served):
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("batch, message", [
-    ([b"x"] * (MAX_IMAGES + 1),
-     f"request holds {MAX_IMAGES + 1} images; the limit is {MAX_IMAGES} images per request"),
-    ([b"\x89PNG\r\n\x1a\n" + b"\x00" * (11 * 1024 * 1024)] * 2,
-     f"the limit is {MAX_REQUEST_BYTES} bytes per request (max_request_bytes)"),
-    ([b"\x89PNG\r\n\x1a\n" + b"\x01" * (17 * 1024 * 1024)],
-     "input 0: 17825800 bytes is above the limit of 16777216 bytes"),
-])
+@pytest.mark.parametrize(
+    "batch, message",
+    [
+        (
+            [b"x"] * (MAX_IMAGES + 1),
+            f"request holds {MAX_IMAGES + 1} images; the limit is {MAX_IMAGES} images per request",
+        ),
+        (
+            [b"\x89PNG\r\n\x1a\n" + b"\x00" * (11 * 1024 * 1024)] * 2,
+            f"the limit is {MAX_REQUEST_BYTES} bytes per request (max_request_bytes)",
+        ),
+        (
+            [b"\x89PNG\r\n\x1a\n" + b"\x01" * (17 * 1024 * 1024)],
+            "input 0: 17825800 bytes is above the limit of 16777216 bytes",
+        ),
+    ],
+)
 def test_an_over_limit_request_gets_a_4xx_naming_the_limit(served, batch, message):
     status, body = raw_infer(served.server.http_url, batch)
     assert status == 400 and message in body, body
@@ -432,8 +538,7 @@ def test_the_client_splits_a_request_over_the_image_limit(served):
     reference = predict_in_process(served.model_dir, batch)["probabilities"]
     requests = metric(served, "nv_inference_request_success")
     predictions = served.client().predict(batch)
-    assert np.allclose([list(p.probabilities.values()) for p in predictions], reference,
-                       atol=1e-5)
+    assert np.allclose([list(p.probabilities.values()) for p in predictions], reference, atol=1e-5)
     assert metric(served, "nv_inference_request_success") - requests == 2
 
 
@@ -449,21 +554,34 @@ def test_load_with_a_code_override_is_refused_and_hoh_still_loads(served, tmp_pa
 
     marker = tmp_path / "pwned"
     code = f"open({str(marker)!r}, 'w').write('owned')\n".encode()
-    body = json.dumps({"parameters": {
-        "config": json.dumps({"backend": "python", "max_batch_size": 0}),
-        "file:1/model.py": base64.b64encode(code).decode()}}).encode()
+    body = json.dumps(
+        {
+            "parameters": {
+                "config": json.dumps({"backend": "python", "max_batch_size": 0}),
+                "file:1/model.py": base64.b64encode(code).decode(),
+            }
+        }
+    ).encode()
     log = tmp_path / "explicit.log"
-    with srv.TritonServer(served.repository, http_port=0, grpc_port=0, metrics_port=0,
-                          model_control_mode="explicit", log_file=log) as server:
+    with srv.TritonServer(
+        served.repository,
+        http_port=0,
+        grpc_port=0,
+        metrics_port=0,
+        model_control_mode="explicit",
+        log_file=log,
+    ) as server:
         request = urllib.request.Request(
-            f"http://{server.http_url}/v2/repository/models/evil/load", data=body, method="POST")
+            f"http://{server.http_url}/v2/repository/models/evil/load", data=body, method="POST"
+        )
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(request, timeout=60)
         assert err.value.code == 403 and b"This API is restricted" in err.value.read()
         grpc = grpcclient.InferenceServerClient(server.grpc_url)
         with pytest.raises(Exception, match="This protocol is restricted"):
-            grpc.load_model("evil", config=json.dumps({"backend": "python"}),
-                            files={"file:1/model.py": code})
+            grpc.load_model(
+                "evil", config=json.dumps({"backend": "python"}), files={"file:1/model.py": code}
+            )
         grpc.close()
         for path in ("v2/logging", "v2/trace/setting", "v2/systemsharedmemory/status"):
             with pytest.raises(urllib.error.HTTPError) as err:
@@ -518,9 +636,22 @@ def test_hoh_predict_command(served):
     path = served.root / "cli.png"
     path.write_bytes(images(800, 1)[0])
     out = subprocess.run(
-        [sys.executable, "-m", "hoh.cli", "predict", str(path), "--url", served.server.grpc_url,
-         "--protocol", "grpc", "--json"],
-        capture_output=True, text=True, timeout=120, check=True,
+        [
+            sys.executable,
+            "-m",
+            "hoh.cli",
+            "predict",
+            str(path),
+            "--url",
+            served.server.grpc_url,
+            "--protocol",
+            "grpc",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     ).stdout
     (row,) = __import__("json").loads(out)
     assert row["image"] == str(path) and row["label"] in CLASSES_V1
@@ -537,6 +668,7 @@ def test_interrupted_pushes_leave_the_repository_servable(served, monkeypatch):
     # 2. A push whose final rename fails.
     model_uri = served.root / "model-broken"
     build_model_artifact_dir(model_uri, class_names=CLASSES_V2, seed=5)
+
     def rename_fails(src, dst):
         raise OSError(5, "Input/output error")
 
@@ -561,9 +693,15 @@ def test_interrupted_pushes_leave_the_repository_servable(served, monkeypatch):
 def push_version(served: Served, name: str, classes, seed: int):
     model_uri = served.root / name
     build_model_artifact_dir(model_uri, class_names=classes, seed=seed)
-    pushed = run_pusher_executor(model_uri, served.repository, served.root / f"pushed-{name}",
-                                 max_batch_size=MAX_BATCH, preferred_batch_sizes="[4, 8]",
-                                 max_queue_delay_us=50_000, versions_to_keep=2)
+    pushed = run_pusher_executor(
+        model_uri,
+        served.repository,
+        served.root / f"pushed-{name}",
+        max_batch_size=MAX_BATCH,
+        preferred_batch_sizes=[4, 8],
+        max_queue_delay_us=50_000,
+        versions_to_keep=2,
+    )
     return model_uri / "Format-Serving", pushed.get_string_custom_property("pushed_version")
 
 
@@ -600,8 +738,11 @@ def test_pushing_version_2_goes_live_without_downtime_and_retires_version_1(serv
         assert version == "2"
         client = served.client()
         wait_until(lambda: client.is_ready("2"), 180, "version 2 to be ready")
-        wait_until(lambda: "v1: UNAVAILABLE" in served.server.model_states(), 60,
-                   "version 1 to be unloaded")
+        wait_until(
+            lambda: "v1: UNAVAILABLE" in served.server.model_states(),
+            60,
+            "version 1 to be unloaded",
+        )
     finally:
         stop.set()
         asker.join(60)
@@ -618,8 +759,14 @@ def test_version_3_with_other_classes_replaces_the_config(served):
     model_dir, version = push_version(served, "model-3", CLASSES_V2, seed=2)
     assert version == "3"
     wait_until(lambda: client.is_ready("3"), 180, "version 3 to be ready")
-    wait_until(lambda: served.server.model_states() == "hoh v3: READY"
-               or "v2: UNAVAILABLE" in served.server.model_states(), 60, "version 2 to go")
+    wait_until(
+        lambda: (
+            served.server.model_states() == "hoh v3: READY"
+            or "v2: UNAVAILABLE" in served.server.model_states()
+        ),
+        60,
+        "version 2 to go",
+    )
     assert_serves(client, model_dir, CLASSES_V2, seed=1100)  # the client notices the new classes
     model_dir_on_disk = served.repository / "hoh"
     assert repository.list_versions(str(model_dir_on_disk)) == [2, 3]  # version 1 deleted
@@ -630,9 +777,23 @@ def test_version_3_with_other_classes_replaces_the_config(served):
 def test_hoh_serve_command_stops_cleanly_on_sigterm(served):
     ports = [str(process.free_port()) for _ in range(3)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hoh.cli", "serve", "--model-repository", str(served.repository),
-         "--http-port", ports[0], "--grpc-port", ports[1], "--metrics-port", ports[2]],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        [
+            sys.executable,
+            "-m",
+            "hoh.cli",
+            "serve",
+            "--model-repository",
+            str(served.repository),
+            "--http-port",
+            ports[0],
+            "--grpc-port",
+            ports[1],
+            "--metrics-port",
+            ports[2],
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     try:
         lines = []

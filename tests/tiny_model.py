@@ -10,6 +10,7 @@ Contract reproduced (see the Trainer):
   "label": tf.string[None]}`; bytes TensorFlow cannot decode raise InvalidArgumentError.
 - `assets.extra/labels.txt`, `assets.extra/hoh_model.json`, `assets.extra/sample_image`.
 """
+
 from __future__ import annotations
 
 import io
@@ -17,9 +18,10 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-import hoh  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 import numpy as np
 from PIL import Image
+
+import hoh  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
 IMAGE_SIZE = 32
 _GRID = 4
@@ -147,12 +149,15 @@ def run_pusher_executor(
     repository: str | Path,
     pushed_uri: str | Path,
     blessed: int | None = 1,
-    **exec_properties,
+    **push_config,
 ):
     """Run TritonPusher's executor `Do` on real TFX artifacts; returns the PushedModel artifact.
 
+    `push_config`: settings of the `push:` section (they travel as the one JSON exec property).
     `blessed=None` runs without a ModelBlessing input (pushes unconditionally, as TFX does).
     """
+    import json
+
     from tfx.types import standard_artifacts
 
     from hoh.components.triton_pusher import executor
@@ -167,6 +172,9 @@ def run_pusher_executor(
         inputs["model_blessing"] = [blessing]
     pushed = standard_artifacts.PushedModel()
     pushed.uri = str(pushed_uri)
-    properties = {executor.MODEL_REPOSITORY_KEY: str(repository), **exec_properties}
+    properties = {
+        executor.MODEL_REPOSITORY_KEY: str(repository),
+        executor.PUSH_CONFIG_KEY: json.dumps(push_config),
+    }
     executor.Executor().Do(inputs, {"pushed_model": [pushed]}, properties)
     return pushed

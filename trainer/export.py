@@ -7,6 +7,7 @@
 `assets.extra/` carries labels, model facts and a real sample image, so the pusher can write
 Triton's labels.txt and warmup request from the model alone, with no other pipeline input.
 """
+
 from __future__ import annotations
 
 import json

@@ -7,6 +7,7 @@ are computed in one pass, streamed to a TFRecord file on local disk (so memory s
 however large the span), and the head sub-model is fitted on them. The exported model is the full
 image->probabilities model either way; only the arithmetic that is provably repeated is skipped.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -40,7 +41,9 @@ class FeatureCache:
     def _extract(self, images):
         return self._extractor(images, training=False)
 
-    def features(self, dataset: tf.data.Dataset, *, shuffle: bool, seed: int, batch_size: int) -> tf.data.Dataset:
+    def features(
+        self, dataset: tf.data.Dataset, *, shuffle: bool, seed: int, batch_size: int
+    ) -> tf.data.Dataset:
         """Compute every batch's features once, then serve them from disk for every epoch.
 
         The backbone runs here, on the main executor, not inside `dataset.map`: ops in a
@@ -53,23 +56,32 @@ class FeatureCache:
             for images, labels in dataset:
                 writer.write(_serialize(self._extract(images), labels))
         dim = int(self._extractor.output_shape[-1])
-        cached = tf.data.TFRecordDataset(path).map(lambda r: _parse(r, dim),
-                                                   num_parallel_calls=AUTOTUNE)
+        cached = tf.data.TFRecordDataset(path).map(
+            lambda r: _parse(r, dim), num_parallel_calls=AUTOTUNE
+        )
         if shuffle:
-            cached = cached.unbatch().shuffle(_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+            cached = cached.unbatch().shuffle(
+                _SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True
+            )
             cached = cached.batch(batch_size)
         return cached.prefetch(AUTOTUNE)
 
 
-_SPEC = {"features": tf.io.FixedLenFeature([], tf.string), "labels": tf.io.FixedLenFeature([], tf.string)}
+_SPEC = {
+    "features": tf.io.FixedLenFeature([], tf.string),
+    "labels": tf.io.FixedLenFeature([], tf.string),
+}
 
 
 def _serialize(features: tf.Tensor, labels: tf.Tensor) -> bytes:
     def _bytes(t):
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[tf.io.serialize_tensor(t).numpy()]))
+        return tf.train.Feature(
+            bytes_list=tf.train.BytesList(value=[tf.io.serialize_tensor(t).numpy()])
+        )
 
-    example = tf.train.Example(features=tf.train.Features(
-        feature={"features": _bytes(features), "labels": _bytes(labels)}))
+    example = tf.train.Example(
+        features=tf.train.Features(feature={"features": _bytes(features), "labels": _bytes(labels)})
+    )
     return example.SerializeToString()
 
 
@@ -81,8 +93,10 @@ def _parse(record, feature_dim: int):
     them while a 2-class sigmoid head happens not to look.
     """
     parsed = tf.io.parse_single_example(record, _SPEC)
-    return (tf.ensure_shape(tf.io.parse_tensor(parsed["features"], tf.float32), [None, feature_dim]),
-            tf.ensure_shape(tf.io.parse_tensor(parsed["labels"], tf.int64), [None]))
+    return (
+        tf.ensure_shape(tf.io.parse_tensor(parsed["features"], tf.float32), [None, feature_dim]),
+        tf.ensure_shape(tf.io.parse_tensor(parsed["labels"], tf.int64), [None]),
+    )
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ By default the Trainer reads the raw examples and applies the transform graph on
 ~0.6 MB, about 4x the PNG it came from, and writing then re-reading it costs more than decoding
 again each epoch on the Trainer's cores. `transform.materialize: true` switches back.
 """
+
 from __future__ import annotations
 
 import os
@@ -57,7 +58,11 @@ def make_dataset(
             return tft_layer({k: v for k, v in raw.items() if k in keep})
 
         dataset = dataset.map(_transform, num_parallel_calls=AUTOTUNE)
-    return dataset.map(_to_xy, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE).with_options(_bounded_threads())
+    return (
+        dataset.map(_to_xy, num_parallel_calls=AUTOTUNE)
+        .prefetch(AUTOTUNE)
+        .with_options(_bounded_threads())
+    )
 
 
 def _bounded_threads() -> tf.data.Options:

@@ -2,6 +2,7 @@
 
 Pure construction only (no data, no TFX), so the shape/loss choices are unit-tested in seconds.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,9 +10,9 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence
 
-import hoh  # noqa: F401  (TF_USE_LEGACY_KERAS before tf_keras/tensorflow)
 import tf_keras as keras
 
+import hoh  # noqa: F401  (TF_USE_LEGACY_KERAS before tf_keras/tensorflow)
 from hoh.autograph import exempt_tf_keras
 from hoh.config import ModelConfig, TrainingConfig, TransformConfig
 from hoh.errors import HohError
@@ -48,12 +49,20 @@ class ModelSpec:
     batch_norm_momentum: Optional[float] = _DEFAULTS.batch_norm_momentum
 
     @classmethod
-    def from_config(cls, model: ModelConfig, num_classes: int, image_size: int,
-                    learning_rate: float) -> "ModelSpec":
-        return cls(num_classes=num_classes, image_size=image_size, alpha=model.alpha,
-                   weights=model.weights, hidden_units=tuple(model.hidden_units),
-                   dropout=model.dropout, augment=model.augment, learning_rate=learning_rate,
-                   batch_norm_momentum=model.batch_norm_momentum)
+    def from_config(
+        cls, model: ModelConfig, num_classes: int, image_size: int, learning_rate: float
+    ) -> "ModelSpec":
+        return cls(
+            num_classes=num_classes,
+            image_size=image_size,
+            alpha=model.alpha,
+            weights=model.weights,
+            hidden_units=tuple(model.hidden_units),
+            dropout=model.dropout,
+            augment=model.augment,
+            learning_rate=learning_rate,
+            batch_norm_momentum=model.batch_norm_momentum,
+        )
 
     @property
     def binary(self) -> bool:
@@ -86,12 +95,14 @@ def resolve_weights(weights: str, alpha: float, image_size: int) -> Optional[str
             return "imagenet"
         raise HohError(
             f"model.weights=imagenet but {cached} does not exist and downloads are disabled "
-            "(HOH_ALLOW_WEIGHTS_DOWNLOAD=0); copy the file there or set model.weights to a path or 'none'"
+            "(HOH_ALLOW_WEIGHTS_DOWNLOAD=0); "
+            "copy the file there or set model.weights to a path or 'none'"
         )
     path = Path(weights)
     if not path.is_file():
         raise HohError(
-            f"model.weights={weights!r}: no such file (expected 'imagenet', 'none' or a path to an .h5 backbone)"
+            f"model.weights={weights!r}: no such file "
+            "(expected 'imagenet', 'none' or a path to an .h5 backbone)"
         )
     return str(path)
 
@@ -107,7 +118,9 @@ def _backbone(spec: ModelSpec) -> keras.Model:
             pooling="avg",
         )
     except Exception as exc:  # Keras reports a bad file or a download failure very vaguely.
-        raise HohError(f"could not load MobileNetV2 weights {spec.weights!r} (alpha={spec.alpha}): {exc}") from exc
+        raise HohError(
+            f"could not load MobileNetV2 weights {spec.weights!r} (alpha={spec.alpha}): {exc}"
+        ) from exc
     if spec.batch_norm_momentum is not None:
         for layer in backbone.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
@@ -117,9 +130,12 @@ def _backbone(spec: ModelSpec) -> keras.Model:
 
 
 def build_model(spec: ModelSpec) -> keras.Model:
-    """Images in [0, 1] -> class probabilities (sigmoid [N, 1] for 2 classes, softmax [N, C] else)."""
+    """Images in [0, 1] -> class probabilities (sigmoid [N, 1] for 2 classes,
+    softmax [N, C] else)."""
     if spec.num_classes < 2:
-        raise HohError(f"need at least 2 classes to train a classifier, the data has {spec.num_classes}")
+        raise HohError(
+            f"need at least 2 classes to train a classifier, the data has {spec.num_classes}"
+        )
     inputs = keras.Input(shape=(spec.image_size, spec.image_size, 3), name=IMAGE_XF)
     x = inputs
     if spec.augment:
@@ -150,7 +166,9 @@ def build_head(spec: ModelSpec, feature_dim: int) -> keras.Model:
     if spec.binary:
         outputs = keras.layers.Dense(1, activation="sigmoid", name="probability")(x)
     else:
-        outputs = keras.layers.Dense(spec.num_classes, activation="softmax", name="probabilities")(x)
+        outputs = keras.layers.Dense(spec.num_classes, activation="softmax", name="probabilities")(
+            x
+        )
     return keras.Model(features, outputs, name=HEAD_NAME)
 
 
@@ -163,7 +181,9 @@ def feature_extractor(model: keras.Model) -> keras.Model:
 
     Only valid without augmentation layers (the caller checks), since it skips straight from the
     input to the rescaling and the backbone."""
-    return keras.Sequential([model.get_layer(RESCALE_NAME), backbone_of(model)], name="feature_extractor")
+    return keras.Sequential(
+        [model.get_layer(RESCALE_NAME), backbone_of(model)], name="feature_extractor"
+    )
 
 
 def compile_model(model: keras.Model, spec: ModelSpec, learning_rate: float) -> None:
@@ -215,7 +235,8 @@ def choose_class_weights(
     skew = largest / smallest
     if skew > ratio:
         return balanced_class_weights(counts), (
-            f"balanced (auto: largest class {skew:.2f}x the smallest > {ratio:g}; {shown})")
+            f"balanced (auto: largest class {skew:.2f}x the smallest > {ratio:g}; {shown})"
+        )
     return None, f"none (auto: largest class {skew:.2f}x the smallest <= {ratio:g}; {shown})"
 
 
@@ -223,5 +244,7 @@ def balanced_class_weights(counts: Sequence[int]) -> dict[int, float]:
     """sklearn's 'balanced' rule: n_samples / (n_classes * count_c), so rare classes weigh more."""
     total = float(sum(counts))
     if total <= 0 or any(c <= 0 for c in counts):
-        raise HohError(f"cannot balance classes with counts {list(counts)}: every class needs examples")
+        raise HohError(
+            f"cannot balance classes with counts {list(counts)}: every class needs examples"
+        )
     return {i: total / (len(counts) * c) for i, c in enumerate(counts)}

@@ -13,6 +13,7 @@ without embeddings: sampling then ranks by uncertainty alone and drift skips the
 A batch containing one image TensorFlow cannot decode fails as a whole; it is then re-run image
 by image so only the bad ones are dropped, each with its reason.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,14 @@ import numpy as np
 
 from hoh.errors import HohError
 
-SERVING_DIR_CANDIDATES = ("", "Format-Serving", "model.savedmodel")  # SavedModel, Model artifact, Triton
-EXTRA_DIR = "assets.extra"  # the Trainer's export contract (hoh.trainer.export), not imported: TF-free
+SERVING_DIR_CANDIDATES = (
+    "",
+    "Format-Serving",
+    "model.savedmodel",
+)  # SavedModel, Model artifact, Triton
+EXTRA_DIR = (
+    "assets.extra"  # the Trainer's export contract (hoh.trainer.export), not imported: TF-free
+)
 LABELS_FILE = "labels.txt"
 MODEL_INFO_FILE = "hoh_model.json"
 _TF_NOISE = re.compile(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]")
@@ -64,7 +71,8 @@ def _read_extra(serving_dir: Path, name: str) -> str:
             return f.read()
     except tf.errors.NotFoundError:
         raise HohError(
-            f"model {serving_dir}: {EXTRA_DIR}/{name} is missing; not a model exported by hoh's Trainer"
+            f"model {serving_dir}: {EXTRA_DIR}/{name} is missing; "
+            "not a model exported by hoh's Trainer"
         ) from None
 
 
@@ -114,7 +122,10 @@ class Predictor:
             model = keras.models.load_model(str(self.serving_dir), compile=False)
             both = keras.Model(model.inputs, [_backbone_output(model), model.output])
         except Exception as exc:  # any non-Keras or non-Functional model: fall back, say why
-            self.note = f"no embeddings: the model does not reload as a Keras model ({type(exc).__name__}: {exc})"
+            self.note = (
+                "no embeddings: the model does not reload as a Keras model "
+                f"({type(exc).__name__}: {exc})"
+            )
             return None
         size, num_classes = self.image_size, len(self.class_names)
         exempt_tf_keras()

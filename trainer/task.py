@@ -3,6 +3,7 @@
 TFX glue only: read the custom_config written by `create_pipeline`, build inputs and model,
 fit, export. Everything with a decision in it lives in model.py / inputs.py / export.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -11,12 +12,12 @@ import os
 import time
 from typing import Any, Dict, List
 
-import hoh  # noqa: F401  (TF_USE_LEGACY_KERAS before tf_keras/tensorflow)
 import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 from absl import logging
 
+import hoh  # noqa: F401  (TF_USE_LEGACY_KERAS before tf_keras/tensorflow)
 from hoh import features
 from hoh.config import (
     ConfigError,
@@ -29,7 +30,6 @@ from hoh.errors import HohError
 from hoh.trainer import EPOCH_PREFIX, HISTORY_FILE, TIMING_FILE, export, features_cache, inputs
 from hoh.trainer import model as model_lib
 from hoh.transforms.preprocessing import LABEL_COUNTS_NAME
-
 
 
 def _class_names(tf_transform_output: tft.TFTransformOutput) -> List[str]:
@@ -73,9 +73,11 @@ def _epoch_logger() -> keras.callbacks.Callback:
 
 def _lr_schedule(kind: str, learning_rate: float, epochs: int) -> list:
     if kind == "cosine":
-        return [keras.callbacks.LearningRateScheduler(
-            lambda epoch: learning_rate * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
-        )]
+        return [
+            keras.callbacks.LearningRateScheduler(
+                lambda epoch: learning_rate * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+            )
+        ]
     return []
 
 
@@ -87,12 +89,16 @@ def parse_trainer_config(
     `trainer_config` parameter was edited by hand."""
     unknown = sorted(set(config) - {"model", "training", "image_size", "materialize"})
     if unknown:
-        raise ConfigError(f"trainer_config: unknown key(s) {unknown}; expected model, training, "
-                          "image_size, materialize")
+        raise ConfigError(
+            f"trainer_config: unknown key(s) {unknown}; expected model, training, "
+            "image_size, materialize"
+        )
     transform = {k: config[k] for k in ("image_size", "materialize") if k in config}
-    return (parse_section(ModelConfig, config.get("model", {}), "trainer_config.model"),
-            parse_section(TrainingConfig, config.get("training", {}), "trainer_config.training"),
-            parse_section(TransformConfig, transform, "trainer_config"))
+    return (
+        parse_section(ModelConfig, config.get("model", {}), "trainer_config.model"),
+        parse_section(TrainingConfig, config.get("training", {}), "trainer_config.training"),
+        parse_section(TransformConfig, transform, "trainer_config"),
+    )
 
 
 def run_fn(fn_args) -> None:
@@ -103,14 +109,20 @@ def run_fn(fn_args) -> None:
 
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     class_names = _class_names(tf_transform_output)
-    spec = model_lib.ModelSpec.from_config(model_cfg, len(class_names), image_size,
-                                           train_cfg.learning_rate)
+    spec = model_lib.ModelSpec.from_config(
+        model_cfg, len(class_names), image_size, train_cfg.learning_rate
+    )
     logging.info("Training %s on classes %s", spec, class_names)
 
     def dataset(files, shuffle):
         return inputs.make_dataset(
-            files, fn_args.data_accessor, tf_transform_output, batch_size,
-            materialized=materialized, shuffle=shuffle, seed=seed,
+            files,
+            fn_args.data_accessor,
+            tf_transform_output,
+            batch_size,
+            materialized=materialized,
+            shuffle=shuffle,
+            seed=seed,
         )
 
     train_ds, eval_ds = dataset(fn_args.train_files, True), dataset(fn_args.eval_files, False)
@@ -130,7 +142,9 @@ def run_fn(fn_args) -> None:
     ]
     schedule = _lr_schedule(train_cfg.lr_schedule, spec.learning_rate, epochs)
     fit_started = time.monotonic()
-    fit_args = dict(epochs=epochs, class_weight=class_weight, callbacks=callbacks + schedule, verbose=0)
+    fit_args = dict(
+        epochs=epochs, class_weight=class_weight, callbacks=callbacks + schedule, verbose=0
+    )
     cached = train_cfg.cache_backbone_features and features_cache.applies(spec)
     if cached:
         logging.info("Frozen backbone, no augmentation: fitting the head on cached features")
@@ -139,7 +153,9 @@ def run_fn(fn_args) -> None:
         with features_cache.feature_cache(model) as cache:
             history = head.fit(
                 cache.features(train_ds, shuffle=True, seed=seed, batch_size=batch_size),
-                validation_data=cache.features(eval_ds, shuffle=False, seed=seed, batch_size=batch_size),
+                validation_data=cache.features(
+                    eval_ds, shuffle=False, seed=seed, batch_size=batch_size
+                ),
                 **fit_args,
             )
     else:
@@ -153,9 +169,13 @@ def run_fn(fn_args) -> None:
         logging.info("Fine-tuning %d backbone layers for %d epochs", unfrozen, fine_tune_epochs)
         model_lib.compile_model(model, spec, train_cfg.fine_tune_learning_rate)
         tuned = model.fit(
-            train_ds, validation_data=eval_ds, initial_epoch=epochs,
-            epochs=epochs + fine_tune_epochs, class_weight=class_weight,
-            callbacks=callbacks, verbose=0,
+            train_ds,
+            validation_data=eval_ds,
+            initial_epoch=epochs,
+            epochs=epochs + fine_tune_epochs,
+            class_weight=class_weight,
+            callbacks=callbacks,
+            verbose=0,
         )
         for k, v in tuned.history.items():
             curves.setdefault(k, []).extend(float(x) for x in v)
@@ -165,8 +185,15 @@ def run_fn(fn_args) -> None:
     # Wall time of the first training phase (incl. graph tracing and, when cached, the one
     # backbone pass), for benchmarks: images/s = train examples * epochs / fit_seconds.
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, TIMING_FILE), "w") as f:
-        json.dump({"fit_seconds": fit_seconds, "epochs": epochs, "class_weights": balance_reason,
-                   "cached_features": cached}, f)
+        json.dump(
+            {
+                "fit_seconds": fit_seconds,
+                "epochs": epochs,
+                "class_weights": balance_reason,
+                "cached_features": cached,
+            },
+            f,
+        )
     export.export_model(
         model,
         fn_args.serving_model_dir,

@@ -3,11 +3,13 @@
 There is exactly one decode/resize function so that training, TFMA and Triton see identical
 pixels; a second copy drifting by one interpolation flag is a classic silent train/serve skew.
 """
+
 import tensorflow as tf
 
 
 def decode_and_resize(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Encoded PNG/JPEG/BMP/GIF bytes `[batch]` or `[batch, 1]` -> float32 `[batch, S, S, 3]` in [0, 1].
+    """Encoded PNG/JPEG/BMP/GIF bytes `[batch]` or `[batch, 1]` -> float32 `[batch, S, S, 3]`
+    in [0, 1].
 
     SchemaGen(infer_feature_shape=True) makes the bytes feature `[batch, 1]`, serving feeds
     `[batch]`: both are flattened. `channels=3` drops alpha (the real images are RGBA) and expands

@@ -1,8 +1,10 @@
-"""The TFT `preprocessing_fn`, addressed by dotted path (`hoh.transforms.preprocessing.preprocessing_fn`).
+"""The TFT `preprocessing_fn`, addressed by dotted path
+(`hoh.transforms.preprocessing.preprocessing_fn`).
 
 A dotted path (not `module_file`) lets Kubeflow compile without writing a wheel to the pipeline
 root and lets the container image carry the code.
 """
+
 from typing import Any, Dict, Optional
 
 import tensorflow as tf
@@ -26,7 +28,9 @@ def preprocessing_fn(
     file travels inside the transform graph and the exported model, so serving, Triton's
     labels.txt and the Evaluator all agree on what id 0 means.
     """
-    image_size = parse_section(TransformConfig, custom_config or {}, "Transform custom_config").image_size
+    image_size = parse_section(
+        TransformConfig, custom_config or {}, "Transform custom_config"
+    ).image_size
     outputs = {features.IMAGE_XF: decode_and_resize(inputs[features.IMAGE_KEY], image_size)}
     if features.LABEL_KEY in inputs:
         labels = tf.reshape(inputs[features.LABEL_KEY], [-1])

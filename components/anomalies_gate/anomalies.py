@@ -1,4 +1,5 @@
 """Reading ExampleValidator's output into sentences a person can act on (pure, unit-tested)."""
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ run and could ship a model trained on garbage. The gate fails its execution with
 lists every anomaly, and Transform is ordered after it. (Kubeflow v2 and the local runner both
 stop a DAG at a failed task.)
 """
+
 from tfx.dsl.component.experimental.annotations import InputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact_utils, standard_artifacts

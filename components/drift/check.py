@@ -3,6 +3,7 @@
 The one entry point the TFX component and `hoh drift` share, so a pipeline run and a command
 line check on the same data give the same answer.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,7 +15,7 @@ from hoh.components.drift.profile import Profile, ReducedEmbeddings, build_profi
 from hoh.config import DriftConfig
 from hoh.data.sources import ImageSource
 from hoh.errors import HohError
-from hoh.fileio import write_file
+from hoh.fileio import is_remote, write_file
 
 Echo = Callable[[str], None]
 
@@ -40,7 +41,7 @@ def _profile(source: ImageSource, what: str, predictor, reducer, echo: Echo) -> 
 
 
 def _makedirs(out_dir: str) -> None:
-    if "://" not in out_dir:  # object stores have no directories to create
+    if not is_remote(out_dir):  # object stores have no directories to create
         os.makedirs(out_dir, exist_ok=True)
 
 
@@ -49,8 +50,15 @@ def no_reference(current: str, out_dir: str, reason: str, context: Optional[dict
     _makedirs(out_dir)
     write_file(os.path.join(out_dir, report.REPORT_FILE), report.no_reference_html(current, reason))
     summary = report.make_summary(
-        current={"description": current}, reference=None, reasons=[], drifted_share=0.0,
-        features=[], descriptors=None, labels=None, embeddings=None, notes=[reason],
+        current={"description": current},
+        reference=None,
+        reasons=[],
+        drifted_share=0.0,
+        features=[],
+        descriptors=None,
+        labels=None,
+        embeddings=None,
+        notes=[reason],
         files=[report.REPORT_FILE, report.SUMMARY_FILE],
     )
     summary.update(context or {})
@@ -72,7 +80,9 @@ def check_drift(
     record in summary.json (the pipeline notes whether the verdict holds the push)."""
     settings = settings or DriftConfig()
     if reference is None:
-        return no_reference(current.description, out_dir, "no reference span (the first span)", context)
+        return no_reference(
+            current.description, out_dir, "no reference span (the first span)", context
+        )
     _makedirs(out_dir)
     notes: list[str] = []
     predictor = None
@@ -88,7 +98,9 @@ def check_drift(
     if predictor is not None and reducer.projection is None:
         notes.append("no embedding test: too few reference images to fit the PCA")
         predictor = None
-    cur_reducer = ReducedEmbeddings(settings.embedding_components, settings.embedding_fit_rows, reducer.projection)
+    cur_reducer = ReducedEmbeddings(
+        settings.embedding_components, settings.embedding_fit_rows, reducer.projection
+    )
     cur = _profile(current, "current", predictor, cur_reducer, echo)
     if not model_path:
         notes.append("no model given: descriptors and labels only, no embedding test")
@@ -99,7 +111,9 @@ def check_drift(
     files = [report.REPORT_FILE]
     emb_snapshot, embeddings = embedding_report(ref, cur, settings)
     if emb_snapshot is not None:
-        report.save_snapshot_html(emb_snapshot, os.path.join(out_dir, report.EMBEDDINGS_REPORT_FILE))
+        report.save_snapshot_html(
+            emb_snapshot, os.path.join(out_dir, report.EMBEDDINGS_REPORT_FILE)
+        )
         files.append(report.EMBEDDINGS_REPORT_FILE)
         if embeddings["note"]:
             notes.append(embeddings["note"])

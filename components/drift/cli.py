@@ -4,6 +4,7 @@ Argument parsing and printing only; the work is `hoh.components.drift.check.chec
 Unset options take the pipeline config's defaults (`hoh.config.DriftConfig`), read when the
 command runs: pydantic would cost `hoh --help` half a second.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,10 +21,17 @@ def _run(args: argparse.Namespace) -> int:
     from hoh.config import DriftConfig, parse_section
     from hoh.data.sources import resolve_path
 
-    flags = {"drift_share": args.drift_share, "column_method": args.column_method,
-             "column_threshold": args.column_threshold, "label_drift": not args.no_labels}
-    settings = parse_section(DriftConfig, json.dumps({k: v for k, v in flags.items() if v not in (None, "")}),
-                             "hoh drift flags")
+    flags = {
+        "drift_share": args.drift_share,
+        "column_method": args.column_method,
+        "column_threshold": args.column_threshold,
+        "label_drift": not args.no_labels,
+    }
+    settings = parse_section(
+        DriftConfig,
+        json.dumps({k: v for k, v in flags.items() if v not in (None, "")}),
+        "hoh drift flags",
+    )
     splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
     reference = resolve_path(args.reference, splits, "reference")
     current = resolve_path(args.current, splits, "current")
@@ -46,15 +54,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     drift.add_argument("--reference", required=True, metavar="DIR", help="the data the model knows")
     drift.add_argument("--current", required=True, metavar="DIR", help="the new data")
-    drift.add_argument("--out", required=True, metavar="DIR", help="report.html, summary.json go here")
-    drift.add_argument("--model", metavar="DIR", help="a hoh model (Trainer output, SavedModel or Triton "
-                       "version directory): adds the embedding test")
-    drift.add_argument("--splits", default=",".join(features.SPLITS),
-                       help="splits read from span directories (default: %(default)s)")
-    drift.add_argument("--drift-share", type=float,
-                       help="share of drifted descriptors that declares drift (default: drift.drift_share)")
-    drift.add_argument("--column-method", help="Evidently stattest for the descriptors (default: Evidently's choice)")
+    drift.add_argument(
+        "--out", required=True, metavar="DIR", help="report.html, summary.json go here"
+    )
+    drift.add_argument(
+        "--model",
+        metavar="DIR",
+        help="a hoh model (Trainer output, SavedModel or Triton "
+        "version directory): adds the embedding test",
+    )
+    drift.add_argument(
+        "--splits",
+        default=",".join(features.SPLITS),
+        help="splits read from span directories (default: %(default)s)",
+    )
+    drift.add_argument(
+        "--drift-share",
+        type=float,
+        help="share of drifted descriptors that declares drift (default: drift.drift_share)",
+    )
+    drift.add_argument(
+        "--column-method",
+        help="Evidently stattest for the descriptors (default: Evidently's choice)",
+    )
     drift.add_argument("--column-threshold", type=float, help="threshold of that stattest")
     drift.add_argument("--no-labels", action="store_true", help="skip the class-proportion test")
-    drift.add_argument("--fail-on-drift", action="store_true", help="exit with status 5 when drift is detected")
+    drift.add_argument(
+        "--fail-on-drift", action="store_true", help="exit with status 5 when drift is detected"
+    )
     drift.set_defaults(handler=_run)

@@ -61,11 +61,19 @@ def DriftCheck(
     ref_span = sources.reference_span(
         features.list_spans(data_root), current_span, settings.reference_span
     )
-    reference = (sources.span_source(data_root, ref_span, features.SPLITS)
-                 if ref_span is not None else None)
+    reference = (
+        sources.span_source(data_root, ref_span, features.SPLITS) if ref_span is not None else None
+    )
     model_path = model.uri if (model is not None and settings.embeddings) else None
-    summary = check_drift(current, reference, drift_report.uri, settings, model_path, echo=logging.info,
-                          context={BLOCKS_PUSH: bool(blocks_push)})
+    summary = check_drift(
+        current,
+        reference,
+        drift_report.uri,
+        settings,
+        model_path,
+        echo=logging.info,
+        context={BLOCKS_PUSH: bool(blocks_push)},
+    )
     for line in summary_lines(summary):
         logging.info("hoh-drift: %s", line)
     drift_report.set_int_custom_property(DRIFT_DETECTED, int(summary["drift_detected"]))

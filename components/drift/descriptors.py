@@ -7,6 +7,7 @@ run (Pillow's JPEG draft mode decodes at 1/2-1/8 scale directly), and detail fin
 far below what a 224-pixel classifier sees anyway. Width, height, aspect ratio and encoded size
 describe the original file.
 """
+
 from __future__ import annotations
 
 import io

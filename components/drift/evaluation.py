@@ -15,6 +15,7 @@ section, `hoh.config.DriftConfig`):
 
 Current comes FIRST in `Report.run(current, reference)` (the legacy API had it the other way).
 """
+
 from __future__ import annotations
 
 import math
@@ -62,7 +63,9 @@ def _proportions(labels: Any) -> dict[str, float]:
     return {str(k): round(float(v), 6) for k, v in sorted(counts.items())}
 
 
-def descriptor_report(reference: Profile, current: Profile, settings: DriftConfig) -> tuple[Any, dict]:
+def descriptor_report(
+    reference: Profile, current: Profile, settings: DriftConfig
+) -> tuple[Any, dict]:
     """Evidently report over descriptors (+ labels when both sides have them); returns the
     snapshot (for the HTML) and the per-feature results."""
     from evidently import DataDefinition, Dataset, Report
@@ -74,7 +77,9 @@ def descriptor_report(reference: Profile, current: Profile, settings: DriftConfi
     categorical = list(CATEGORICAL) + ([LABEL] if with_labels else [])
     definition = DataDefinition(numerical_columns=list(NUMERIC), categorical_columns=categorical)
     options = {"method": settings.column_method, "threshold": settings.column_threshold}
-    metrics: list = [DriftedColumnsCount(columns=columns, drift_share=settings.drift_share, **options)]
+    metrics: list = [
+        DriftedColumnsCount(columns=columns, drift_share=settings.drift_share, **options)
+    ]
     metrics += [ValueDrift(column=c, **options) for c in columns]
     if with_labels:
         metrics.append(ValueDrift(column=LABEL))
@@ -89,7 +94,11 @@ def descriptor_report(reference: Profile, current: Profile, settings: DriftConfi
         )
     result = snapshot.dict()
     per_column = _value_drift_rows(result)
-    count = next(m["value"] for m in result["metrics"] if m["config"]["type"].endswith(":DriftedColumnsCount"))
+    count = next(
+        m["value"]
+        for m in result["metrics"]
+        if m["config"]["type"].endswith(":DriftedColumnsCount")
+    )
     features = []
     for name in columns:
         row = {"name": name, "kind": "descriptor", **per_column[name]}
@@ -128,7 +137,9 @@ def _sample(frame: Any, rows: int, seed: int) -> Any:
     return frame if len(frame) <= rows else frame.sample(rows, random_state=seed)
 
 
-def embedding_report(reference: Profile, current: Profile, settings: DriftConfig) -> tuple[Any, Optional[dict]]:
+def embedding_report(
+    reference: Profile, current: Profile, settings: DriftConfig
+) -> tuple[Any, Optional[dict]]:
     """MMD drift of the reduced embeddings on at most `embedding_max_rows` rows per side (the
     kernel is quadratic in rows); (None, None) when either side has no embeddings."""
     if reference.embeddings is None or current.embeddings is None:
@@ -163,9 +174,11 @@ def embedding_report(reference: Profile, current: Profile, settings: DriftConfig
         "counts_in_verdict": votes,
         "components": width,
         "rows": {"reference": len(ref), "current": len(cur)},
-        "note": "" if votes else (
-            f"fewer than {settings.embedding_min_rows} images on a side: the MMD score is too noisy "
-            "to vote on the verdict"
+        "note": ""
+        if votes
+        else (
+            f"fewer than {settings.embedding_min_rows} images on a side: "
+            "the MMD score is too noisy to vote on the verdict"
         ),
     }
 
@@ -183,6 +196,7 @@ def verdict(descriptors: dict, labels: Optional[dict], embeddings: Optional[dict
         reasons.append(f"class proportions drifted: {labels['reference']} -> {labels['current']}")
     if embeddings is not None and embeddings["drifted"] and embeddings["counts_in_verdict"]:
         reasons.append(
-            f"backbone embeddings drifted: MMD {embeddings['value']:.4f} > {embeddings['threshold']:g}"
+            f"backbone embeddings drifted: "
+            f"MMD {embeddings['value']:.4f} > {embeddings['threshold']:g}"
         )
     return reasons

@@ -7,6 +7,7 @@ by a PCA fitted on the first `fit_rows` reference images: records are stored in 
 order (a deterministic shuffle, see hoh.data.importer), so the first rows are a fair sample, and
 only their raw embeddings are ever held at once.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -5,6 +5,7 @@ the run summary and `hoh drift` print from it), so it is written last: a directo
 summary is complete. Paths go through tf.io.gfile only when they are not local, so the CLI on
 plain folders never loads TensorFlow for writing.
 """
+
 from __future__ import annotations
 
 import html
@@ -80,13 +81,16 @@ def summary_lines(summary: dict) -> list[str]:
         return ["drift: not checked - " + "; ".join(summary["notes"] or ["no reference"])]
     head = "drift: DETECTED" if summary["drift_detected"] else "drift: none"
     ref, cur = summary["reference"], summary["current"]
-    lines = [f"{head} ({cur['images']} current vs {ref['images']} reference images; "
-             f"descriptor share {summary['drifted_share']:.2f})"]
+    lines = [
+        f"{head} ({cur['images']} current vs {ref['images']} reference images; "
+        f"descriptor share {summary['drifted_share']:.2f})"
+    ]
     lines += [f"  - {reason}" for reason in summary["reasons"]]
     for feature in summary["features"]:
         if feature["drifted"] and "reference_mean" in feature:
             lines.append(
-                f"  {feature['name']}: mean {feature['reference_mean']:.4g} -> {feature['current_mean']:.4g} "
+                f"  {feature['name']}: mean {feature['reference_mean']:.4g} "
+                f"-> {feature['current_mean']:.4g} "
                 f"({feature['test']} {feature['value']:.3g})"
             )
     skipped = len(ref["skipped"]) + len(cur["skipped"])

@@ -1,1 +1,2 @@
-"""ImportExampleGen that copies already-encoded splits instead of re-encoding them (see executor.py)."""
+"""ImportExampleGen that copies already-encoded splits instead of re-encoding them
+(see executor.py)."""

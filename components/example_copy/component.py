@@ -1,4 +1,5 @@
 """The stock ImportExampleGen (driver, spec, artifact) with hoh's copying executor."""
+
 from __future__ import annotations
 
 from tfx.components.example_gen.import_example_gen.component import ImportExampleGen

@@ -12,6 +12,7 @@ CRCs, decompression, the first record parsed), then copied byte for byte. Any ot
 configuration, or files that are not gzip, takes the stock Beam path unchanged. The driver (span
 resolution, fingerprints, caching) and the output artifact are the stock ones.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List
@@ -30,10 +31,16 @@ from hoh.components.example_copy import files
 _GZIP_FORMATS = (example_gen_pb2.FILE_FORMAT_UNSPECIFIED, example_gen_pb2.FORMAT_TFRECORDS_GZIP)
 
 
-def _configs(exec_properties: Dict[str, Any]) -> tuple[example_gen_pb2.Input, example_gen_pb2.Output]:
+def _configs(
+    exec_properties: Dict[str, Any],
+) -> tuple[example_gen_pb2.Input, example_gen_pb2.Output]:
     input_config, output_config = example_gen_pb2.Input(), example_gen_pb2.Output()
-    proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY], input_config)
-    proto_utils.json_to_proto(exec_properties[standard_component_specs.OUTPUT_CONFIG_KEY], output_config)
+    proto_utils.json_to_proto(
+        exec_properties[standard_component_specs.INPUT_CONFIG_KEY], input_config
+    )
+    proto_utils.json_to_proto(
+        exec_properties[standard_component_specs.OUTPUT_CONFIG_KEY], output_config
+    )
     return input_config, output_config
 
 
@@ -59,22 +66,28 @@ def reencode_reason(exec_properties: Dict[str, Any]) -> str | None:
     payload = exec_properties.get(standard_component_specs.OUTPUT_DATA_FORMAT_KEY)
     if payload != example_gen_pb2.FORMAT_TF_EXAMPLE:
         return f"payload format {payload} is not FORMAT_TF_EXAMPLE"
-    file_format = exec_properties.get(standard_component_specs.OUTPUT_FILE_FORMAT_KEY,
-                                      example_gen_pb2.FILE_FORMAT_UNSPECIFIED)
+    file_format = exec_properties.get(
+        standard_component_specs.OUTPUT_FILE_FORMAT_KEY, example_gen_pb2.FILE_FORMAT_UNSPECIFIED
+    )
     if file_format not in _GZIP_FORMATS:
         return f"output file format {file_format} is not gzip TFRecord"
     return None
 
 
 class Executor(import_executor.Executor):
-
-    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
-           exec_properties: Dict[str, Any]) -> None:
+    def Do(
+        self,
+        input_dict: Dict[str, List[types.Artifact]],
+        output_dict: Dict[str, List[types.Artifact]],
+        exec_properties: Dict[str, Any],
+    ) -> None:
         reason = reencode_reason(exec_properties)
         splits = []
         if reason is None:
-            splits = files.resolve_splits(exec_properties[standard_component_specs.INPUT_BASE_KEY],
-                                          output_splits(exec_properties))
+            splits = files.resolve_splits(
+                exec_properties[standard_component_specs.INPUT_BASE_KEY],
+                output_splits(exec_properties),
+            )
             if not all(files.all_gzip(split) for split in splits):
                 reason = "some input files are not gzip"
         if reason is not None:
@@ -90,6 +103,7 @@ class Executor(import_executor.Executor):
         for split in splits:
             files.copy_split(split, artifact_utils.get_split_uri(examples, split.name))
         examples_utils.set_payload_format(artifact, example_gen_pb2.FORMAT_TF_EXAMPLE)
-        examples_utils.set_file_format(artifact, write_split.to_file_format_str(example_gen_pb2.FORMAT_TFRECORDS_GZIP))
+        examples_utils.set_file_format(
+            artifact, write_split.to_file_format_str(example_gen_pb2.FORMAT_TFRECORDS_GZIP)
+        )
         logging.info("ImportExampleGen: copied %s (examples per split), no re-encoding", counts)
-

@@ -2,6 +2,7 @@
 
 Kept free of TFX so it is unit-tested on small files; executor.py decides when it applies.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -54,13 +55,17 @@ def count_examples(split: SplitFiles) -> int:
     count = 0
     for path in split.files:
         try:
-            for record in tf.data.TFRecordDataset(path, compression_type="GZIP", buffer_size=1 << 20):
+            for record in tf.data.TFRecordDataset(
+                path, compression_type="GZIP", buffer_size=1 << 20
+            ):
                 if count == 0:
                     _check_example(record.numpy(), path)
                 count += 1
         except tf.errors.OpError as exc:
-            raise HohError(f"split {split.name!r}: {path} is not a readable gzip TFRecord file "
-                           f"({type(exc).__name__}: {exc.message})") from None
+            raise HohError(
+                f"split {split.name!r}: {path} is not a readable gzip TFRecord file "
+                f"({type(exc).__name__}: {exc.message})"
+            ) from None
     if count == 0:
         raise HohError(f"split {split.name!r}: the files matching {split.pattern} hold no examples")
     return count

@@ -15,6 +15,7 @@ The SavedModel is copied into the artifact (a MobileNetV2 is ~10-15 MB): an arti
 points into the live repository could change under the Evaluator when the pusher retires old
 versions.
 """
+
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts

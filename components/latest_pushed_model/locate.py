@@ -3,27 +3,19 @@
 Kept apart from the component so it can be unit-tested without TFX, and so the one place that
 knows the repository layout stays `hoh.components.triton_pusher.repository`.
 """
+
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 from hoh.components.triton_pusher import repository
+from hoh.components.triton_pusher.filesystem import fs_for, join
 
 SAVED_MODEL_PB = "saved_model.pb"
 
 
-def _join(*parts: str) -> str:
-    """Join with '/' so gs:// URIs survive (os.path.join would too, but not on every OS)."""
-    return "/".join([parts[0].rstrip("/"), *(p.strip("/") for p in parts[1:])])
-
-
 def _exists(path: str) -> bool:
-    if "://" not in path:
-        return os.path.exists(path)
-    import tensorflow as tf
-
-    return tf.io.gfile.exists(path)
+    return fs_for(path).exists(path)
 
 
 def latest_pushed_saved_model(model_repository: str, model_name: str) -> Optional[str]:
@@ -33,9 +25,9 @@ def latest_pushed_saved_model(model_repository: str, model_name: str) -> Optiona
     pusher cannot rename atomically) is skipped in favour of the one below it: comparing a
     candidate against a half-copied baseline would fail the run for the wrong reason.
     """
-    model_dir = _join(model_repository, model_name)
+    model_dir = join(model_repository, model_name)
     for version in reversed(repository.list_versions(model_dir)):
-        saved_model = _join(model_dir, str(version), repository.SAVED_MODEL_DIR)
-        if _exists(_join(saved_model, SAVED_MODEL_PB)):
+        saved_model = join(model_dir, str(version), repository.SAVED_MODEL_DIR)
+        if _exists(join(saved_model, SAVED_MODEL_PB)):
             return saved_model
     return None

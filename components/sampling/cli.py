@@ -4,6 +4,7 @@ Argument parsing and printing only; the work is in `sample.py` and `labelstudio.
 options take the pipeline config's defaults (`hoh.config.SamplingConfig`), read when the
 command runs: pydantic would cost `hoh --help` half a second.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,32 +14,54 @@ from hoh import features
 
 
 def _run_sample(args: argparse.Namespace) -> int:
-    from hoh.data.sources import resolve_path
-    from hoh.trainer.predictor import Predictor
-    from hoh.components.sampling.sample import SamplingSettings, read_ids, sample_pool, summary_lines
+    from hoh.components.sampling.sample import (
+        SamplingSettings,
+        read_ids,
+        sample_pool,
+        summary_lines,
+    )
     from hoh.config import SamplingConfig
+    from hoh.data.sources import resolve_path
     from hoh.errors import HohError
+    from hoh.progress import Progress
+    from hoh.trainer.predictor import Predictor
 
     _fill_defaults(args, SamplingConfig())
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise HohError(f"output {out} is not empty; a batch goes into a new directory")
     pool = resolve_path(args.pool, (features.POOL_SPLIT,), "pool")
-    exclude = read_ids(resolve_path(args.exclude, features.SPLITS, "exclude")) if args.exclude else frozenset()
+    exclude = (
+        read_ids(resolve_path(args.exclude, features.SPLITS, "exclude"))
+        if args.exclude
+        else frozenset()
+    )
     try:
         settings = SamplingSettings(
-            k=args.k, strategy=args.strategy, diversity=not args.no_diversity,
-            candidates_factor=args.candidates_factor, from_name=args.from_name, to_name=args.to_name,
+            k=args.k,
+            strategy=args.strategy,
+            diversity=not args.no_diversity,
+            candidates_factor=args.candidates_factor,
+            from_name=args.from_name,
+            to_name=args.to_name,
             url_prefix=args.url_prefix,
         )
     except ValueError as exc:
         raise HohError(str(exc)) from None
     predictor = Predictor(args.model, embeddings=settings.diversity)
-    summary = sample_pool(pool, predictor, str(out), settings, exclude, echo=print)
+    bar = Progress("scored", unit="images")
+    try:
+        summary = sample_pool(
+            pool, predictor, str(out), settings, exclude, echo=print, progress=bar.update
+        )
+    finally:
+        bar.close()
     for line in summary_lines(summary):
         print(line)
-    print(f"Label Studio import: {out}/label_studio.json (labeling config: {out}/label_config.xml); "
-          f"look first: {out}/contact_sheet.html")
+    print(
+        f"Label Studio import: {out}/label_studio.json (labeling config: {out}/label_config.xml); "
+        f"look first: {out}/contact_sheet.html"
+    )
     return 0
 
 
@@ -73,8 +96,12 @@ _LISTED = 10  # existing files named one per line; more are counted
 
 # option -> SamplingConfig field supplying its default
 _CONFIG_KEYS = {
-    "k": "k", "strategy": "strategy", "candidates_factor": "candidates_factor",
-    "from_name": "from_name", "to_name": "to_name", "url_prefix": "image_url_prefix",
+    "k": "k",
+    "strategy": "strategy",
+    "candidates_factor": "candidates_factor",
+    "from_name": "from_name",
+    "to_name": "to_name",
+    "url_prefix": "image_url_prefix",
 }
 
 
@@ -87,23 +114,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "and an HTML contact sheet. POOL may be a pool data root or span (from `hoh data import "
         "--unlabeled`) or a folder of images; unreadable images are listed and skipped.",
     )
-    sample.add_argument("--model", required=True, metavar="DIR",
-                        help="a hoh model: Trainer output, SavedModel or Triton version directory")
+    sample.add_argument(
+        "--model",
+        required=True,
+        metavar="DIR",
+        help="a hoh model: Trainer output, SavedModel or Triton version directory",
+    )
     sample.add_argument("--pool", required=True, metavar="DIR", help="unlabeled images")
     sample.add_argument("--k", type=int, help="images to select (default: sampling.k, 50)")
     sample.add_argument("--out", required=True, metavar="DIR", help="new or empty output directory")
-    sample.add_argument("--strategy", choices=("least_confidence", "margin", "entropy"),
-                        help="uncertainty score (default: sampling.strategy, margin)")
-    sample.add_argument("--no-diversity", action="store_true",
-                        help="plain top-K by uncertainty (default: k-center greedy among the top candidates)")
-    sample.add_argument("--candidates-factor", type=int,
-                        help="diversity picks among factor*K most uncertain (default: 5)")
-    sample.add_argument("--exclude", metavar="DIR",
-                        help="labeled data (data root or span) whose images are not proposed again")
+    sample.add_argument(
+        "--strategy",
+        choices=("least_confidence", "margin", "entropy"),
+        help="uncertainty score (default: sampling.strategy, margin)",
+    )
+    sample.add_argument(
+        "--no-diversity",
+        action="store_true",
+        help="plain top-K by uncertainty (default: k-center greedy among the top candidates)",
+    )
+    sample.add_argument(
+        "--candidates-factor",
+        type=int,
+        help="diversity picks among factor*K most uncertain (default: 5)",
+    )
+    sample.add_argument(
+        "--exclude",
+        metavar="DIR",
+        help="labeled data (data root or span) whose images are not proposed again",
+    )
     sample.add_argument("--from-name", help="Label Studio Choices name (default: choice)")
     sample.add_argument("--to-name", help="Label Studio Image name (default: image)")
-    sample.add_argument("--url-prefix",
-                        help="prefix of image URLs in the tasks (default: /data/local-files/?d=)")
+    sample.add_argument(
+        "--url-prefix", help="prefix of image URLs in the tasks (default: /data/local-files/?d=)"
+    )
     sample.set_defaults(handler=_run_sample)
 
     labels = subparsers.add_parser(
@@ -117,7 +161,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "OUT stops the command before anything is copied.",
     )
     labels.add_argument("export", metavar="EXPORT.json", help="Label Studio export (format 'JSON')")
-    labels.add_argument("--sample", required=True, metavar="DIR", help="the `hoh sample` output directory")
-    labels.add_argument("--out", required=True, metavar="SRC", help="class folders to add the images to")
+    labels.add_argument(
+        "--sample", required=True, metavar="DIR", help="the `hoh sample` output directory"
+    )
+    labels.add_argument(
+        "--out", required=True, metavar="SRC", help="class folders to add the images to"
+    )
     labels.add_argument("--from-name", help="Choices name (default: choice)")
     labels.set_defaults(handler=_run_labels)

@@ -15,7 +15,11 @@ from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArti
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact, artifact_utils, standard_artifacts
 
-from hoh.components.sampling.labelstudio import DEFAULT_FROM_NAME, DEFAULT_TO_NAME, DEFAULT_URL_PREFIX
+from hoh.components.sampling.labelstudio import (
+    DEFAULT_FROM_NAME,
+    DEFAULT_TO_NAME,
+    DEFAULT_URL_PREFIX,
+)
 
 SELECTED = "selected"
 SCORED = "scored"
@@ -29,7 +33,9 @@ class SampledImages(artifact.Artifact):
     TYPE_NAME = "hoh.SampledImages"
 
 
-def choose_model(blessed: Optional[bool], current: str, baseline: Optional[str]) -> tuple[Optional[str], str]:
+def choose_model(
+    blessed: Optional[bool], current: str, baseline: Optional[str]
+) -> tuple[Optional[str], str]:
     """(model uri, which) following the rule in the module docstring; blessed=None = no gate."""
     if blessed is None or blessed:
         return current, "current"
@@ -74,27 +80,39 @@ def ActiveLearningSampler(
     blessed = None
     if model_blessing is not None:
         blessed = model_blessing.get_int_custom_property("blessed") == 1
-    model_uri, which = choose_model(blessed, model.uri, baseline_model.uri if baseline_model is not None else None)
+    model_uri, which = choose_model(
+        blessed, model.uri, baseline_model.uri if baseline_model is not None else None
+    )
     samples.set_string_custom_property(MODEL_SOURCE, which)
     if model_uri is None:
         reason = "the model of this run was not blessed and there is no earlier blessed model"
-        fileio.write_json(os.path.join(samples.uri, SUMMARY_FILE),
-                          {"schema_version": 1, "selected": 0, "notes": [reason]})
+        fileio.write_json(
+            os.path.join(samples.uri, SUMMARY_FILE),
+            {"schema_version": 1, "selected": 0, "notes": [reason]},
+        )
         samples.set_int_custom_property(SELECTED, 0)
         logging.info("hoh-sampling: nothing sampled: %s", reason)
         return
     pool_source = sources.tfrecord_source(
-        [artifact_utils.get_split_uri([pool], pool_split)], f"pool span {span_of(pool)} (Examples artifact {pool.id})"
+        [artifact_utils.get_split_uri([pool], pool_split)],
+        f"pool span {span_of(pool)} (Examples artifact {pool.id})",
     )
     exclude = frozenset()
     if labeled is not None and exclude_labeled:
         splits = artifact_utils.decode_split_names(labeled.split_names)
-        exclude = read_ids(sources.tfrecord_source(
-            [artifact_utils.get_split_uri([labeled], s) for s in splits], "labeled examples"
-        ))
+        exclude = read_ids(
+            sources.tfrecord_source(
+                [artifact_utils.get_split_uri([labeled], s) for s in splits], "labeled examples"
+            )
+        )
     settings = SamplingSettings(
-        k=k, strategy=strategy, diversity=bool(diversity), candidates_factor=candidates_factor,
-        from_name=from_name, to_name=to_name, url_prefix=url_prefix,
+        k=k,
+        strategy=strategy,
+        diversity=bool(diversity),
+        candidates_factor=candidates_factor,
+        from_name=from_name,
+        to_name=to_name,
+        url_prefix=url_prefix,
     )
     predictor = Predictor(model_uri, embeddings=settings.diversity)
     summary = sample_pool(pool_source, predictor, samples.uri, settings, exclude, echo=logging.info)
@@ -107,7 +125,8 @@ def ActiveLearningSampler(
 
 def pool_example_gen(pool_root: object) -> object:
     """ImportExampleGen over the pool's data root: the latest span's `pool/` split, kept whole
-    (with one input split and no output config, ExampleGen would re-split it 2:1 into train/eval)."""
+    (with one input split and no output config, ExampleGen would re-split it 2:1 into
+    train/eval)."""
     from tfx.proto import example_gen_pb2
 
     from hoh import features

@@ -12,6 +12,7 @@ input (anyone who can edit a task can change `hoh_file` or a label): only files 
 sample folder are read, only `OUT/<class>/` is written, and the whole export is checked before
 the first copy.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,7 +26,9 @@ from hoh.errors import HohError
 
 DEFAULT_FROM_NAME = "choice"
 DEFAULT_TO_NAME = "image"
-DEFAULT_URL_PREFIX = "/data/local-files/?d="  # Label Studio local storage; document root = sample dir
+DEFAULT_URL_PREFIX = (
+    "/data/local-files/?d="  # Label Studio local storage; document root = sample dir
+)
 DATA_KEY = "image"  # `$image` in the labeling config
 
 
@@ -60,13 +63,16 @@ def task(
     }
 
 
-def labeling_config(classes: Iterable[str], from_name: str = DEFAULT_FROM_NAME, to_name: str = DEFAULT_TO_NAME) -> str:
+def labeling_config(
+    classes: Iterable[str], from_name: str = DEFAULT_FROM_NAME, to_name: str = DEFAULT_TO_NAME
+) -> str:
     """An image-classification labeling config whose names match the tasks."""
     choices = "\n".join(f'    <Choice value="{html.escape(c, quote=True)}"/>' for c in classes)
     return (
         "<View>\n"
         f'  <Image name="{html.escape(to_name, quote=True)}" value="${DATA_KEY}"/>\n'
-        f'  <Choices name="{html.escape(from_name, quote=True)}" toName="{html.escape(to_name, quote=True)}" '
+        f'  <Choices name="{html.escape(from_name, quote=True)}" '
+        f'toName="{html.escape(to_name, quote=True)}" '
         'choice="single" showInLine="true">\n'
         f"{choices}\n"
         "  </Choices>\n"

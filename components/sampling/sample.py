@@ -9,6 +9,7 @@ Two streaming passes keep memory flat however large the pool is:
 Images already labeled (their content id is in `exclude_ids`, e.g. the training span) and
 duplicates inside the pool are not proposed; unreadable images are listed and skipped.
 """
+
 from __future__ import annotations
 
 import csv
@@ -51,7 +52,9 @@ class SamplingSettings:
         if self.k < 1:
             raise ValueError(f"k must be at least 1, got {self.k}")
         if self.strategy not in scoring.STRATEGIES:
-            raise ValueError(f"unknown strategy {self.strategy!r}; known: {', '.join(scoring.STRATEGIES)}")
+            raise ValueError(
+                f"unknown strategy {self.strategy!r}; known: {', '.join(scoring.STRATEGIES)}"
+            )
         if self.candidates_factor < 1:
             raise ValueError(f"candidates_factor must be at least 1, got {self.candidates_factor}")
 
@@ -64,8 +67,15 @@ class _Scan:
     skipped: list[dict[str, str]] = field(default_factory=list)
 
 
-def _score_pool(pool: ImageSource, predictor: Any, settings: SamplingSettings, exclude_ids: frozenset,
-                keep: int, echo: Echo) -> tuple[_Scan, list[tuple[float, int, tuple]]]:
+def _score_pool(
+    pool: ImageSource,
+    predictor: Any,
+    settings: SamplingSettings,
+    exclude_ids: frozenset,
+    keep: int,
+    echo: Echo,
+    progress: Optional[Callable[[int], None]] = None,
+) -> tuple[_Scan, list[tuple[float, int, tuple]]]:
     """Pass 1: returns counts and the `keep` most uncertain (score, position, payload)."""
     scan, top, seen = _Scan(), scoring.TopK(keep), set()
     batch: list[ImageRecord] = []
@@ -74,7 +84,11 @@ def _score_pool(pool: ImageSource, predictor: Any, settings: SamplingSettings, e
         prediction = predictor.predict([r.data for r in batch])
         for position, reason in sorted(prediction.failed.items()):
             scan.skipped.append({"source": batch[position].source, "reason": reason})
-        scores = scoring.uncertainty(prediction.probabilities, settings.strategy) if prediction.ok else []
+        scores = (
+            scoring.uncertainty(prediction.probabilities, settings.strategy)
+            if prediction.ok
+            else []
+        )
         for row, position in enumerate(prediction.ok):
             record = batch[position]
             # Copies: a row view would keep its whole batch array alive in the heap.
@@ -82,7 +96,9 @@ def _score_pool(pool: ImageSource, predictor: Any, settings: SamplingSettings, e
             probabilities = prediction.probabilities[row].copy()
             top.push(scores[row], scan.scored, (record.id, record.source, probabilities, embedding))
             scan.scored += 1
-        if scan.scored and scan.scored % (50 * settings.batch_size) < len(batch):
+        if progress is not None:
+            progress(scan.scored)
+        elif scan.scored and scan.scored % (50 * settings.batch_size) < len(batch):
             echo(f"scored {scan.scored} images")
         batch.clear()
 
@@ -141,10 +157,12 @@ def sample_pool(
     settings: SamplingSettings = SamplingSettings(),
     exclude_ids: frozenset = frozenset(),
     echo: Echo = lambda line: None,
+    progress: Optional[Callable[[int], None]] = None,
 ) -> dict:
     """Score `pool` with `predictor` (hoh.trainer.predictor.Predictor or anything
     with its `predict`, `class_names`, `has_embeddings`, `model_version`) and write the outputs
-    listed in docs/ACTIVE_LEARNING.md into `out_dir`; returns the summary."""
+    listed in docs/ACTIVE_LEARNING.md into `out_dir`; returns the summary. `progress(scored)`
+    after each batch replaces the periodic "scored N images" lines (a bar on a terminal)."""
     notes: list[str] = []
     diversity = settings.diversity and predictor.has_embeddings
     if settings.diversity and not predictor.has_embeddings:
@@ -152,7 +170,7 @@ def sample_pool(
         notes.append(f"diversity off ({why}); ranked by uncertainty only")
     keep = settings.k * (settings.candidates_factor if diversity else 1)
     echo(f"scoring {pool.description} ({settings.strategy}, k={settings.k})")
-    scan, best = _score_pool(pool, predictor, settings, exclude_ids, keep, echo)
+    scan, best = _score_pool(pool, predictor, settings, exclude_ids, keep, echo, progress)
     scores = [s for s, _, _ in best]
     embeddings = np.stack([p[3] for _, _, p in best]) if diversity and best else None
     order = scoring.select(scores, settings.k, embeddings, candidates=len(best))
@@ -182,25 +200,43 @@ def sample_pool(
             "probabilities": {c: round(float(p), 6) for c, p in zip(classes, probabilities)},
         }
         rows.append(row)
-        tasks.append(labelstudio.task(
-            url_prefix + file, row["predicted"], row["confidence"], predictor.model_version,
-            settings.from_name, settings.to_name,
-            extra={"hoh_id": image_id, "hoh_file": file, "source": source, "hoh_score": row["score"]},
-        ))
+        tasks.append(
+            labelstudio.task(
+                url_prefix + file,
+                row["predicted"],
+                row["confidence"],
+                predictor.model_version,
+                settings.from_name,
+                settings.to_name,
+                extra={
+                    "hoh_id": image_id,
+                    "hoh_file": file,
+                    "source": source,
+                    "hoh_score": row["score"],
+                },
+            )
+        )
 
     write_file(os.path.join(out_dir, SELECTED_JSONL), "".join(json.dumps(r) + "\n" for r in rows))
     write_file(os.path.join(out_dir, SELECTED_CSV), _csv(rows, classes))
     write_file(os.path.join(out_dir, LABEL_STUDIO_FILE), json.dumps(tasks, indent=1) + "\n")
-    write_file(os.path.join(out_dir, LABEL_CONFIG_FILE),
-               labelstudio.labeling_config(classes, settings.from_name, settings.to_name))
+    write_file(
+        os.path.join(out_dir, LABEL_CONFIG_FILE),
+        labelstudio.labeling_config(classes, settings.from_name, settings.to_name),
+    )
     if scan.skipped:
         notes.append(f"{len(scan.skipped)} pool image(s) skipped: unreadable or undecodable")
     title = f"{len(rows)} images to label ({settings.strategy}{', diverse' if diversity else ''})"
-    write_file(os.path.join(out_dir, CONTACT_SHEET), contact_sheet.render(title, rows, thumbnails, notes))
+    write_file(
+        os.path.join(out_dir, CONTACT_SHEET), contact_sheet.render(title, rows, thumbnails, notes)
+    )
     summary = {
         "schema_version": 1,
         "pool": pool.description,
-        "model": {"path": str(getattr(predictor, "serving_dir", "")), "version": predictor.model_version},
+        "model": {
+            "path": str(getattr(predictor, "serving_dir", "")),
+            "version": predictor.model_version,
+        },
         "strategy": settings.strategy,
         "k": settings.k,
         "diversity": diversity,
@@ -211,8 +247,15 @@ def sample_pool(
         "duplicates": scan.duplicates,
         "skipped": scan.skipped,
         "notes": notes,
-        "files": [SELECTED_JSONL, SELECTED_CSV, LABEL_STUDIO_FILE, LABEL_CONFIG_FILE, CONTACT_SHEET,
-                  IMAGES_DIR + "/", SUMMARY_FILE],
+        "files": [
+            SELECTED_JSONL,
+            SELECTED_CSV,
+            LABEL_STUDIO_FILE,
+            LABEL_CONFIG_FILE,
+            CONTACT_SHEET,
+            IMAGES_DIR + "/",
+            SUMMARY_FILE,
+        ],
     }
     write_file(os.path.join(out_dir, SUMMARY_FILE), json.dumps(summary, indent=2) + "\n")
     return summary
@@ -225,7 +268,8 @@ def summary_lines(summary: dict) -> list[str]:
     lines = [f"sampled {summary['selected']} of {summary['scored']} pool images ({how})"]
     if summary["excluded_labeled"] or summary["duplicates"]:
         lines.append(
-            f"  not proposed: {summary['excluded_labeled']} already labeled, {summary['duplicates']} duplicates"
+            f"  not proposed: {summary['excluded_labeled']} already labeled, "
+            f"{summary['duplicates']} duplicates"
         )
     for item in summary["skipped"]:
         lines.append(f"  skipped {item['source']}: {item['reason']}")

@@ -10,6 +10,7 @@ Every strategy gives a score where HIGHER means MORE uncertain, in [0, 1]:
 For two classes all three rank images identically (each is a function of max p); they differ
 for three or more. Ties keep pool order, so a selection is reproducible.
 """
+
 from __future__ import annotations
 
 import heapq

@@ -3,6 +3,7 @@
 `TritonPusher` and `Executor` are resolved lazily: they import TFX (tens of seconds), and code
 that only writes or inspects a repository (`repository`, the serving tests) should not pay that.
 """
+
 from typing import Any
 
 __all__ = ["TritonPusher", "Executor"]

@@ -1,13 +1,16 @@
 """TritonPusher: a TFX component that publishes a blessed model to a Triton model repository.
 
-Its exec properties are plain str/int values (the batch sizes as a JSON list string) rather than
-a proto or a dict: they then compile to Kubeflow v2 pipeline parameters without custom encoding,
-and each one shows up by name in the KFP UI.
+Two exec properties, both plain strings so they compile to Kubeflow v2 pipeline parameters
+without custom encoding: where to push (`model_repository`, a runtime parameter on Kubeflow) and
+how to serve (`push_config`, the typed config's `push:` section as JSON). One JSON value rather
+than a property per setting keeps the defaults in one place, `hoh.config.PushConfig`: a setting
+added there reaches the executor without touching this file, and a KFP run overrides any of
+them with one parameter.
 """
+
 from __future__ import annotations
 
-import json
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 from tfx import types
 from tfx.dsl.components.base import base_component, executor_spec
@@ -17,20 +20,15 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.types.system_executions import Deploy
 
 from hoh.components.triton_pusher import executor, repository
+from hoh.config import PushConfig, parse_section, section_json
 
 
 class TritonPusherSpec(types.ComponentSpec):
-    """Inputs/outputs of the stock Pusher; Triton settings as simple exec properties."""
+    """Inputs/outputs of the stock Pusher; the destination and the settings as strings."""
 
     PARAMETERS = {
         executor.MODEL_REPOSITORY_KEY: ExecutionParameter(type=str),
-        executor.MODEL_NAME_KEY: ExecutionParameter(type=str),
-        executor.MAX_BATCH_SIZE_KEY: ExecutionParameter(type=int),
-        executor.PREFERRED_BATCH_SIZES_KEY: ExecutionParameter(type=str),
-        executor.MAX_QUEUE_DELAY_US_KEY: ExecutionParameter(type=int),
-        executor.INSTANCE_COUNT_KEY: ExecutionParameter(type=int),
-        executor.VERSIONS_TO_SERVE_KEY: ExecutionParameter(type=int),
-        executor.VERSIONS_TO_KEEP_KEY: ExecutionParameter(type=int),
+        executor.PUSH_CONFIG_KEY: ExecutionParameter(type=str),
     }
     INPUTS = {
         standard_component_specs.MODEL_KEY: ChannelParameter(
@@ -51,9 +49,6 @@ class TritonPusherSpec(types.ComponentSpec):
     TYPE_ANNOTATION = Deploy
 
 
-_Int = Union[int, data_types.RuntimeParameter]
-
-
 class TritonPusher(base_component.BaseComponent):
     """Pushes a blessed model as the next version of a Triton (python backend) model.
 
@@ -71,36 +66,21 @@ class TritonPusher(base_component.BaseComponent):
         model: Optional[types.BaseChannel] = None,
         model_blessing: Optional[types.BaseChannel] = None,
         infra_blessing: Optional[types.BaseChannel] = None,
-        model_name: str = "hoh",
-        max_batch_size: _Int = 32,
-        preferred_batch_sizes: Sequence[int] = (8, 16, 32),
-        max_queue_delay_us: _Int = 2000,
-        instance_count: _Int = 1,
-        versions_to_serve: _Int = 1,
-        versions_to_keep: _Int = 2,
+        push_config: Union[PushConfig, dict, str, None] = None,
     ):
+        """`push_config`: the `push:` section (PushConfig, dict or JSON); None = defaults."""
         if model is None and infra_blessing is None:
             raise ValueError("TritonPusher needs `model` (or an `infra_blessing` holding a model)")
-        values = dict(
-            model_name=model_name,
-            max_batch_size=max_batch_size,
-            max_queue_delay_us=max_queue_delay_us,
-            instance_count=instance_count,
-            versions_to_serve=versions_to_serve,
-            versions_to_keep=versions_to_keep,
-        )
-        if all(not isinstance(v, data_types.RuntimeParameter) for v in values.values()):
-            # Fail while the pipeline is built, not after training in the pusher's container.
-            repository.TritonPushSettings(
-                preferred_batch_sizes=tuple(preferred_batch_sizes), **values
-            ).validate()
+        if not isinstance(push_config, PushConfig):
+            push_config = parse_section(PushConfig, push_config or "{}", "TritonPusher push_config")
+        # Fail while the pipeline is built, not after training in the pusher's container.
+        repository.TritonPushSettings.from_config(push_config)
         spec = TritonPusherSpec(
             model=model,
             model_blessing=model_blessing,
             infra_blessing=infra_blessing,
             model_repository=model_repository,
-            preferred_batch_sizes=json.dumps([int(b) for b in preferred_batch_sizes]),
+            push_config=section_json(push_config, exclude={"enabled", "model_repository"}),
             pushed_model=types.Channel(type=standard_artifacts.PushedModel),
-            **values,
         )
         super().__init__(spec=spec)

@@ -7,9 +7,9 @@ model into the PushedModel artifact (what a later Importer / rollback reads), an
 properties `pushed`, `pushed_destination`, `pushed_version`. Only the destination differs, and
 the code that writes it lives in `repository.py`.
 """
+
 from __future__ import annotations
 
-import json
 from typing import Any, Dict, List
 
 from absl import logging
@@ -19,53 +19,23 @@ from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils
 
 from hoh.components.triton_pusher import repository
+from hoh.config import PushConfig, parse_section
 
 MODEL_REPOSITORY_KEY = "model_repository"
-MODEL_NAME_KEY = "model_name"
-MAX_BATCH_SIZE_KEY = "max_batch_size"
-PREFERRED_BATCH_SIZES_KEY = "preferred_batch_sizes"
-MAX_QUEUE_DELAY_US_KEY = "max_queue_delay_us"
-INSTANCE_COUNT_KEY = "instance_count"
-VERSIONS_TO_SERVE_KEY = "versions_to_serve"
-VERSIONS_TO_KEEP_KEY = "versions_to_keep"
-# Optional: absent keys keep TritonPushSettings' defaults (which come from hoh.config).
-LIMIT_KEYS = ("max_image_bytes", "max_image_pixels", "max_images_per_request",
-              "max_request_bytes", "max_gif_frames", "max_request_pixels")
-RESPONSE_CACHE_KEY = "response_cache"
+# The `push:` section of the typed config as one JSON string (see component.py for why).
+PUSH_CONFIG_KEY = "push_config"
 
 # Extra custom properties on the PushedModel, next to the stock ones.
 TRITON_MODEL_NAME_PROPERTY = "triton_model_name"
 TRITON_MODEL_REPOSITORY_PROPERTY = "triton_model_repository"
 
 
-def parse_batch_sizes(value: Any) -> tuple[int, ...]:
-    """`preferred_batch_sizes` travels as a JSON list string (a plain str compiles everywhere)."""
-    if isinstance(value, str):
-        value = json.loads(value) if value.strip() else []
-    return tuple(int(v) for v in value)
-
-
 def settings_from_exec_properties(exec_properties: Dict[str, Any]) -> repository.TritonPushSettings:
-    """Exec properties -> validated settings; absent keys keep the defaults of the settings."""
-    defaults = repository.TritonPushSettings()
-
-    def get(key: str, default: Any) -> Any:
-        value = exec_properties.get(key)
-        return default if value is None else value
-
-    return repository.TritonPushSettings(
-        model_name=str(get(MODEL_NAME_KEY, defaults.model_name)),
-        max_batch_size=int(get(MAX_BATCH_SIZE_KEY, defaults.max_batch_size)),
-        preferred_batch_sizes=parse_batch_sizes(
-            get(PREFERRED_BATCH_SIZES_KEY, list(defaults.preferred_batch_sizes))
-        ),
-        max_queue_delay_us=int(get(MAX_QUEUE_DELAY_US_KEY, defaults.max_queue_delay_us)),
-        instance_count=int(get(INSTANCE_COUNT_KEY, defaults.instance_count)),
-        versions_to_serve=int(get(VERSIONS_TO_SERVE_KEY, defaults.versions_to_serve)),
-        versions_to_keep=int(get(VERSIONS_TO_KEEP_KEY, defaults.versions_to_keep)),
-        **{k: int(exec_properties[k]) for k in LIMIT_KEYS if exec_properties.get(k)},
-        response_cache=bool(get(RESPONSE_CACHE_KEY, defaults.response_cache)),
-    ).validate()
+    """Validated settings: the config's rules and defaults apply to what the run received."""
+    push = parse_section(
+        PushConfig, exec_properties.get(PUSH_CONFIG_KEY) or "{}", f"TritonPusher {PUSH_CONFIG_KEY}"
+    )
+    return repository.TritonPushSettings.from_config(push)
 
 
 class Executor(tfx_pusher_executor.Executor):
@@ -90,14 +60,20 @@ class Executor(tfx_pusher_executor.Executor):
 
         result = repository.push_model(model_path, model_repository, settings, source=model_path)
         if result.pushed:
-            logging.info("Model %s pushed to %s as version %d", model_path, result.model_dir,
-                         result.version)
+            logging.info(
+                "Model %s pushed to %s as version %d", model_path, result.model_dir, result.version
+            )
         else:
-            logging.info("Model %s already is version %d of %s; nothing written", model_path,
-                         result.version, result.model_dir)
+            logging.info(
+                "Model %s already is version %d of %s; nothing written",
+                model_path,
+                result.version,
+                result.model_dir,
+            )
         if result.removed_versions:
-            logging.info("Deleted old versions %s of %s", list(result.removed_versions),
-                         result.model_dir)
+            logging.info(
+                "Deleted old versions %s of %s", list(result.removed_versions), result.model_dir
+            )
 
         io_utils.copy_dir(model_path, model_push.uri)  # archive, like the stock Pusher
         self._MarkPushed(

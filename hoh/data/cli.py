@@ -3,33 +3,20 @@
 The work happens in hoh.data.importer and hoh.data.demo, which tests call directly; the modules
 imported here load neither TensorFlow nor TFX, so `hoh --help` stays instant.
 """
+
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 from pathlib import Path
 
 from hoh.data import demo, importer
 from hoh.data.images import DEFAULT_MAX_PIXELS
 from hoh.errors import HohError
-
-
-class _Progress:
-    """Reports long imports on stderr at most every few seconds; silent for quick ones."""
-
-    def __init__(self, every_seconds: float = 5.0):
-        self._every = every_seconds
-        self._last = time.monotonic()
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - self._last >= self._every:
-            self._last = now
-            print(f"{stage}: {done}/{total} files", file=sys.stderr, flush=True)
+from hoh.progress import Progress, StagedProgress
 
 
 def _run_import(args: argparse.Namespace) -> int:
+    progress = StagedProgress()
     try:
         report = importer.import_images(
             args.src,
@@ -39,12 +26,14 @@ def _run_import(args: argparse.Namespace) -> int:
             unlabeled=args.unlabeled,
             max_pixels=args.max_pixels,
             report_path=args.report,
-            progress=_Progress(),
+            progress=progress,
         )
     except OSError as exc:
         # The importer names the output for the errors it expects; anything else the OS refuses
         # (a file vanishing under SRC, a full disk) still deserves one line, not a traceback.
         raise HohError(f"import failed: {importer.describe_os_error(exc)}") from None
+    finally:
+        progress.close()
     paths = [str(Path(report.span_dir) / importer.REPORT_NAME)]
     if args.report:
         paths.append(args.report)
@@ -79,11 +68,16 @@ def _ratio(text: str) -> float:
 def _run_download(args: argparse.Namespace) -> int:
     from hoh.data.download import HORSES_OR_HUMANS, download
 
-    def progress(done: int) -> None:
-        print(f"\rdownloaded {done / 1e6:.1f} / {HORSES_OR_HUMANS.size / 1e6:.1f} MB", end="", file=sys.stderr)
-
-    folder = download(args.out, local_archive=args.archive and Path(args.archive), progress=progress)
-    print(file=sys.stderr)
+    bar = Progress("download", unit="MB")
+    total_mb = round(HORSES_OR_HUMANS.size / 1e6, 1)
+    try:
+        folder = download(
+            args.out,
+            local_archive=args.archive and Path(args.archive),
+            progress=lambda done: bar.update(round(done / 1e6, 1), total_mb),
+        )
+    finally:
+        bar.close()
     print(f"verified (sha256 {HORSES_OR_HUMANS.sha256[:12]}...) and unpacked into {folder}")
     print(f"data: {HORSES_OR_HUMANS.credit}")
     print(f"next: hoh data import {folder} --out DATA_DIR")
@@ -139,7 +133,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "DIR/horse-or-human/{horses,humans}. Data by Laurence Moroney, CC BY 2.0.",
     )
     dl.add_argument("--out", required=True, metavar="DIR", help="folder to unpack into")
-    dl.add_argument("--archive", metavar="ZIP", help="verify and unpack an already downloaded copy instead")
+    dl.add_argument(
+        "--archive", metavar="ZIP", help="verify and unpack an already downloaded copy instead"
+    )
     dl.set_defaults(handler=_run_download)
 
     dem = commands.add_parser(
@@ -149,11 +145,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "`hoh data import` reads. Known classes: " + ", ".join(demo.known_classes()) + ".",
     )
     dem.add_argument("--out", required=True, metavar="DIR", help="new or empty folder")
-    dem.add_argument("--per-class", type=int, default=demo.DEFAULT_PER_CLASS, metavar="N",
-                     help="images per class (default: %(default)s)")
-    dem.add_argument("--size", type=int, default=demo.DEFAULT_SIZE,
-                     help="image width and height in pixels (default: %(default)s)")
+    dem.add_argument(
+        "--per-class",
+        type=int,
+        default=demo.DEFAULT_PER_CLASS,
+        metavar="N",
+        help="images per class (default: %(default)s)",
+    )
+    dem.add_argument(
+        "--size",
+        type=int,
+        default=demo.DEFAULT_SIZE,
+        help="image width and height in pixels (default: %(default)s)",
+    )
     dem.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default: 0)")
-    dem.add_argument("--classes", type=_class_list, default=demo.DEFAULT_CLASSES,
-                     help="comma-separated (default: " + ",".join(demo.DEFAULT_CLASSES) + ")")
+    dem.add_argument(
+        "--classes",
+        type=_class_list,
+        default=demo.DEFAULT_CLASSES,
+        help="comma-separated (default: " + ",".join(demo.DEFAULT_CLASSES) + ")",
+    )
     dem.set_defaults(handler=_run_demo)

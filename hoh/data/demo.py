@@ -9,6 +9,7 @@ Every image has its own random stream seeded by (seed, class, index). The same s
 gives byte-identical files, and a smaller `per_class` gives a prefix of a larger set, so a test
 that needs 10 images sees the first 10 of the 150 the demo run uses.
 """
+
 from __future__ import annotations
 
 import random

@@ -4,6 +4,7 @@ Only when a user asks: nothing in hoh downloads at run time or in tests. The siz
 are the ones TensorFlow Datasets records for the same URL, so a truncated transfer, a captive
 portal page or a changed upstream file is refused instead of silently training on it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,7 +47,9 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch(url: str, dest: Path, timeout: float = 60.0, progress: Optional[Callable[[int], None]] = None) -> None:
+def fetch(
+    url: str, dest: Path, timeout: float = 60.0, progress: Optional[Callable[[int], None]] = None
+) -> None:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as out:
             done = 0
@@ -57,7 +60,8 @@ def fetch(url: str, dest: Path, timeout: float = 60.0, progress: Optional[Callab
                     progress(done)
     except (urllib.error.URLError, OSError) as exc:
         raise HohError(
-            f"could not download {url}: {exc}. On a machine without internet, download it elsewhere "
+            f"could not download {url}: {exc}. "
+            "On a machine without internet, download it elsewhere "
             "and pass the file with --archive"
         ) from None
 
@@ -65,7 +69,10 @@ def fetch(url: str, dest: Path, timeout: float = 60.0, progress: Optional[Callab
 def verify(path: Path, archive: Archive) -> None:
     size = path.stat().st_size
     if size != archive.size:
-        raise HohError(f"{path}: {size} bytes, expected {archive.size} for {archive.url} (truncated or a different file)")
+        raise HohError(
+            f"{path}: {size} bytes, expected {archive.size} for {archive.url} "
+            "(truncated or a different file)"
+        )
     digest = sha256_of(path)
     if digest != archive.sha256:
         raise HohError(f"{path}: sha256 {digest} does not match the expected {archive.sha256}")
@@ -78,7 +85,9 @@ def safe_extract(zip_path: Path, dest: Path) -> int:
         for info in zf.infolist():
             name = PurePosixPath(info.filename)
             if name.is_absolute() or ".." in name.parts:
-                raise HohError(f"{zip_path}: refusing to unpack {info.filename!r} outside the target folder")
+                raise HohError(
+                    f"{zip_path}: refusing to unpack {info.filename!r} outside the target folder"
+                )
             if info.is_dir() or name.parts[0] == "__MACOSX":
                 continue
             target = dest.joinpath(*name.parts)
@@ -89,9 +98,15 @@ def safe_extract(zip_path: Path, dest: Path) -> int:
     return written
 
 
-def download(out_dir: str | Path, archive: Archive = HORSES_OR_HUMANS, local_archive: Optional[Path] = None,
-             progress: Optional[Callable[[int], None]] = None) -> Path:
-    """Verified and unpacked into OUT/<folder>; returns that folder. Never leaves a partial folder."""
+def download(
+    out_dir: str | Path,
+    archive: Archive = HORSES_OR_HUMANS,
+    local_archive: Optional[Path] = None,
+    progress: Optional[Callable[[int], None]] = None,
+) -> Path:
+    """Verified and unpacked into OUT/<folder>; returns that folder.
+
+    Never leaves a partial folder."""
     out_dir = Path(out_dir)
     target = out_dir / archive.folder
     if target.exists():

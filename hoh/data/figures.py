@@ -8,6 +8,7 @@ shape, as with the real photos, instead of a shortcut a model could learn from c
 Angles are in degrees from straight down, positive towards the way the figure faces (right);
 the caller mirrors half the figures to face left.
 """
+
 from __future__ import annotations
 
 import math
@@ -94,8 +95,10 @@ def draw_horse(rng: random.Random, size: int, coat: Colour, mane: Colour) -> Ima
             colour = shade(coat, 0.7) if far else coat
             _limb(draw, points, leg_w, colour)
             hx, hy = points[-1]
-            draw.ellipse((hx - leg_w * 0.6, hy - leg_w * 0.4, hx + leg_w * 0.6, hy + leg_w * 0.5),
-                         fill=shade(mane, 0.6))
+            draw.ellipse(
+                (hx - leg_w * 0.6, hy - leg_w * 0.4, hx + leg_w * 0.6, hy + leg_w * 0.5),
+                fill=shade(mane, 0.6),
+            )
 
     tail_root = (cx - length * 0.48, cy - body_h * 0.25)
     swing = rng.uniform(-20, 50)
@@ -176,16 +179,22 @@ def draw_human(rng: random.Random, size: int, clothes: Colour, skin: Colour) -> 
     leg(-1, far=True)
     leg(1, far=False)
     torso = [
-        (cx - shoulder_w, shoulder_y), (cx + shoulder_w, shoulder_y),
-        (cx + hip_w, hip_y + height * 0.03), (cx - hip_w, hip_y + height * 0.03),
+        (cx - shoulder_w, shoulder_y),
+        (cx + shoulder_w, shoulder_y),
+        (cx + hip_w, hip_y + height * 0.03),
+        (cx - hip_w, hip_y + height * 0.03),
     ]
     draw.polygon(torso, fill=clothes)
     _limb(draw, ((cx, shoulder_y), (cx, shoulder_y - height * 0.03)), head_r * 0.8, skin)
     head_x = cx + math.sin(math.radians(lean)) * head_r
     draw.ellipse((head_x - head_r, top, head_x + head_r, top + head_r * 2.2), fill=skin)
     if rng.random() < 0.5:  # hair or a hat
-        draw.chord((head_x - head_r, top - head_r * 0.1, head_x + head_r, top + head_r * 1.6),
-                   180, 360, fill=shade(clothes, 0.5))
+        draw.chord(
+            (head_x - head_r, top - head_r * 0.1, head_x + head_r, top + head_r * 1.6),
+            180,
+            360,
+            fill=shade(clothes, 0.5),
+        )
     arm(1, far=False)
     return layer.rotate(-lean, resample=Image.Resampling.BICUBIC, center=(cx, hip_y))
 
@@ -209,8 +218,12 @@ def draw_bird(rng: random.Random, size: int, plumage: Colour, accent: Colour) ->
     if perched:
         for dx in (-0.08, 0.06):
             hip = (cx + body_len * dx, cy + body_h * 0.35)
-            _limb(draw, _chain(hip, (rng.uniform(-10, 10), 20), (body_h * 0.6, body_h * 0.3)),
-                  max(2.0, span * 0.012), shade(accent, 0.6))
+            _limb(
+                draw,
+                _chain(hip, (rng.uniform(-10, 10), 20), (body_h * 0.6, body_h * 0.3)),
+                max(2.0, span * 0.012),
+                shade(accent, 0.6),
+            )
 
     def wing(flap: float, colour: Colour) -> None:
         root = (cx + body_len * 0.05, cy - body_h * 0.1)
@@ -225,12 +238,17 @@ def draw_bird(rng: random.Random, size: int, plumage: Colour, accent: Colour) ->
     draw.polygon(_oval(cx, cy, body_len / 2, body_h / 2, -pitch), fill=plumage)
     head_c = _step((cx, cy), 90 + pitch - rng.uniform(15, 40), body_len * 0.5)
     head_r = body_h * rng.uniform(0.38, 0.5)
-    draw.ellipse((head_c[0] - head_r, head_c[1] - head_r, head_c[0] + head_r, head_c[1] + head_r),
-                 fill=plumage)
+    draw.ellipse(
+        (head_c[0] - head_r, head_c[1] - head_r, head_c[0] + head_r, head_c[1] + head_r),
+        fill=plumage,
+    )
     beak_dir = 90 + pitch + rng.uniform(-20, 30)
     beak_len = head_r * rng.uniform(0.9, 1.8)
-    beak = [_step(head_c, beak_dir - 35, head_r * 0.8), _step(head_c, beak_dir + 35, head_r * 0.8),
-            _step(head_c, beak_dir, head_r + beak_len)]
+    beak = [
+        _step(head_c, beak_dir - 35, head_r * 0.8),
+        _step(head_c, beak_dir + 35, head_r * 0.8),
+        _step(head_c, beak_dir, head_r + beak_len),
+    ]
     draw.polygon(beak, fill=accent)
     if not perched or rng.random() < 0.5:
         wing(flap, plumage)

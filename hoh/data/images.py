@@ -6,6 +6,7 @@ TensorFlow then decodes the bytes with exactly the call the pipeline's Transform
 accepted here cannot fail later inside a Beam worker: Pillow alone is more lenient (it opens TIFF,
 WebP and 1-bit BMP, which `tf.io.decode_image` refuses).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -84,8 +85,9 @@ def read_header(path: Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Hea
     return Header(format=fmt, width=width, height=height)
 
 
-_SERVING_LIMITS = {k: PushConfig.model_fields[k].default
-                   for k in ("max_image_bytes", "max_gif_frames")}
+_SERVING_LIMITS = {
+    k: PushConfig.model_fields[k].default for k in ("max_image_bytes", "max_gif_frames")
+}
 
 
 def check_like_serving(data: bytes, max_pixels: int) -> None:

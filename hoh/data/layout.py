@@ -28,6 +28,7 @@ A folder that cannot be listed (permissions, I/O error, removed during the scan)
 import with an error naming it: training on a silently partial class is worse than not
 importing. A single unreadable file is only rejected (`unreadable`), with the OS's reason.
 """
+
 from __future__ import annotations
 
 import os
@@ -128,11 +129,13 @@ def scan_source(src: Path, unlabeled: bool = False) -> SourceScan:
         into = None if unlabeled else _class_in_source(real, real_src, scan.class_dirs)
         first = visited.get(real)
         if into is not None and into != label:
-            raise _link_error(src, f"{dirpath} resolves to {real}, inside class folder "
-                              f"{src / into}", label, into)
+            raise _link_error(
+                src, f"{dirpath} resolves to {real}, inside class folder {src / into}", label, into
+            )
         if first is not None and first[1] != label:
-            raise _link_error(src, f"{dirpath} and {src / first[0]} are the same folder ({real})",
-                              label, first[1])
+            raise _link_error(
+                src, f"{dirpath} and {src / first[0]} are the same folder ({real})", label, first[1]
+            )
         if first is not None:
             scan.warnings.append(
                 f"folder {rel_dir.as_posix()} is {first[0]} again (a link); "

@@ -4,6 +4,7 @@ Nothing here knows the class being drawn: that is the point. Whatever a model ca
 the scene (brightness, hue, texture, horizon, stray shapes) carries no information about the
 label, so the demo set can only be solved from the figure's shape.
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -28,6 +29,7 @@ def luminance(colour: Colour) -> float:
 
 def contrasting_colour(rng: random.Random, against: Colour, min_delta: float = 45) -> Colour:
     """A figure colour that stays visible on the background; a few tries, then the best one."""
+
     def delta(colour: Colour) -> float:
         return abs(luminance(colour) - luminance(against))
 
@@ -100,8 +102,10 @@ def add_clutter(rng: random.Random, image: Image.Image, count: int, max_frac: fl
             width = max(1, round(extent * rng.uniform(0.05, 0.2)))
             draw.line(((x, y), end), fill=colour, width=width)
         else:
-            points = [(x + rng.uniform(-1, 1) * half, y + rng.uniform(-1, 1) * half)
-                      for _ in range(rng.randint(3, 6))]
+            points = [
+                (x + rng.uniform(-1, 1) * half, y + rng.uniform(-1, 1) * half)
+                for _ in range(rng.randint(3, 6))
+            ]
             draw.polygon(points, fill=colour)
 
 

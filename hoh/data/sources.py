@@ -9,6 +9,7 @@ Records whose bytes cannot even be read (an unreadable file, a hidden or badly n
 folder) are yielded with `problem` set rather than raised: one bad file must never stop a scan
 of a hundred thousand, but it must show up in the report.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -64,11 +65,14 @@ def tfrecord_source(split_dirs: Sequence[str], description: str) -> ImageSource:
 def span_source(data_root: str, span: int, splits: Sequence[str]) -> ImageSource:
     span_dir = os.path.join(str(data_root), f"{features.SPAN_PREFIX}{span}")
     return tfrecord_source(
-        [os.path.join(span_dir, s) for s in splits], f"span {span} ({', '.join(splits)}) of {data_root}"
+        [os.path.join(span_dir, s) for s in splits],
+        f"span {span} ({', '.join(splits)}) of {data_root}",
     )
 
 
-def reference_span(spans: Sequence[int], current: int, pinned: Optional[int] = None) -> Optional[int]:
+def reference_span(
+    spans: Sequence[int], current: int, pinned: Optional[int] = None
+) -> Optional[int]:
     """The span to compare `current` with: `pinned` if given (it must exist and differ from
     `current`), else the closest span below `current` (spans may have gaps: a deleted bad
     import); None when there is none, i.e. on the first span."""
@@ -86,17 +90,25 @@ def _iter_tfrecords(files: Sequence[str]) -> Iterator[ImageRecord]:
     import tensorflow as tf
 
     def _bytes(example, key: str) -> Optional[bytes]:
-        values = example.features.feature[key].bytes_list.value if key in example.features.feature else []
+        values = (
+            example.features.feature[key].bytes_list.value
+            if key in example.features.feature
+            else []
+        )
         return values[0] if values else None
 
     for raw in tf.data.TFRecordDataset(list(files), compression_type="GZIP").as_numpy_iterator():
         example = tf.train.Example.FromString(raw)
         data = _bytes(example, features.IMAGE_KEY) or b""
         image_id = (_bytes(example, features.ID_KEY) or b"").decode("ascii") or _sha256(data)
-        source = (_bytes(example, features.SOURCE_KEY) or b"").decode("utf-8", "replace") or image_id
+        source = (_bytes(example, features.SOURCE_KEY) or b"").decode(
+            "utf-8", "replace"
+        ) or image_id
         label = _bytes(example, features.LABEL_KEY)
         problem = None if data else f"record has no {features.IMAGE_KEY!r} bytes"
-        yield ImageRecord(image_id, source, label.decode("utf-8") if label is not None else None, data, problem)
+        yield ImageRecord(
+            image_id, source, label.decode("utf-8") if label is not None else None, data, problem
+        )
 
 
 def _sha256(data: bytes) -> str:

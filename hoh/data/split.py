@@ -10,6 +10,7 @@ from train, would not know it), and a class with at least two has one in eval (o
 never evaluated). The image moved is the one whose hash is closest to the boundary, so the
 correction is itself deterministic.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -23,9 +24,7 @@ def eval_fraction(image_id: str) -> float:
     return int(image_id[:8], 16) / 2**32
 
 
-def assign_splits(
-    items: Iterable[tuple[str, Optional[str]]], eval_ratio: float
-) -> dict[str, str]:
+def assign_splits(items: Iterable[tuple[str, Optional[str]]], eval_ratio: float) -> dict[str, str]:
     """Map each image id to its split; `items` are (id, label) with unique ids."""
     by_label: dict[Optional[str], list[str]] = defaultdict(list)
     for image_id, label in items:

@@ -5,6 +5,7 @@ Shards are bounded by bytes rather than by count so that a set of 4 MB photos an
 efficiently. The `-of-N` suffix is only known when the last record is written, so shards are
 named at `close()`; the whole split directory is still private to the import at that point.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

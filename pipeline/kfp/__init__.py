@@ -1,1 +1,2 @@
-"""Kubeflow Pipelines client side: compile/submit/schedule commands, run parameters, Beam presets."""
+"""Kubeflow Pipelines client side: compile/submit/schedule commands, run parameters,
+Beam presets."""

@@ -10,6 +10,7 @@ pod runs, and the DirectRunner ignores it.
 Placeholders like `{project}` are filled from `kubeflow.beam_options`; `{image}` is the image the
 pipeline is compiled with. Locally (`hoh run`) no preset applies: `beam.args` stays empty.
 """
+
 from __future__ import annotations
 
 import string

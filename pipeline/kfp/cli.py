@@ -1,4 +1,5 @@
 """`hoh kfp compile | submit | schedule`. Heavy imports (TFX, kfp) happen inside the handlers."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,17 +8,29 @@ from pathlib import Path
 
 
 def _add_compile_args(parser: argparse.ArgumentParser, output_required: bool) -> None:
-    parser.add_argument("--config", help="YAML config (the kubeflow: section says where pods find things)")
+    parser.add_argument(
+        "--config", help="YAML config (the kubeflow: section says where pods find things)"
+    )
     parser.add_argument("--profile", help="built-in config: demo, tiny, real")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
         help="override one config value, e.g. --set data.num_classes=2 (repeatable)",
     )
-    parser.add_argument("--image", help="container image built from the Dockerfile (kubeflow.image)")
-    parser.add_argument("--pipeline-root", help="gs://... or a mounted path for the pods' artifacts")
+    parser.add_argument(
+        "--image", help="container image built from the Dockerfile (kubeflow.image)"
+    )
+    parser.add_argument(
+        "--pipeline-root", help="gs://... or a mounted path for the pods' artifacts"
+    )
     parser.add_argument("--data", help="span directory as the pods see it (kubeflow.data_root)")
     if output_required:
-        parser.add_argument("--output", default="pipeline.yaml", help="where to write the pipeline spec")
+        parser.add_argument(
+            "--output", default="pipeline.yaml", help="where to write the pipeline spec"
+        )
     else:
         parser.add_argument(
             "--package", help="a pipeline.yaml from `hoh kfp compile` (default: compile one now)"
@@ -27,16 +40,24 @@ def _add_compile_args(parser: argparse.ArgumentParser, output_required: bool) ->
 def _add_submit_args(parser: argparse.ArgumentParser) -> None:
     from hoh.pipeline.kfp.client import COOKIE_ENV, TOKEN_ENV
 
-    parser.add_argument("--host", required=True, help="Kubeflow Pipelines API, e.g. http://localhost:8080")
+    parser.add_argument(
+        "--host", required=True, help="Kubeflow Pipelines API, e.g. http://localhost:8080"
+    )
     parser.add_argument("--experiment", default="hoh", help="experiment name (created if missing)")
     parser.add_argument("--name", dest="run_name", help="run / recurring run display name")
     parser.add_argument(
-        "--param", dest="params", action="append", default=[], metavar="NAME=VALUE",
+        "--param",
+        dest="params",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
         help="pipeline parameter (data_root, range_config, trainer_config, eval_config) or a "
         "shortcut: span, epochs, batch_size, learning_rate, min_auc, min_accuracy, max_regression",
     )
     parser.add_argument(
-        "--cache", action=argparse.BooleanOptionalAction, default=None,
+        "--cache",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="force Kubeflow caching on/off for this run (default: as compiled)",
     )
     parser.add_argument("--service-account", help="Kubernetes service account of the run's pods")
@@ -47,8 +68,9 @@ def _add_submit_args(parser: argparse.ArgumentParser) -> None:
         "a session cookie.",
     )
     auth.add_argument("--token-file", help="file holding a bearer token, re-read on every request")
-    auth.add_argument("--cookie-file",
-                      help="file holding a session cookie NAME=VALUE (Dex / oauth2-proxy)")
+    auth.add_argument(
+        "--cookie-file", help="file holding a session cookie NAME=VALUE (Dex / oauth2-proxy)"
+    )
     auth.add_argument("--token", help=f"bearer token (visible in `ps`: prefer ${TOKEN_ENV})")
     auth.add_argument("--cookie", help=f"session cookie (visible in `ps`: prefer ${COOKIE_ENV})")
     auth.add_argument("--namespace", help="profile namespace of a multi-user deployment")
@@ -68,7 +90,9 @@ def _load(args: argparse.Namespace, extra_overrides: tuple[str, ...] = ()):
 def _target(args: argparse.Namespace, cfg):
     from hoh.pipeline.runners import kubeflow
 
-    return kubeflow.resolve_target(cfg, image=args.image, pipeline_root=args.pipeline_root, data_root=args.data)
+    return kubeflow.resolve_target(
+        cfg, image=args.image, pipeline_root=args.pipeline_root, data_root=args.data
+    )
 
 
 def _compile_to(args: argparse.Namespace, output: str) -> dict:
@@ -82,7 +106,10 @@ def _compile_to(args: argparse.Namespace, output: str) -> dict:
     pipeline = kubeflow.build_pipeline(cfg, target)
     spec = kubeflow.compile_pipeline(pipeline, target.image, output)
     defaults = kubeflow.runtime_parameter_defaults(pipeline)
-    print(f"compiled {cfg.pipeline_name}: {len(spec['root']['dag']['tasks'])} tasks, image {target.image}")
+    print(
+        f"compiled {cfg.pipeline_name}: {len(spec['root']['dag']['tasks'])} tasks, "
+        f"image {target.image}"
+    )
     print(f"pipeline root {target.pipeline_root}; parameters and defaults:")
     for line in kfp_params.describe_parameters(defaults):
         print(line)
@@ -148,8 +175,12 @@ def _auth(args: argparse.Namespace):
     from hoh.pipeline.kfp import client as kfp_client
 
     auth, warnings = kfp_client.read_auth(
-        token=args.token, token_file=args.token_file, cookie=args.cookie,
-        cookie_file=args.cookie_file, namespace=args.namespace, ssl_ca_cert=args.ssl_ca_cert,
+        token=args.token,
+        token_file=args.token_file,
+        cookie=args.cookie,
+        cookie_file=args.cookie_file,
+        namespace=args.namespace,
+        ssl_ca_cert=args.ssl_ca_cert,
     )
     kfp_client.client_kwargs(args.host, auth)
     insecure = kfp_client.transport_warning(args.host, auth)
@@ -197,13 +228,15 @@ def _schedule(args: argparse.Namespace) -> int:
     from hoh.pipeline.kfp import client as kfp_client
 
     return _with_package(
-        args, lambda request: kfp_client.schedule(request, args.cron, args.max_concurrency, args.catchup)
+        args,
+        lambda request: kfp_client.schedule(request, args.cron, args.max_concurrency, args.catchup),
     )
 
 
 def register(subparsers) -> None:
     kfp = subparsers.add_parser(
-        "kfp", help="Kubeflow Pipelines: compile the DAG, submit a run, schedule retraining",
+        "kfp",
+        help="Kubeflow Pipelines: compile the DAG, submit a run, schedule retraining",
         description="See docs/KUBEFLOW.md.",
     )
     sub = kfp.add_subparsers(dest="kfp_command", metavar="SUBCOMMAND")
@@ -222,12 +255,21 @@ def register(subparsers) -> None:
     _add_compile_args(schedule, output_required=False)
     _add_submit_args(schedule)
     schedule.add_argument(
-        "--cron", required=True,
-        help="six fields, seconds first: 'SEC MIN HOUR DAY MONTH WEEKDAY', e.g. '0 0 3 * * *' (daily 03:00)",
+        "--cron",
+        required=True,
+        help=(
+            "six fields, seconds first: 'SEC MIN HOUR DAY MONTH WEEKDAY', "
+            "e.g. '0 0 3 * * *' (daily 03:00)"
+        ),
     )
     schedule.add_argument("--max-concurrency", type=int, default=1, help="runs at once (default 1)")
     schedule.add_argument(
-        "--catchup", action=argparse.BooleanOptionalAction, default=False,
-        help="run missed intervals after a pause (default --no-catchup: each run takes the newest span anyway)",
+        "--catchup",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help=(
+            "run missed intervals after a pause "
+            "(default --no-catchup: each run takes the newest span anyway)"
+        ),
     )
     schedule.set_defaults(handler=_schedule)

@@ -5,6 +5,7 @@ credentials) is checked by pure functions before the first request, so a typo ne
 half-created pipeline version or experiment behind. The kfp SDK does the talking; it is
 imported only when a request is about to be made.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,10 +31,23 @@ _CRON_FIELDS = (
     ("minute", 0, 59, ()),
     ("hour", 0, 23, ()),
     ("day of month", 1, 31, ()),
-    ("month", 1, 12, ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")),
+    (
+        "month",
+        1,
+        12,
+        ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"),
+    ),
     ("day of week", 0, 6, ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")),
 )
-_CRON_DESCRIPTORS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+_CRON_DESCRIPTORS = (
+    "@yearly",
+    "@annually",
+    "@monthly",
+    "@weekly",
+    "@daily",
+    "@midnight",
+    "@hourly",
+)
 _EVERY = re.compile(r"@every\s+(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+")
 
 
@@ -42,7 +56,9 @@ def _cron_value(text: str, low: int, high: int, names: Sequence[str]) -> int:
     if upper in names:
         return names.index(upper) + low
     if not text.isdigit():
-        raise ValueError(f"{text!r} is not a number" + (f" or one of {'/'.join(names)}" if names else ""))
+        raise ValueError(
+            f"{text!r} is not a number" + (f" or one of {'/'.join(names)}" if names else "")
+        )
     value = int(text)
     if not low <= value <= high:
         raise ValueError(f"{value} is outside {low}-{high}")
@@ -89,7 +105,8 @@ def validate_cron(expression: str) -> str:
 
 
 def parse_params(items: Sequence[str]) -> dict[str, str]:
-    """`--param NAME=VALUE` (repeatable) -> {NAME: VALUE}; values stay strings (KFP STRING params)."""
+    """`--param NAME=VALUE` (repeatable) -> {NAME: VALUE}; values stay strings
+    (KFP STRING params)."""
     params: dict[str, str] = {}
     for item in items:
         name, sep, value = item.partition("=")
@@ -175,11 +192,15 @@ def read_auth(
     them in its history. A flag or file given for a credential wins over its variable."""
     warnings = []
     if token is not None:
-        warnings.append(f"--token shows the token to every user of this machine (`ps`) and "
-                        f"keeps it in your shell history; set ${TOKEN_ENV} or use --token-file")
+        warnings.append(
+            f"--token shows the token to every user of this machine (`ps`) and "
+            f"keeps it in your shell history; set ${TOKEN_ENV} or use --token-file"
+        )
     if cookie is not None:
-        warnings.append(f"--cookie shows the session to every user of this machine (`ps`) and "
-                        f"keeps it in your shell history; set ${COOKIE_ENV} or use --cookie-file")
+        warnings.append(
+            f"--cookie shows the session to every user of this machine (`ps`) and "
+            f"keeps it in your shell history; set ${COOKIE_ENV} or use --cookie-file"
+        )
     if token is not None and token_file:
         raise HohError("give either --token or --token-file, not both")
     if cookie is not None and cookie_file:
@@ -192,16 +213,24 @@ def read_auth(
         cookie, cookie_source = environ[COOKIE_ENV], f"${COOKIE_ENV}"
     if token is None and not token_file:
         token = environ.get(TOKEN_ENV) or None
-    auth = Auth(token=token or None, token_file=token_file, cookie=cookie or None,
-                namespace=namespace, ssl_ca_cert=ssl_ca_cert, cookie_source=cookie_source)
+    auth = Auth(
+        token=token or None,
+        token_file=token_file,
+        cookie=cookie or None,
+        namespace=namespace,
+        ssl_ca_cert=ssl_ca_cert,
+        cookie_source=cookie_source,
+    )
     return auth, warnings
 
 
 def transport_warning(host: str, auth: Auth) -> Optional[str]:
     """Plain http:// carries the token or cookie readable to anything on the way."""
     if auth.has_credentials() and host.lower().startswith("http://"):
-        return (f"credentials are sent unencrypted to {validate_host(host)} (http://); use "
-                "https:// unless this is a port-forward to this machine")
+        return (
+            f"credentials are sent unencrypted to {validate_host(host)} (http://); use "
+            "https:// unless this is a port-forward to this machine"
+        )
     return None
 
 
@@ -228,8 +257,10 @@ def client_kwargs(host: str, auth: Auth) -> dict[str, Any]:
         _one_line(auth.cookie, auth.cookie_source)
         name, sep, _ = auth.cookie.partition("=")
         if not sep or not name.strip():
-            raise HohError(f"{auth.cookie_source}: expected NAME=VALUE, e.g. "
-                           "authservice_session=... (the value given is not shown)")
+            raise HohError(
+                f"{auth.cookie_source}: expected NAME=VALUE, e.g. "
+                "authservice_session=... (the value given is not shown)"
+            )
         kwargs["cookies"] = auth.cookie
     if auth.namespace:
         kwargs["namespace"] = auth.namespace
@@ -251,7 +282,9 @@ def _api_errors(host: str) -> Iterator[None]:
             yield
     except kfp_server_api.ApiException as exc:
         body = (exc.body or b"").decode() if isinstance(exc.body, bytes) else (exc.body or "")
-        raise RunFailed(f"Kubeflow Pipelines at {host} answered {exc.status} {exc.reason}: {body[:300]}") from None
+        raise RunFailed(
+            f"Kubeflow Pipelines at {host} answered {exc.status} {exc.reason}: {body[:300]}"
+        ) from None
     except urllib3.exceptions.HTTPError as exc:
         raise RunFailed(f"cannot reach Kubeflow Pipelines at {host}: {exc}") from None
 
@@ -307,11 +340,17 @@ def upload(client, package: str, pipeline_name: str) -> tuple[str, str]:
     pipeline_id = client.get_pipeline_id(pipeline_name)
     if pipeline_id is None:
         pipeline_id = client.upload_pipeline(package, pipeline_name=pipeline_name).pipeline_id
-        versions = client.list_pipeline_versions(pipeline_id, page_size=1, sort_by="created_at desc")
+        versions = client.list_pipeline_versions(
+            pipeline_id, page_size=1, sort_by="created_at desc"
+        )
         if not versions.pipeline_versions:
-            raise RunFailed(f"pipeline {pipeline_name} was uploaded but the server lists no version of it")
+            raise RunFailed(
+                f"pipeline {pipeline_name} was uploaded but the server lists no version of it"
+            )
         return pipeline_id, versions.pipeline_versions[0].pipeline_version_id
-    version = client.upload_pipeline_version(package, pipeline_version_name=name, pipeline_id=pipeline_id)
+    version = client.upload_pipeline_version(
+        package, pipeline_version_name=name, pipeline_id=pipeline_id
+    )
     return pipeline_id, version.pipeline_version_id
 
 
@@ -363,11 +402,19 @@ def submit(request: Request) -> Submitted:
             enable_caching=request.enable_caching,
             service_account=request.service_account,
         )
-    return Submitted("run", run.run_id, ui_url(request.host, f"runs/details/{run.run_id}"),
-                     pipeline_id, version_id, experiment_id)
+    return Submitted(
+        "run",
+        run.run_id,
+        ui_url(request.host, f"runs/details/{run.run_id}"),
+        pipeline_id,
+        version_id,
+        experiment_id,
+    )
 
 
-def schedule(request: Request, cron: str, max_concurrency: int = 1, catchup: bool = False) -> Submitted:
+def schedule(
+    request: Request, cron: str, max_concurrency: int = 1, catchup: bool = False
+) -> Submitted:
     """Upload the package as a new pipeline version and run it on `cron` (6 fields)."""
     cron = validate_cron(cron)
     validate_max_concurrency(max_concurrency)
@@ -387,6 +434,11 @@ def schedule(request: Request, cron: str, max_concurrency: int = 1, catchup: boo
             service_account=request.service_account,
         )
     rid = job.recurring_run_id
-    return Submitted("recurring run", rid, ui_url(request.host, f"recurringrun/details/{rid}"),
-                     pipeline_id, version_id, experiment_id)
-
+    return Submitted(
+        "recurring run",
+        rid,
+        ui_url(request.host, f"recurringrun/details/{rid}"),
+        pipeline_id,
+        version_id,
+        experiment_id,
+    )

@@ -5,6 +5,7 @@ live inside JSON parameters (`range_config`, `trainer_config`, `eval_config`). S
 `--param epochs=5` rebuild the parameter from the config they were compiled from, so the config
 stays the one source of truth and nothing else in that JSON is silently reverted.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -84,7 +85,9 @@ def parameter_values(
             overrides.append(f"{PARAMETER_ALIASES[name]}={value}")
         else:
             known = sorted(package_defaults) + sorted([*PARAMETER_ALIASES, "span"])
-            raise HohError(f"--param {name}: the pipeline has no such parameter; known: {', '.join(known)}")
+            raise HohError(
+                f"--param {name}: the pipeline has no such parameter; known: {', '.join(known)}"
+            )
     if overrides:
         if defaults_for is None:
             raise HohError("--param aliases need the config the pipeline was compiled from")

@@ -1,1 +1,2 @@
-"""Helpers for running the pipeline step by step in Jupyter (InteractiveContext) and showing outputs."""
+"""Helpers for running the pipeline step by step in Jupyter (InteractiveContext) and showing
+outputs."""

@@ -6,6 +6,7 @@ graph, the Trainer's curves, TFMA's metrics as a table, the sampler's picks. Eac
 function of artifacts or paths, so it is unit-tested without Jupyter and the cells stay short.
 Drawing lives in `hoh.pipeline.notebook.views`.
 """
+
 from __future__ import annotations
 
 import json
@@ -66,6 +67,7 @@ def notebook_config(
 
     Paths become absolute: the kernel runs in notebooks/, the components anywhere.
     """
+
     def absolute(path: Optional[str]) -> Optional[str]:
         return str(Path(path).resolve()) if path else None
 
@@ -94,9 +96,17 @@ def demo_data(output_dir: str, per_class: int, size: int, spans: int = 2) -> tup
     data_root, pool_root = root / "spans", root / "pool"
     for span in range(1, spans + 1):
         if span not in features.list_spans(data_root):
-            import_images(_draw_once(root / "images" / f"span-{span}", per_class, size, span), data_root, span=span)
+            import_images(
+                _draw_once(root / "images" / f"span-{span}", per_class, size, span),
+                data_root,
+                span=span,
+            )
     if not features.list_spans(pool_root):
-        import_images(_draw_once(root / "images" / "pool", per_class, size, POOL_SEED), pool_root, unlabeled=True)
+        import_images(
+            _draw_once(root / "images" / "pool", per_class, size, POOL_SEED),
+            pool_root,
+            unlabeled=True,
+        )
     return str(data_root), str(pool_root)
 
 
@@ -182,8 +192,10 @@ def transform_records(transform_graph_uri: str, records: Sequence[Any]):
         features.LABEL_KEY: tf.constant([[(r.label or "").encode()] for r in records]),
     }
     transformed = output.transform_features_layer()(raw)
-    vocabulary = [v.decode() if isinstance(v, bytes) else v
-                  for v in output.vocabulary_by_name(features.LABEL_VOCAB_NAME)]
+    vocabulary = [
+        v.decode() if isinstance(v, bytes) else v
+        for v in output.vocabulary_by_name(features.LABEL_VOCAB_NAME)
+    ]
     ids = transformed[features.LABEL_XF].numpy().reshape(-1)
     names = [vocabulary[i] if 0 <= i < len(vocabulary) else f"<unknown id {i}>" for i in ids]
     return transformed[features.IMAGE_XF].numpy(), names
@@ -245,7 +257,9 @@ def drift_report(report: Any) -> tuple[list[str], str]:
         return summary_lines(summary), f.read()
 
 
-def push_decision(blessed: bool, drift_detected: Optional[bool], block_push: bool) -> tuple[bool, str]:
+def push_decision(
+    blessed: bool, drift_detected: Optional[bool], block_push: bool
+) -> tuple[bool, str]:
     """Whether to run the pusher, and why: the explicit form of the pipeline's gates, because
     InteractiveContext runs any component it is given and ignores `tfx.dsl.Cond`."""
     if not blessed:

@@ -5,6 +5,7 @@ leaks between cells) and returned as PNG `IPython.display.Image`s: they then sho
 JupyterLab, in an executed notebook file and on GitHub, whatever matplotlib backend the kernel
 picked. Nothing here knows about TFX; callers pass arrays, bytes and dicts.
 """
+
 from __future__ import annotations
 
 import html

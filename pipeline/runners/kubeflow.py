@@ -11,6 +11,7 @@ can see and what open-source Kubeflow can run:
   (hoh.pipeline.kfp.params turns `--param` into their values);
 - Beam args come from a preset (hoh.pipeline.kfp.beam_presets), pod resources from the config.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,9 +20,9 @@ from typing import Any, Callable, Dict, Mapping, Optional
 
 import yaml
 
-from hoh.fileio import is_remote
 from hoh.config import HohConfig, pod_uri
 from hoh.errors import HohError
+from hoh.fileio import is_remote
 from hoh.pipeline import factory
 from hoh.pipeline.kfp import beam_presets
 
@@ -31,7 +32,6 @@ IMAGE_PYTHON = "3.11"
 IMAGE_SITE_PACKAGES = f"{IMAGE_VENV}/lib/python{IMAGE_PYTHON}/site-packages"
 IMAGE_SCHEMA_PATH = f"{IMAGE_SITE_PACKAGES}/hoh/schemas/schema.pbtxt"
 
-REPOSITORY_PROPERTY = "model_repository"  # TritonPusher's exec property
 
 @dataclasses.dataclass(frozen=True)
 class Target:
@@ -100,39 +100,29 @@ def schema_path(setting: str) -> Optional[str]:
     if setting == "auto":
         return IMAGE_SCHEMA_PATH if factory.resolve_schema_path("auto") else None
     if not (setting.startswith("gs://") or setting.startswith("/")):
-        raise HohError(f"schema.path={setting!r}: on Kubeflow use 'auto', 'infer', gs://... or a mounted path")
+        raise HohError(
+            f"schema.path={setting!r}: on Kubeflow use 'auto', 'infer', gs://... or a mounted path"
+        )
     return setting
 
 
 def pod_weights(weights: str) -> str:
     """model.weights as the pods open it: never resolved on the compiling machine."""
-    if weights not in ("imagenet", "none") and not (weights.startswith("gs://") or weights.startswith("/")):
-        raise HohError(f"model.weights={weights!r}: on Kubeflow use imagenet, none or a mounted .h5 path")
+    if weights not in ("imagenet", "none") and not (
+        weights.startswith("gs://") or weights.startswith("/")
+    ):
+        raise HohError(
+            f"model.weights={weights!r}: on Kubeflow use imagenet, none or a mounted .h5 path"
+        )
     return weights
 
 
 POD_PATHS = factory.PathRules(schema=schema_path, weights=pod_weights)
 
 
-def pusher_factory(cfg: HohConfig, model_repository: str) -> Optional[Callable[..., Any]]:
-    """The local runner's TritonPusher (same settings, kept in one place), writing to the pods'
-    repository: the local factory resolves the path on this machine, which would turn
-    gs://bucket into ./gs:/bucket, so that one exec property is replaced."""
-    from hoh.pipeline.runners.local import triton_pusher_factory
-
-    make_local = triton_pusher_factory(cfg)
-    if make_local is None:
-        return None
-
-    def make(model, model_blessing):
-        pusher = make_local(model, model_blessing)
-        pusher.exec_properties[REPOSITORY_PROPERTY] = model_repository
-        return pusher
-
-    return make
-
-
-def baseline_factory(cfg: HohConfig, model_repository: Optional[str]) -> Optional[Callable[[Any], Any]]:
+def baseline_factory(
+    cfg: HohConfig, model_repository: Optional[str]
+) -> Optional[Callable[[Any], Any]]:
     """None = TFX's Resolver (cfg.kubeflow.baseline == 'latest_blessed')."""
     if cfg.kubeflow.baseline == "latest_blessed":
         return None
@@ -153,7 +143,8 @@ def _apply_resources(components: Mapping[str, Any], cfg: HohConfig) -> None:
     for component_id, res in cfg.kubeflow.resources.items():
         if component_id not in components:
             raise HohError(
-                f"kubeflow.resources.{component_id}: no such component; known: {', '.join(components)}"
+                f"kubeflow.resources.{component_id}: no such component; "
+                f"known: {', '.join(components)}"
             )
         spec = Resource()
         if res.cpu:
@@ -176,14 +167,17 @@ def build_pipeline(cfg: HohConfig, target: Target, beam_args: Optional[list[str]
     `beam_args`: None = the config's preset; a local run of this very DAG passes [] (in-process
     Beam, as `hoh run`), because the presets describe pods and clusters.
     """
-    from hoh.pipeline.pipeline import create_components
     from tfx import v1 as tfx
+
+    from hoh.pipeline.pipeline import create_components
 
     options = factory.component_options(
         cfg,
         target.data_root,
         num_classes(cfg, target.data_root),
-        pusher_factory(cfg, target.model_repository) if target.model_repository else None,
+        factory.triton_pusher_factory(cfg, target.model_repository)
+        if target.model_repository
+        else None,
         POD_PATHS,
     )
     options.update(
@@ -200,7 +194,8 @@ def build_pipeline(cfg: HohConfig, target: Target, beam_args: Optional[list[str]
         enable_cache=k.enable_cache,
         beam_pipeline_args=(
             beam_presets.beam_args(k.beam_preset, k.beam_options, k.beam_args, target.image)
-            if beam_args is None else beam_args
+            if beam_args is None
+            else beam_args
         ),
     )
 

@@ -1,4 +1,5 @@
 """Run the DAG on this machine with LocalDagRunner (MLMD in SQLite under the output directory)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -45,29 +46,9 @@ def ensure_demo_data(cfg: HohConfig, echo: Callable[[str], None] = print) -> str
     return str(data_root)
 
 
-def triton_pusher_factory(cfg: HohConfig) -> Optional[Callable[..., Any]]:
-    if not cfg.push.enabled:
-        return None
-    # Imported unguarded: a broken pusher install must fail the run, not silently skip the push.
-    from hoh.components.triton_pusher.component import TritonPusher
-
-    p = cfg.push
-
-    def make(model, model_blessing):
-        return TritonPusher(
-            model=model,
-            model_blessing=model_blessing,
-            model_repository=str(Path(cfg.model_repository).resolve()),
-            model_name=p.model_name,
-            max_batch_size=p.max_batch_size,
-            preferred_batch_sizes=list(p.preferred_batch_sizes),
-            max_queue_delay_us=p.max_queue_delay_us,
-            instance_count=p.instance_count,
-            versions_to_serve=p.versions_to_serve,
-            versions_to_keep=p.versions_to_keep,
-        )
-
-    return make
+def local_pusher_factory(cfg: HohConfig) -> Optional[Callable[..., Any]]:
+    """The pusher of local and notebook runs: the repository is a path on this machine."""
+    return factory.triton_pusher_factory(cfg, str(Path(cfg.model_repository).resolve()))
 
 
 def build_local_pipeline(cfg: HohConfig, data_root: str):
@@ -77,7 +58,7 @@ def build_local_pipeline(cfg: HohConfig, data_root: str):
 
     return create_pipeline(
         **local_pipeline_args(cfg),
-        **factory.component_options(cfg, data_root, num_classes, triton_pusher_factory(cfg)),
+        **factory.component_options(cfg, data_root, num_classes, local_pusher_factory(cfg)),
     )
 
 
@@ -158,8 +139,10 @@ def run_local(cfg: HohConfig, echo: Optional[Callable[[str], None]] = None) -> R
             logging.exception("pipeline failed")
             failed = progress.running.component_id if progress.running else "the pipeline"
             cause = _root_cause(exc)
-            raise PipelineFailed(f"{failed} failed: {cause}\n(full log: {log_path})",
-                                 exit_code=getattr(cause, "exit_code", ExitCode.FAILED)) from None
+            raise PipelineFailed(
+                f"{failed} failed: {cause}\n(full log: {log_path})",
+                exit_code=getattr(cause, "exit_code", ExitCode.FAILED),
+            ) from None
         finally:
             del absl_logger.setLevel  # back to logging.Logger.setLevel
             absl_logger.removeHandler(progress)

@@ -1,4 +1,5 @@
 """MLMD access shared by the local runner, the notebook context and the read-back helpers."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -11,6 +11,7 @@ about which step needs the memory. Two sources, neither with side effects on the
 Resetting the mark (/proc/self/clear_refs) would be simpler but would also reset what `time`,
 `getrusage` and `wait4` report for the whole process. Where /proc is missing, nothing is reported.
 """
+
 from __future__ import annotations
 
 import re

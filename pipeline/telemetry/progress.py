@@ -1,9 +1,11 @@
-"""One console line per component (start, end, duration, peak memory, cached) while LocalDagRunner works.
+"""One console line per component (start, end, duration, peak memory, cached) while
+LocalDagRunner works.
 
 LocalDagRunner has no callback API, but it logs "Component X is running." / "... is finished."
 and "A cached execution N is used." through absl; a logging handler turns exactly those records
 into progress lines, while everything else goes to the run's log file.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,8 +39,12 @@ class ComponentRun:
 
 
 class ProgressHandler(logging.Handler):
-    def __init__(self, echo: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic,
-                 memory: Optional[PeakMemory] = None):
+    def __init__(
+        self,
+        echo: Callable[[str], None] = print,
+        clock: Callable[[], float] = time.monotonic,
+        memory: Optional[PeakMemory] = None,
+    ):
         super().__init__(level=logging.INFO)
         self.echo = echo
         self.clock = clock
@@ -69,10 +75,12 @@ class ProgressHandler(logging.Handler):
                 run.seconds = self.clock() - run.started
                 run.peak_rss_mb = self.memory.peak_mb()
                 peak = format_mb(run.peak_rss_mb)
-                suffix = (f", peak RSS {peak}" if peak else "") + (" (cached)" if run.cached else "")
+                suffix = (f", peak RSS {peak}" if peak else "") + (
+                    " (cached)" if run.cached else ""
+                )
                 self.echo(f"✔ {run.component_id} {run.seconds:.1f}s{suffix}")
         elif _CACHED.match(message):
             if (run := self.running) is not None:
                 run.cached = True
         elif message.startswith(EPOCH_PREFIX):
-            self.echo("    " + message[len(EPOCH_PREFIX):])
+            self.echo("    " + message[len(EPOCH_PREFIX) :])

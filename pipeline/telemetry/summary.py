@@ -1,4 +1,6 @@
-"""What a run produced, read back from MLMD and the artifacts: data counts, metrics, blessing, push."""
+"""What a run produced, read back from MLMD and the artifacts: data counts, metrics,
+blessing, push."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,13 +48,17 @@ class RunSummary:
             if self.blessed:
                 out.append(f"blessed: yes ({against})")
             else:
-                out.append("blessed: NO - " + "; ".join(self.failures or ["see the Evaluator output"]))
+                out.append(
+                    "blessed: NO - " + "; ".join(self.failures or ["see the Evaluator output"])
+                )
         if self.drift is not None:
             from hoh.components.drift.report import summary_lines as drift_lines
 
             out += drift_lines(self.drift)[:1] + [f"  - {r}" for r in self.drift["reasons"]]
             if self.drift.get("blocks_push") and self.drift["drift_detected"] and self.blessed:
-                out.append("pushed: no (held by the drift gate, drift.block_push; see the drift report)")
+                out.append(
+                    "pushed: no (held by the drift gate, drift.block_push; see the drift report)"
+                )
         if self.pushed is not None:
             if self.pushed:
                 out.append(f"pushed: version {self.pushed_version} -> {self.pushed_destination}")
@@ -61,12 +67,16 @@ class RunSummary:
         if self.sampling is not None:
             from hoh.components.sampling.sample import summary_lines as sampling_lines
 
-            out += sampling_lines(self.sampling)[:1] if "scored" in self.sampling else [
-                "sampling: nothing sampled - " + "; ".join(self.sampling.get("notes", []))
-            ]
+            out += (
+                sampling_lines(self.sampling)[:1]
+                if "scored" in self.sampling
+                else ["sampling: nothing sampled - " + "; ".join(self.sampling.get("notes", []))]
+            )
         cached = sum(1 for c in self.components if c.cached)
         if cached:
-            out.append(f"cache: {cached} of {len(self.components)} components reused a cached execution")
+            out.append(
+                f"cache: {cached} of {len(self.components)} components reused a cached execution"
+            )
         return out
 
 
@@ -123,9 +133,11 @@ def describe_failure(failure) -> str:
     value = failure.metric_value.double_value.value
     threshold = failure.metric_threshold
     if threshold.HasField("value_threshold") and threshold.value_threshold.HasField("lower_bound"):
-        return f"{name} {value:.4f} is below the minimum {threshold.value_threshold.lower_bound.value:g}"
+        minimum = threshold.value_threshold.lower_bound.value
+        return f"{name} {value:.4f} is below the minimum {minimum:g}"
     if threshold.HasField("change_threshold"):
-        return f"{name} {value:+.4f} is worse than allowed ({threshold.change_threshold.absolute.value:+.4g})"
+        allowed = threshold.change_threshold.absolute.value
+        return f"{name} {value:+.4f} is worse than allowed ({allowed:+.4g})"
     return f"{name} {value:.4f}: {failure.message}".strip()
 
 
@@ -154,8 +166,11 @@ def summarize(metadata_path: str, components: List[ComponentRun]) -> RunSummary:
 
             drift = kind == "hoh.DriftReport"
             name = DRIFT_SUMMARY if drift else SAMPLING_SUMMARY
-            setattr(summary, "drift" if drift else "sampling",
-                    read_json(os.path.join(artifact.uri, name)))
+            setattr(
+                summary,
+                "drift" if drift else "sampling",
+                read_json(os.path.join(artifact.uri, name)),
+            )
         elif kind == "PushedModel":
             props = artifact.custom_properties
             summary.pushed = props["pushed"].int_value == 1 if "pushed" in props else None

@@ -1,4 +1,5 @@
 """Run `preprocessing_fn` through tft_beam outside a pipeline, as Transform would."""
+
 from __future__ import annotations
 
 import glob
@@ -40,8 +41,11 @@ def analyze_span(data_root: Path, out_dir: Path, image_size: int) -> Path:
     from hoh.transforms.preprocessing import preprocessing_fn
 
     schema = raw_schema()
-    spec = {k: v for k, v in schema_utils.schema_as_feature_spec(schema).feature_spec.items()
-            if k in (features.IMAGE_KEY, features.LABEL_KEY)}
+    spec = {
+        k: v
+        for k, v in schema_utils.schema_as_feature_spec(schema).feature_spec.items()
+        if k in (features.IMAGE_KEY, features.LABEL_KEY)
+    }
     metadata = dataset_metadata.DatasetMetadata.from_feature_spec(spec)
     instances = read_examples(data_root)
     with tft_beam.Context(temp_dir=tempfile.mkdtemp(), force_tf_compat_v1=False):

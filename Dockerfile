@@ -9,14 +9,14 @@
 # Supply chain: the base image is pulled by digest (a tag is moved to a new build every few
 # weeks), every Python package is checked against the hashes in requirements.lock and uv against
 # requirements-image.lock; no `# syntax=` line, so no frontend image is pulled by tag either.
-# PYTHON_DIGEST is the digest of PYTHON_IMAGE (the multi-platform index), looked up where a
-# registry is reachable and committed here:
+# PYTHON_DIGEST pins PYTHON_IMAGE to one build. This one was taken from public Dockerfiles that
+# pin the same tag (no registry is reachable from where hoh is developed, so it was not re-read
+# from Docker Hub); refresh it where a registry is reachable:
 #   docker buildx imagetools inspect python:3.11-slim-bookworm    # the "Digest:" line
-# Until then it holds the all-zero placeholder, which no registry serves: a build fails (and
-# `make image` says why) instead of quietly taking whatever the tag points at today.
+# A digest no registry serves fails the build loudly; it never falls back to the moving tag.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
-ARG PYTHON_DIGEST=sha256:0000000000000000000000000000000000000000000000000000000000000000
+ARG PYTHON_DIGEST=sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b
 
 # ---- build: compilers live only in this stage -------------------------------------------------
 FROM ${PYTHON_IMAGE}@${PYTHON_DIGEST} AS build

@@ -97,17 +97,11 @@ clean:
 # The Kubeflow image (Dockerfile; docs/KUBEFLOW.md). Tag it for your registry:
 #   make image IMAGE=registry.example.com/hoh:0.1.0
 IMAGE ?= hoh:$(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
-# The base image is pinned by digest in the Dockerfile (ARG PYTHON_DIGEST); while it still holds
-# the all-zero placeholder, give the digest: make image PYTHON_DIGEST=sha256:...
-PLACEHOLDER_DIGEST := sha256:0000000000000000000000000000000000000000000000000000000000000000
+# The base image is pinned by digest in the Dockerfile (ARG PYTHON_DIGEST); a fresher one:
+# make image PYTHON_DIGEST=sha256:...
 PYTHON_DIGEST ?= $(shell sed -n 's/^ARG PYTHON_DIGEST=//p' Dockerfile)
 .PHONY: image
 image:
 	@command -v docker >/dev/null || { echo "error: docker not found; build the Dockerfile where a Docker engine runs" >&2; exit 1; }
-	@test "$(PYTHON_DIGEST)" != "$(PLACEHOLDER_DIGEST)" || { \
-	  echo "error: the Dockerfile's base image digest is still the placeholder; look it up:" >&2; \
-	  echo "  docker buildx imagetools inspect python:3.11-slim-bookworm" >&2; \
-	  echo "and commit it as ARG PYTHON_DIGEST, or: make image PYTHON_DIGEST=sha256:..." >&2; \
-	  exit 1; }
 	docker build --build-arg PYTHON_DIGEST=$(PYTHON_DIGEST) -t $(IMAGE) .
 	@echo "built $(IMAGE); push it, then: hoh kfp compile --image $(IMAGE) ..."

@@ -37,12 +37,37 @@ class DataConfig(_Section):
     span: Optional[int] = Field(
         None, ge=0, description="Span to train on; null = the latest span in `root`."
     )
+    classes: Optional[list[str]] = Field(
+        None,
+        description="Class names in class-id order. null = the span's class folders, sorted. "
+        "Ids never follow label frequencies, so a retrain keeps them; a new class goes at the "
+        "end of this list (docs/MULTICLASS.md). Needed when the data is not readable where the "
+        "pipeline is built (e.g. compiling for Kubeflow from gs://).",
+    )
     num_classes: Optional[int] = Field(
         None,
         ge=2,
-        description="null = read from the span's import_report.json. Needed when the data is not "
-        "readable where the pipeline is built (e.g. compiling for Kubeflow).",
+        description="A check only: the run stops if the classes found (or data.classes) are not "
+        "this many.",
     )
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _comma_list(cls, v: Any) -> Any:
+        """`--set data.classes=horses,humans` as well as a YAML list."""
+        return [c.strip() for c in v.split(",") if c.strip()] if isinstance(v, str) else v
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct_names(cls, v: Optional[list[str]]) -> Optional[list[str]]:
+        if v is None:
+            return v
+        if len(v) < 2:
+            raise ValueError(f"data.classes needs at least 2 classes, got {v}")
+        duplicates = sorted({c for c in v if v.count(c) > 1})
+        if duplicates:
+            raise ValueError(f"data.classes lists {duplicates} more than once")
+        return v
 
 
 class SchemaConfig(_Section):
@@ -136,6 +161,21 @@ class EvaluationConfig(_Section):
         ge=0.0,
         description="How much AUC (binary) or accuracy (multi-class) may drop against the last "
         "blessed model; 0 = must not get worse.",
+    )
+    min_class_recall: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Multi-class: the recall of every class on the eval split must be at least "
+        "this (a new class the model barely learned is caught); 0 = off.",
+    )
+    compare_with_baseline: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="Gate on the change against the served model (max_regression). auto: "
+        "unless the served model has other classes (a class was added: its metrics are not "
+        "comparable, the run says so and gates on the value thresholds only); Kubeflow cannot "
+        "see the repository when compiling, so auto compares there (use never for the run that "
+        "adds a class).",
     )
 
 

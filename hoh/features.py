@@ -20,6 +20,8 @@ HEIGHT_KEY = "height"  # int64
 IMAGE_XF = "image_xf"  # float32 [size, size, 3] in [0, 1]
 LABEL_XF = "label_xf"  # int64 class id from the TFT vocabulary
 LABEL_VOCAB_NAME = "label_vocab"
+# Transform custom_config key: the class names in id order (transforms/preprocessing.py).
+CLASSES_KEY = "classes"
 
 SPLITS = ("train", "eval")
 POOL_SPLIT = "pool"  # unlabeled images (`hoh data import --unlabeled`), scored by the sampler

@@ -41,6 +41,8 @@ def make_eval_config(
     min_auc: float,
     min_accuracy: float,
     max_regression: float,
+    min_class_recall: float = 0.0,
+    compare_with_baseline: bool = True,
 ) -> tfma.EvalConfig:
     """Binary: AUC (value + change gate) and accuracy; multi-class: accuracy (value + change),
     per-class precision/recall and a confusion matrix. Sliced overall and per true class.
@@ -48,6 +50,9 @@ def make_eval_config(
     Labels come from the model's own `transform_features`, so each model (candidate and baseline)
     is scored with its own vocabulary even if the class-id order differs between them.
     Note TFMA's lower bounds are inclusive: a constant predictor has AUC 0.5, so never gate at 0.5.
+    `compare_with_baseline` False drops the change thresholds (the Evaluator then gets no
+    baseline: after a class is added the old model's metrics are not comparable).
+    `min_class_recall` (multi-class) gates every class's recall, binarized per class id.
 
     `model_type` is set because TFMA otherwise finds it by loading the model as Keras (rebuilding
     every layer from its config) and then loads it again for scoring: 3.3 s + 2.1 s of the
@@ -62,12 +67,18 @@ def make_eval_config(
         prediction_key=PREDICTIONS,
     )
     count = tfma.MetricConfig(class_name="ExampleCount")
+
+    def gate(lower_bound: float) -> list[tfma.PerSliceMetricThreshold]:
+        if compare_with_baseline:
+            return _overall(_value_and_change(lower_bound, max_regression))
+        return _overall(_value(lower_bound))
+
     if num_classes == 2:
         metrics = [
             count,
             tfma.MetricConfig(
                 class_name="AUC",
-                per_slice_thresholds=_overall(_value_and_change(min_auc, max_regression)),
+                per_slice_thresholds=gate(min_auc),
             ),
             tfma.MetricConfig(
                 class_name="BinaryAccuracy", per_slice_thresholds=_overall(_value(min_accuracy))
@@ -82,14 +93,19 @@ def make_eval_config(
             count,
             tfma.MetricConfig(
                 class_name="SparseCategoricalAccuracy",
-                per_slice_thresholds=_overall(_value_and_change(min_accuracy, max_regression)),
+                per_slice_thresholds=gate(min_accuracy),
             ),
             tfma.MetricConfig(class_name="MultiClassConfusionMatrixPlot"),
         ]
         per_class = tfma.MetricsSpec(
             metrics=[
                 tfma.MetricConfig(class_name="Precision"),
-                tfma.MetricConfig(class_name="Recall"),
+                tfma.MetricConfig(
+                    class_name="Recall",
+                    per_slice_thresholds=(
+                        _overall(_value(min_class_recall)) if min_class_recall > 0 else []
+                    ),
+                ),
             ],
             binarize=tfma.BinarizationOptions(class_ids={"values": list(range(num_classes))}),
         )

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
 from hoh import features
 from hoh.config import HohConfig, section_json
@@ -57,10 +57,68 @@ def detect_classes(data_root: str, span: int) -> list[str]:
         classes = json.loads(report.read_text(encoding="utf-8"))["classes"]
     except (OSError, ValueError, KeyError) as exc:
         raise HohError(
-            f"cannot tell the number of classes: {report} is missing or unreadable ({exc}); "
-            "set data.num_classes in the config"
+            f"cannot tell the classes: {report} is missing or unreadable ({exc}); "
+            "set data.classes in the config (class names in id order)"
         ) from None
     return list(classes)
+
+
+def resolve_classes(cfg: HohConfig, found: Optional[Sequence[str]]) -> list[str]:
+    """The class names in id order: `data.classes`, else the span's classes sorted.
+
+    `found` is what the span holds (its import report), None when it cannot be read from here.
+    A span with a class the list lacks, or lacking one of the listed classes, is refused before
+    any step runs: ids must mean the same thing in every run (docs/MULTICLASS.md).
+    """
+    listed = cfg.data.classes
+    if found is None and listed is None:
+        raise HohError(
+            "cannot read the span's classes from this machine; set data.classes in id order, "
+            "e.g. --set data.classes=horses,humans"
+        )
+    classes = list(listed) if listed is not None else sorted(found)
+    if found is not None and listed is not None:
+        new = [c for c in found if c not in listed]
+        if new:
+            raise HohError(
+                f"the span has class(es) {new} that data.classes {listed} lacks; add them at the "
+                "end of data.classes (the other classes keep their ids)"
+            )
+        missing = [c for c in listed if c not in found]
+        if missing:
+            raise HohError(
+                f"data.classes lists {missing}, which the span has no images of; a model cannot "
+                "learn a class it never sees: import images of it, or remove it from data.classes "
+                "(a class removed changes the ids of the classes after it)"
+            )
+    if cfg.data.num_classes is not None and cfg.data.num_classes != len(classes):
+        raise HohError(
+            f"data.num_classes={cfg.data.num_classes} but the classes are {classes} "
+            f"({len(classes)})"
+        )
+    return classes
+
+
+def compare_with_baseline(
+    cfg: HohConfig, classes: Sequence[str], served: Optional[Sequence[str]]
+) -> tuple[bool, Optional[str]]:
+    """Whether the Evaluator gates on the change against the served model, and why not.
+
+    `served`: the classes of the model the repository serves (None: nothing served, or not
+    readable from here). A model with other classes answers another question, so comparing
+    accuracies would be meaningless (and TFMA would score it on ids it never had).
+    """
+    setting = cfg.evaluation.compare_with_baseline
+    if setting != "auto":
+        why_not = None if setting == "always" else "evaluation.compare_with_baseline=never"
+        return setting == "always", why_not
+    if served is not None and list(served) != list(classes):
+        return False, (
+            f"the classes changed (served model: {list(served)}; this run: {list(classes)}): "
+            "the change threshold against the served model is skipped; the gate is "
+            "evaluation.min_accuracy and evaluation.min_class_recall"
+        )
+    return True, None
 
 
 def span_range_config(span: Optional[int], explicit_latest: bool = False) -> Optional[Any]:
@@ -173,9 +231,10 @@ def triton_pusher_factory(cfg: HohConfig, model_repository: str) -> Optional[Cal
 def component_options(
     cfg: HohConfig,
     data_root: str,
-    num_classes: int,
+    classes: Sequence[str],
     pusher: Optional[Callable[..., Any]] = None,
     paths: PathRules = PathRules(),
+    compare: bool = True,
 ) -> Dict[str, Any]:
     """Keyword arguments of `create_components` / `create_pipeline` for this config."""
     ev = cfg.evaluation
@@ -187,10 +246,12 @@ def component_options(
         image_size=cfg.transform.image_size,
         materialize=cfg.transform.materialize,
         trainer_config=trainer_config(cfg, paths),
-        num_classes=num_classes,
+        classes=list(classes),
         min_auc=ev.min_auc,
         min_accuracy=ev.min_accuracy,
         max_regression=ev.max_regression,
+        min_class_recall=ev.min_class_recall,
+        compare_with_baseline=compare,
         pusher=pusher,
         drift=drift_parameters(cfg),
         drift_blocks_push=cfg.drift.block_push,

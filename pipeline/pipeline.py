@@ -6,7 +6,7 @@ Every option is a parameter (penguin style); mapping the typed config onto these
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from google.protobuf import message
 
@@ -100,10 +100,12 @@ def create_components(
     image_size: int,
     materialize: bool,
     trainer_config: Dict[str, Any],
-    num_classes: int,
+    classes: Sequence[str],
     min_auc: float,
     min_accuracy: float,
     max_regression: float,
+    min_class_recall: float = 0.0,
+    compare_with_baseline: bool = True,
     pusher: Optional[Any] = None,
     baseline: Optional[Callable[[Any], Any]] = None,
     runtime_parameters: bool = False,
@@ -115,6 +117,8 @@ def create_components(
     """The components by id, in DAG order; `pusher`, when given, is a callable
     `(model, model_blessing) -> component` so pushers stay pluggable (Triton, filesystem...).
 
+    `classes`: class names in id order (`factory.resolve_classes`). `compare_with_baseline`
+    False: the Evaluator gates on values only (`factory.compare_with_baseline`).
     `baseline`: None = the latest blessed model in MLMD (a Resolver: LocalDagRunner and Vertex
     run it, open-source Kubeflow refuses it); else a callable `(candidate_model) -> node` whose
     `outputs["model"]` is the model to beat (hoh.pipeline.runners.kubeflow uses LatestPushedModel).
@@ -162,7 +166,8 @@ def create_components(
         materialize=materialize,
         # Statistics of 150k floats per image are useless and slow.
         disable_statistics=True,
-        custom_config={"image_size": image_size},
+        # Class ids follow `classes`, never label frequencies (transforms/preprocessing.py).
+        custom_config={"image_size": image_size, features.CLASSES_KEY: list(classes)},
     )
     transform.add_upstream_node(anomalies_gate)
     trainer = Trainer(
@@ -190,10 +195,19 @@ def create_components(
     evaluator = Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
-        baseline_model=model_resolver.outputs["model"],
+        # No baseline when the classes changed: its metrics are not comparable.
+        baseline_model=model_resolver.outputs["model"] if compare_with_baseline else None,
         schema=schema_gen.outputs["schema"],
         eval_config=param(
-            "eval_config", make_eval_config(num_classes, min_auc, min_accuracy, max_regression)
+            "eval_config",
+            make_eval_config(
+                len(classes),
+                min_auc,
+                min_accuracy,
+                max_regression,
+                min_class_recall=min_class_recall,
+                compare_with_baseline=compare_with_baseline,
+            ),
         ),
         example_splits=["eval"],
     )

@@ -156,7 +156,7 @@ def test_the_gated_dag_compiles_for_kubeflow(tmp_path):
         image_size=32,
         materialize=False,
         trainer_config={},
-        num_classes=2,
+        classes=["horses", "humans"],
         min_auc=0.0,
         min_accuracy=0.0,
         max_regression=1.0,

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 IMAGE = "registry.example.com/hoh:test"
 ROOT, DATA, MODELS = "gs://hoh-test/pipeline-root", "gs://hoh-test/data", "gs://hoh-test/models"
 SETTINGS = [
-    "data.num_classes=2",
+    "data.classes=horses,humans",
     f"kubeflow.model_repository={MODELS}",
     "kubeflow.resources.Trainer.gpu=1",
     "kubeflow.resources.Trainer.memory_gb=16",
@@ -27,8 +27,8 @@ SETTINGS = [
 LAUNCHER = ["python", "-m", "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"]
 
 
-def compile_args(output: Path, *extra: str) -> list[str]:
-    sets = [a for s in SETTINGS for a in ("--set", s)]
+def compile_args(output: Path, *extra: str, settings=SETTINGS) -> list[str]:
+    sets = [a for s in settings for a in ("--set", s)]
     return [
         "kfp",
         "compile",
@@ -292,45 +292,8 @@ def test_vertex_variant_keeps_the_resolver(tmp_path):
 
 
 def test_compile_errors_are_one_line(tmp_path, capsys):
-    assert (
-        main(
-            [
-                "kfp",
-                "compile",
-                "--profile",
-                "tiny",
-                "--image",
-                IMAGE,
-                "--pipeline-root",
-                ROOT,
-                "--data",
-                DATA,
-                "--output",
-                str(tmp_path / "p.yaml"),
-            ]
-        )
-        == 2
-    )
+    assert main(compile_args(tmp_path / "p.yaml", settings=[])) == 2
     assert "kubeflow.model_repository" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "kfp",
-                "compile",
-                "--profile",
-                "tiny",
-                "--set",
-                f"kubeflow.model_repository={MODELS}",
-                "--image",
-                IMAGE,
-                "--pipeline-root",
-                ROOT,
-                "--data",
-                DATA,
-                "--output",
-                str(tmp_path / "p.yaml"),
-            ]
-        )
-        == 2
-    )
-    assert "data.num_classes" in capsys.readouterr().err
+    repository_only = [f"kubeflow.model_repository={MODELS}"]
+    assert main(compile_args(tmp_path / "p.yaml", settings=repository_only)) == 2
+    assert "set data.classes" in capsys.readouterr().err

@@ -14,16 +14,18 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# Install names -> folders, as setup.py maps them.
-FOLDERS = {
-    "hoh": "hoh",
-    "hoh.pipeline": "pipeline",
-    "hoh.components": "components",
-    "hoh.transforms": "transforms",
-    "hoh.trainer": "trainer",
-    "hoh.schemas": "schemas",
-    "hoh.serving": "serving",
-}
+
+
+def _setup_folders() -> dict[str, str]:
+    """Install names -> folders, read from setup.py's `_FOLDERS` (the one mapping)."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and [t.id for t in node.targets] == ["_FOLDERS"]:
+            return ast.literal_eval(node.value)
+    raise AssertionError("setup.py has no _FOLDERS mapping")
+
+
+FOLDERS = _setup_folders()
 RANK = {
     "core": 0,
     "data": 1,

@@ -115,6 +115,40 @@ def test_three_class_variant(tmp_path_factory):
     assert sorted(labels.read_text().split()) == ["birds", "horses", "humans"]
 
 
+def test_a_class_added_in_a_new_span_retrains_and_serves_beside_the_old_version(tmp_path):
+    """docs/MULTICLASS.md, as a user runs it: span 1 has 2 classes -> v1; span 2 adds birds at
+    the end of data.classes -> the same DAG trains a 3-way head, skips the comparison with the
+    2-class model (saying so) and pushes v2; ids of the old classes stay."""
+    from hoh.data.demo import make_demo_dataset
+    from hoh.data.importer import import_images
+    from hoh.errors import HohError
+    from hoh.pipeline.runners.local import run_local
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    make_demo_dataset(tmp_path / "v1", per_class=12, size=48, classes=("horses", "humans"))
+    import_images(tmp_path / "v1", data)
+    first = run_local(_config(data, out, "data.classes=horses,humans"), echo=lambda line: None)
+    assert first.blessed and first.pushed_version == "1"
+
+    make_demo_dataset(tmp_path / "v2", per_class=12, size=48, classes=("horses", "humans", "birds"))
+    import_images(tmp_path / "v2", data)
+    with pytest.raises(HohError, match=r"class\(es\) \['birds'\] that data.classes"):
+        run_local(_config(data, out, "data.classes=horses,humans"), echo=lambda line: None)
+
+    lines = []
+    second = run_local(_config(data, out, "data.classes=horses,humans,birds"), echo=lines.append)
+    assert any(
+        "evaluation: the classes changed (served model: ['horses', 'humans']; this run: "
+        "['horses', 'humans', 'birds'])" in line
+        for line in lines
+    ), lines
+    assert second.blessed and not second.has_baseline and second.pushed_version == "2"
+    assert "sparse_categorical_accuracy" in second.metrics
+    model_dir = out / "model_repository" / "hoh"
+    assert (model_dir / "1" / "labels.txt").read_text().split() == ["horses", "humans"]
+    assert (model_dir / "2" / "labels.txt").read_text().split() == ["horses", "humans", "birds"]
+
+
 def test_anomalies_stop_the_run_with_a_readable_message(tmp_path, tiny_span):
     from hoh.pipeline.runners.local import PipelineFailed, run_local
 

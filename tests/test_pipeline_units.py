@@ -51,6 +51,39 @@ def test_multiclass_eval_config_has_accuracy_gate_per_class_metrics_and_confusio
     assert list(binarized[0].binarize.class_ids.values) == [0, 1, 2]
 
 
+def test_after_a_class_is_added_the_gate_is_values_and_per_class_recall():
+    config = make_eval_config(
+        3,
+        0.9,
+        min_accuracy=0.6,
+        max_regression=0.0,
+        min_class_recall=0.4,
+        compare_with_baseline=False,
+    )
+    gates = _thresholds(config)
+    assert set(gates) == {"SparseCategoricalAccuracy", "Recall"}
+    assert not gates["SparseCategoricalAccuracy"].HasField("change_threshold")
+    assert gates["Recall"].value_threshold.lower_bound.value == 0.4
+    (binarized,) = [s for s in config.metrics_specs if s.HasField("binarize")]
+    assert [m.class_name for m in binarized.metrics if m.per_slice_thresholds] == ["Recall"]
+
+
+def test_the_baseline_is_compared_unless_the_served_classes_differ():
+    cfg = _data_config()
+    assert factory.compare_with_baseline(cfg, ["a", "b"], None) == (True, None)
+    assert factory.compare_with_baseline(cfg, ["a", "b"], ["a", "b"]) == (True, None)
+    compare, why = factory.compare_with_baseline(cfg, ["a", "b", "c"], ["a", "b"])
+    assert not compare
+    assert "the classes changed (served model: ['a', 'b']; this run: ['a', 'b', 'c'])" in why
+    never = cfg.model_copy(
+        update={"evaluation": cfg.evaluation.model_copy(update={"compare_with_baseline": "never"})}
+    )
+    assert factory.compare_with_baseline(never, ["a", "b"], ["a", "b"]) == (
+        False,
+        "evaluation.compare_with_baseline=never",
+    )
+
+
 class _FakeMemory:
     def __init__(self, peaks):
         self.peaks, self.resets = iter(peaks), 0
@@ -111,7 +144,7 @@ def test_span_and_schema_resolution_errors_are_readable(tmp_path):
     assert factory.resolve_span(str(tmp_path), None) == 3
     with pytest.raises(HohError, match=r"spans there: \[1, 3\]"):
         factory.resolve_span(str(tmp_path), 2)
-    with pytest.raises(HohError, match="set data.num_classes"):
+    with pytest.raises(HohError, match="set data.classes"):
         factory.detect_classes(str(tmp_path), 3)
     assert factory.resolve_schema_path("infer") is None
     assert factory.resolve_schema_path("auto").endswith("schema.pbtxt")
@@ -167,3 +200,61 @@ def test_run_exit_codes_tell_outcomes_apart():
     assert DataAnomaliesError("x").exit_code == 4 and UsageError("x").exit_code == 2
     assert main(["run", "--profile", "tiny", "--config", "x.yaml"]) == ExitCode.USAGE
     assert main(["run", "--profile", "tiny", "--set", "model.alpha=7"]) == ExitCode.USAGE
+
+
+def _data_config(**data):
+    from hoh.config import HohConfig
+
+    return HohConfig.model_validate({"data": data})
+
+
+def test_class_ids_are_sorted_names_or_the_listed_order():
+    found = ["humans", "horses", "birds"]  # the import report's order is not an id order
+    assert factory.resolve_classes(_data_config(), found) == ["birds", "horses", "humans"]
+    listed = _data_config(classes="horses,humans,birds")  # a class added at the end
+    assert factory.resolve_classes(listed, found) == ["horses", "humans", "birds"]
+    assert factory.resolve_classes(listed, None) == ["horses", "humans", "birds"]  # gs:// data
+
+
+@pytest.mark.parametrize(
+    "data,found,message",
+    [
+        ({}, None, r"set data.classes in id order, e.g. --set data.classes=horses,humans"),
+        (
+            {"classes": ["horses", "humans"]},
+            ["horses", "humans", "birds"],
+            r"class\(es\) \['birds'\] that data.classes \['horses', 'humans'\] lacks; add them at "
+            "the end",
+        ),
+        (
+            {"classes": ["horses", "humans", "birds"]},
+            ["horses", "humans"],
+            r"data.classes lists \['birds'\], which the span has no images of",
+        ),
+        ({"num_classes": 3}, ["horses", "humans"], r"data.num_classes=3 but the classes are"),
+    ],
+)
+def test_class_sets_that_would_change_ids_are_refused(data, found, message):
+    with pytest.raises(HohError, match=message):
+        factory.resolve_classes(_data_config(**data), found)
+
+
+@pytest.mark.parametrize(
+    "classes,message",
+    [("horses", "at least 2 classes"), ("a,b,a", r"lists \['a'\] more than once")],
+)
+def test_data_classes_config_errors(classes, message):
+    from hoh.config import ConfigError
+
+    with pytest.raises((ConfigError, ValueError), match=message):
+        _data_config(classes=classes)
+
+
+def test_trainer_refuses_labels_outside_the_classes_and_classes_without_images():
+    from hoh.trainer.task import check_label_counts
+
+    assert check_label_counts({"b": 2, "a": 5}, ["a", "b"]) == [5, 2]
+    with pytest.raises(HohError, match=r"label\(s\) \['zebra'\] outside the pipeline's classes"):
+        check_label_counts({"a": 1, "b": 1, "zebra": 1}, ["a", "b"])
+    with pytest.raises(HohError, match=r"class\(es\) \['b'\] of \['a', 'b'\] have no training"):
+        check_label_counts({"a": 1}, ["a", "b"])

@@ -85,3 +85,43 @@ def test_label_counts_vocabulary_feeds_balanced_class_weights(tiny_span, transfo
     train = read_examples(tiny_span, "train")
     expected = [sum(e[features.LABEL_KEY][0].decode() == n for e in train) for n in names]
     assert counts == expected and sum(counts) == len(train)
+
+
+@pytest.mark.parametrize(
+    "classes",
+    [["a", "b", "c"], ["c", "a", "b"], ["b", "c", "a", "new"]],
+    ids=["sorted", "explicit-order", "class-not-in-span-yet"],
+)
+def test_class_ids_follow_the_given_order_not_label_frequencies(tmp_path, classes):
+    """Frequencies b > a > c must not decide ids: a retrain on other proportions keeps them."""
+    import tensorflow_transform as tft
+    from tests_support.transform import analyze_instances
+
+    png = _encoded("PNG", "RGB", (8, 8))
+    labels = ["b"] * 5 + ["a"] * 3 + ["c"]
+    instances = [
+        {features.IMAGE_KEY: np.array([png]), features.LABEL_KEY: np.array([x.encode()])}
+        for x in labels
+    ]
+    out = tft.TFTransformOutput(str(analyze_instances(instances, tmp_path, 32, classes)))
+    vocab = [v.decode() for v in out.vocabulary_by_name(features.LABEL_VOCAB_NAME)]
+    assert vocab == classes
+    ids = out.transform_features_layer()(
+        {
+            features.IMAGE_KEY: tf.constant([[png]] * 3),
+            features.LABEL_KEY: tf.constant([[b"a"], [b"c"], [b"zebra"]]),
+        }
+    )[features.LABEL_XF]
+    # A label outside the classes is -1; the factory refuses such a span before any run.
+    assert list(np.reshape(ids.numpy(), [-1])) == [classes.index("a"), classes.index("c"), -1]
+
+
+def test_preprocessing_fn_needs_the_classes(tmp_path):
+    from tests_support.transform import analyze_instances
+
+    from hoh.config import ConfigError
+
+    png = _encoded("PNG", "RGB", (8, 8))
+    instances = [{features.IMAGE_KEY: np.array([png]), features.LABEL_KEY: np.array([b"a"])}]
+    with pytest.raises(ConfigError, match="classes"):
+        analyze_instances(instances, tmp_path, 32, [])

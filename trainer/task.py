@@ -47,7 +47,25 @@ def _label_counts(tf_transform_output: tft.TFTransformOutput, class_names: List[
         for line in f:
             count, _, name = line.rstrip("\n").partition(" ")
             counts[name] = int(count)
-    return [counts.get(name, 0) for name in class_names]
+    return check_label_counts(counts, class_names)
+
+
+def check_label_counts(counts: Dict[str, int], class_names: List[str]) -> List[int]:
+    """Counts in class-id order; refuses labels outside the classes (Transform gave them id -1)
+    and classes without a training image, which no loss can learn."""
+    unknown = sorted(set(counts) - set(class_names))
+    if unknown:
+        raise HohError(
+            f"the training data has label(s) {unknown} outside the pipeline's classes "
+            f"{class_names}; add them at the end of data.classes and rebuild the pipeline"
+        )
+    missing = [name for name in class_names if not counts.get(name)]
+    if missing:
+        raise HohError(
+            f"class(es) {missing} of {class_names} have no training image in this span; import "
+            "images of them or remove them from data.classes"
+        )
+    return [counts[name] for name in class_names]
 
 
 def _first_image(file_patterns: List[str]) -> bytes:

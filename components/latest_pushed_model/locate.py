@@ -31,3 +31,16 @@ def latest_pushed_saved_model(model_repository: str, model_name: str) -> Optiona
         if _exists(join(saved_model, SAVED_MODEL_PB)):
             return saved_model
     return None
+
+
+def served_class_names(model_repository: str, model_name: str) -> Optional[list[str]]:
+    """Class names of the newest version Triton serves, or None when nothing is served yet."""
+    model_dir = join(model_repository, model_name)
+    versions = repository.served_versions(model_dir) or repository.list_versions(model_dir)
+    if not versions:
+        return None
+    labels = join(model_dir, str(max(versions)), repository.LABELS_FILE)
+    if not _exists(labels):
+        return None
+    text = fs_for(labels).read_bytes(labels).decode("utf-8")
+    return [line for line in text.splitlines() if line.strip()]

@@ -80,17 +80,12 @@ def resolve_target(
     )
 
 
-def num_classes(cfg: HohConfig, data_root: str) -> int:
-    """From the config, else from the span's import report when the data is mounted here too."""
-    if cfg.data.num_classes:
-        return cfg.data.num_classes
-    if is_remote(data_root) or not Path(data_root).is_dir():
-        raise HohError(
-            f"cannot read the classes of {data_root} from this machine; set data.num_classes "
-            "(e.g. --set data.num_classes=2)"
-        )
-    span = factory.resolve_span(data_root, cfg.data.span)
-    return len(factory.detect_classes(data_root, span))
+def classes(cfg: HohConfig, data_root: str) -> list[str]:
+    """`data.classes`, checked against the span's when the data is mounted here too."""
+    found = None
+    if not is_remote(data_root) and Path(data_root).is_dir():
+        found = factory.detect_classes(data_root, factory.resolve_span(data_root, cfg.data.span))
+    return factory.resolve_classes(cfg, found)
 
 
 def schema_path(setting: str) -> Optional[str]:
@@ -174,7 +169,7 @@ def build_pipeline(cfg: HohConfig, target: Target, beam_args: Optional[list[str]
     options = factory.component_options(
         cfg,
         target.data_root,
-        num_classes(cfg, target.data_root),
+        classes(cfg, target.data_root),
         factory.triton_pusher_factory(cfg, target.model_repository)
         if target.model_repository
         else None,

@@ -51,14 +51,22 @@ def local_pusher_factory(cfg: HohConfig) -> Optional[Callable[..., Any]]:
     return factory.triton_pusher_factory(cfg, str(Path(cfg.model_repository).resolve()))
 
 
-def build_local_pipeline(cfg: HohConfig, data_root: str):
+def build_local_pipeline(cfg: HohConfig, data_root: str, echo: Callable[[str], None] = print):
     span = factory.resolve_span(data_root, cfg.data.span)
-    num_classes = cfg.data.num_classes or len(factory.detect_classes(data_root, span))
+    classes = factory.resolve_classes(cfg, factory.detect_classes(data_root, span))
+    from hoh.components.latest_pushed_model.locate import served_class_names
+
+    served = served_class_names(cfg.model_repository, cfg.push.model_name)
+    compare, why_not = factory.compare_with_baseline(cfg, classes, served)
+    if why_not:
+        echo(f"evaluation: {why_not}")
     from hoh.pipeline.pipeline import create_pipeline
 
     return create_pipeline(
         **local_pipeline_args(cfg),
-        **factory.component_options(cfg, data_root, num_classes, local_pusher_factory(cfg)),
+        **factory.component_options(
+            cfg, data_root, classes, local_pusher_factory(cfg), compare=compare
+        ),
     )
 
 
@@ -126,7 +134,7 @@ def run_local(cfg: HohConfig, echo: Optional[Callable[[str], None]] = None) -> R
         from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
         _quiet_tensorflow_logger()
-        pipeline = build_local_pipeline(cfg, str(Path(data_root).resolve()))
+        pipeline = build_local_pipeline(cfg, str(Path(data_root).resolve()), terminal)
         absl_logger.addHandler(progress)
         absl_logger.setLevel(logging.INFO)
         # Something inside the Transform executor lowers absl's verbosity to WARNING, which would

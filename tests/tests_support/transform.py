@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import tempfile
 from pathlib import Path
 
@@ -33,7 +34,15 @@ def read_examples(data_root: Path, split: str = "train", span: int = 1) -> list[
     return out
 
 
-def analyze_span(data_root: Path, out_dir: Path, image_size: int) -> Path:
+def analyze_span(data_root: Path, out_dir: Path, image_size: int, classes=None) -> Path:
+    """`classes` None = the span's classes sorted, as the pipeline's factory passes them."""
+    if classes is None:
+        report = json.loads((features.span_dir(data_root, 1) / "import_report.json").read_text())
+        classes = sorted(report["classes"])
+    return analyze_instances(read_examples(data_root), out_dir, image_size, classes)
+
+
+def analyze_instances(instances: list[dict], out_dir: Path, image_size: int, classes) -> Path:
     import tensorflow_transform as tft
     import tensorflow_transform.beam as tft_beam
     from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils
@@ -47,10 +56,11 @@ def analyze_span(data_root: Path, out_dir: Path, image_size: int) -> Path:
         if k in (features.IMAGE_KEY, features.LABEL_KEY)
     }
     metadata = dataset_metadata.DatasetMetadata.from_feature_spec(spec)
-    instances = read_examples(data_root)
     with tft_beam.Context(temp_dir=tempfile.mkdtemp(), force_tf_compat_v1=False):
         transform_fn = (instances, metadata) | tft_beam.AnalyzeDataset(
-            lambda inputs: preprocessing_fn(inputs, {"image_size": image_size})
+            lambda inputs: preprocessing_fn(
+                inputs, {"image_size": image_size, "classes": list(classes)}
+            )
         )
         _ = transform_fn | tft_beam.WriteTransformFn(str(out_dir))
     # The Transform component also records the raw schema; the Trainer's export reads it.

@@ -213,6 +213,7 @@ def table(result: dict) -> str:
     def row(name, key, pv, ratio=True):
         bv, ev = (b or {}).get(key), (e or {}).get(key)
         ratios = [f"{pv / v:.2f}x" if ratio and v and pv else "" for v in (bv, ev)]
+
         def fmt(v):
             if v is None:
                 return ""

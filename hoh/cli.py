@@ -4,6 +4,7 @@ Importing TFX costs 20-45 s, so this module and the per-feature `cli` modules it
 nothing heavy at module level: `hoh --help` and argument errors answer at once, and each handler
 imports what it needs when it runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,11 +18,15 @@ from hoh.errors import ExitCode, HohError
 # Each module defines `register(subparsers)`, adding its commands with `set_defaults(handler=...)`.
 _COMMAND_MODULES = (
     "hoh.data.cli",
+    "hoh.data.stream_cli",
     "hoh.pipeline.cli",
     "hoh.pipeline.kfp.cli",
+    "hoh.pipeline.tracking.cli",
     "hoh.serving.cli",
+    "hoh.serving.gateway_cli",
     "hoh.components.drift.cli",
     "hoh.components.sampling.cli",
+    "hoh.components.monitor.cli",
 )
 
 

@@ -6,6 +6,7 @@ the CLI's `--set section.key=value` overrides those. Validation happens once, at
 typo or a bad value is reported with the file and the key instead of failing deep inside a
 Beam worker twenty minutes later.
 """
+
 from __future__ import annotations
 
 import re
@@ -80,12 +81,15 @@ class SchemaConfig(_Section):
 
 class ValidationConfig(_Section):
     fail_on_anomalies: bool = Field(
-        True, description="Stop the run when ExampleValidator finds anomalies (else only record them)."
+        True,
+        description="Stop the run when ExampleValidator finds anomalies (else only record them).",
     )
 
 
 class TransformConfig(_Section):
-    image_size: int = Field(224, ge=32, le=1024, description="Images are resized to this square size.")
+    image_size: int = Field(
+        224, ge=32, le=1024, description="Images are resized to this square size."
+    )
     materialize: bool = Field(
         False,
         description="Write transformed examples (~0.6 MB per 224px image) instead of transforming "
@@ -226,12 +230,29 @@ class PushConfig(_Section):
         description="Triton's response cache for the model. Off: Triton 2.51 stores failed "
         "responses and replays them to every client as empty successes (docs/SERVING.md).",
     )
+    flavor: Literal["tensorflow", "onnx"] = Field(
+        "tensorflow",
+        description="What the pusher writes: `tensorflow` = one python-backend model running the "
+        "SavedModel (needs TensorFlow inside Triton); `onnx` = an ensemble of a numpy+Pillow "
+        "preprocessing model and the network as model.onnx, which a stock (GPU) Triton serves "
+        "natively (docs/SERVING.md#flavours).",
+    )
+    preprocess_instance_count: int = Field(
+        2,
+        ge=1,
+        description="onnx flavour: CPU instances of the preprocessing model (decoding is the "
+        "ensemble's largest CPU cost; 2 won on 2 cores, docs/BENCHMARKS.md).",
+    )
+    gpu_fp16: bool = Field(
+        True, description="onnx flavour: TensorRT precision FP16 (else FP32) in configs/gpu.pbtxt."
+    )
 
     @model_validator(mode="after")
     def _keep_what_is_served(self) -> "PushConfig":
         if self.versions_to_keep < self.versions_to_serve:
             raise ValueError(
-                f"push.versions_to_keep ({self.versions_to_keep}) must be >= push.versions_to_serve "
+                f"push.versions_to_keep ({self.versions_to_keep}) must be >= "
+                f"push.versions_to_serve "
                 f"({self.versions_to_serve}): Triton cannot serve versions deleted from disk"
             )
         if self.max_image_bytes > self.max_request_bytes:
@@ -257,7 +278,9 @@ class PushConfig(_Section):
 class DriftConfig(_Section):
     """The DriftCheck component: the current span against a reference span (docs/DRIFT.md)."""
 
-    enabled: bool = Field(True, description="Run the drift check (the first span records 'no reference').")
+    enabled: bool = Field(
+        True, description="Run the drift check (the first span records 'no reference')."
+    )
     block_push: bool = Field(
         False,
         description="Hold the push when drift is detected. Off by default: new data looking "
@@ -265,37 +288,57 @@ class DriftConfig(_Section):
         "where a person must look at a shifted span before a model trained on it ships.",
     )
     reference_span: Optional[int] = Field(
-        None, ge=0, description="Span to compare with; null = the closest span before the current one."
+        None,
+        ge=0,
+        description="Span to compare with; null = the closest span before the current one.",
     )
     drift_share: float = Field(
-        0.25, gt=0.0, le=1.0, description="Share of drifted descriptors that declares drift (3 of 12)."
+        0.25,
+        gt=0.0,
+        le=1.0,
+        description="Share of drifted descriptors that declares drift (3 of 12).",
     )
     column_method: Optional[str] = Field(
         None,
-        description="Evidently stattest for every descriptor ('ks', 'wasserstein', 'psi', ...); null = "
-        "Evidently's choice (K-S/chi-square up to 1000 reference rows, Wasserstein/Jensen-Shannon above).",
+        description="Evidently stattest for every descriptor ('ks', 'wasserstein', 'psi', ...); "
+        "null = Evidently's choice (K-S/chi-square up to 1000 reference rows, "
+        "Wasserstein/Jensen-Shannon above).",
     )
     column_threshold: Optional[float] = Field(
-        None, gt=0.0, description="Threshold of that test (p-value or distance); null = its default."
+        None,
+        gt=0.0,
+        description="Threshold of that test (p-value or distance); null = its default.",
     )
-    label_drift: bool = Field(True, description="Test class proportions too; their drift counts in the verdict.")
+    label_drift: bool = Field(
+        True, description="Test class proportions too; their drift counts in the verdict."
+    )
     embeddings: bool = Field(
-        True, description="Also compare MobileNetV2 embeddings from the last blessed model (when one exists)."
+        True,
+        description="Also compare MobileNetV2 embeddings from the last blessed model (when one "
+        "exists).",
     )
-    embedding_components: int = Field(8, ge=1, le=64, description="PCA components kept per embedding.")
+    embedding_components: int = Field(
+        8, ge=1, le=64, description="PCA components kept per embedding."
+    )
     embedding_threshold: float = Field(
-        0.015, gt=0.0, description="MMD score above which the embeddings drift (Evidently's default)."
+        0.015,
+        gt=0.0,
+        description="MMD score above which the embeddings drift (Evidently's default).",
     )
     embedding_min_rows: int = Field(
         100, ge=2, description="Fewer images per side: the MMD score is reported but does not vote."
     )
     embedding_max_rows: int = Field(
-        500, ge=10, description="Images per side fed to MMD (its cost is quadratic); a seeded sample."
+        500,
+        ge=10,
+        description="Images per side fed to MMD (its cost is quadratic); a seeded sample.",
     )
     embedding_fit_rows: int = Field(
         1000, ge=2, description="Reference images the PCA of the embeddings is fitted on."
     )
-    seed: int = Field(0, description="Seed of the MMD row sample, so a re-run gives the same score.")
+    seed: int = Field(
+        0, description="Seed of the MMD row sample, so a re-run gives the same score."
+    )
 
 
 class SamplingConfig(_Section):
@@ -303,7 +346,8 @@ class SamplingConfig(_Section):
 
     pool_root: Optional[str] = Field(
         None,
-        description="Data root of an unlabeled pool (`hoh data import --unlabeled SRC --out POOL`); its "
+        description="Data root of an unlabeled pool (`hoh data import --unlabeled SRC --out "
+        "POOL`); its "
         "latest span's pool/ split is scored. Keep it apart from data.root. null = no sampling.",
     )
     k: int = Field(50, ge=1, description="Images selected for labelling per run.")
@@ -313,17 +357,67 @@ class SamplingConfig(_Section):
         "classes the model hesitates between, which is what a labeller resolves.",
     )
     diversity: bool = Field(
-        True, description="k-center greedy over backbone embeddings among the most uncertain candidates."
+        True,
+        description="k-center greedy over backbone embeddings among the most uncertain candidates.",
     )
-    candidates_factor: int = Field(5, ge=1, description="Diversity picks among the factor*k most uncertain.")
-    exclude_labeled: bool = Field(True, description="Never propose images already in the training span.")
-    from_name: str = Field("choice", description="Label Studio <Choices name=...> of the labeling config.")
-    to_name: str = Field("image", description="Label Studio <Image name=...> of the labeling config.")
+    candidates_factor: int = Field(
+        5, ge=1, description="Diversity picks among the factor*k most uncertain."
+    )
+    exclude_labeled: bool = Field(
+        True, description="Never propose images already in the training span."
+    )
+    from_name: str = Field(
+        "choice", description="Label Studio <Choices name=...> of the labeling config."
+    )
+    to_name: str = Field(
+        "image", description="Label Studio <Image name=...> of the labeling config."
+    )
     image_url_prefix: str = Field(
         "/data/local-files/?d=",
-        description="Prefix of each task's image URL before `images/<file>`; '{out_dir}' stands for the "
+        description="Prefix of each task's image URL before `images/<file>`; '{out_dir}' stands "
+        "for the "
         "sample directory (without its leading '/'). The default suits Label Studio local-files "
         "serving with the sample directory as document root; see docs/ACTIVE_LEARNING.md.",
+    )
+
+
+class MonitorConfig(_Section):
+    """`hoh monitor`: captured gateway traffic against the model's data (docs/MONITORING.md).
+
+    The drift tests themselves take the `drift` section and the labelling batch the `sampling`
+    section, so a window of traffic is judged exactly as a new span is."""
+
+    window_days: int = Field(
+        1, ge=1, description="Days (UTC) in the window without --since, ending at --until."
+    )
+    min_images: int = Field(
+        20,
+        ge=1,
+        description="Fewer usable served images in the window: verdict 'insufficient_data' (the "
+        "tests are noise on a handful of images), never 'ok'.",
+    )
+    reference_splits: list[str] = Field(
+        ["eval"],
+        min_length=1,
+        description="Splits of the reference span whose model predictions are the baseline of "
+        "the prediction-drift test (the model's own eval split: data it was not trained on).",
+    )
+    prediction_drift: bool = Field(
+        True,
+        description="Test the served class mix and confidences; their drift counts in the verdict.",
+    )
+    label_batch: bool = Field(
+        True,
+        description="When the verdict is not ok, write the least certain captures as a Label "
+        "Studio batch.",
+    )
+    label_k: Optional[int] = Field(
+        None, ge=1, description="Images in that batch; null = sampling.k."
+    )
+    textfile: str = Field(
+        "hoh_monitor.prom",
+        pattern=r"^[A-Za-z0-9_.-]+\.prom$",
+        description="Name of the Prometheus textfile written into --out (and --textfile-dir).",
     )
 
 
@@ -374,6 +468,20 @@ class IngestConfig(_Section):
         60.0, gt=0, description="Redeliver a message not acknowledged within this time (NATS)."
     )
     progress_seconds: float = Field(10.0, gt=0, description="Interval of the progress line.")
+    retry_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="Redeliver a refused message whose dead-letter copy could not be stored "
+        "after this long (NATS; Kafka seeks back at once).",
+    )
+    gzip_level: int = Field(
+        0,
+        ge=0,
+        le=9,
+        description="Compression level of the shards (still gzip files, as ImportExampleGen "
+        "expects). 0 = stored: encoded images do not shrink (level 1 saved 0.01% on the PNGs of "
+        "docs/BENCHMARKS.md) and compressing them was half of the consumer's time.",
+    )
 
 
 class BeamConfig(_Section):
@@ -391,7 +499,9 @@ def pod_uri(value: Optional[str]) -> Optional[str]:
     if value is None or value.startswith("gs://"):
         return value
     if is_remote(value):
-        raise ValueError(f"{value!r}: use gs://... or a mounted absolute path (TF 2.16 reads no other scheme)")
+        raise ValueError(
+            f"{value!r}: use gs://... or a mounted absolute path (TF 2.16 reads no other scheme)"
+        )
     if not value.startswith("/"):
         raise ValueError(f"{value!r} is relative; pods need gs://... or an absolute mounted path")
     return value
@@ -399,22 +509,29 @@ def pod_uri(value: Optional[str]) -> Optional[str]:
 
 class KubeflowResources(_Section):
     cpu: Optional[float] = Field(None, gt=0, description="CPU limit of the step's pod (cores).")
-    memory_gb: Optional[float] = Field(None, gt=0, description="Memory limit of the step's pod (GB).")
+    memory_gb: Optional[float] = Field(
+        None, gt=0, description="Memory limit of the step's pod (GB)."
+    )
     gpu: int = Field(0, ge=0, description="Accelerators for the pod; only the Trainer uses one.")
     gpu_type: str = Field(
-        "nvidia.com/gpu", description="Accelerator type: the cluster's resource name (or a Vertex type)."
+        "nvidia.com/gpu",
+        description="Accelerator type: the cluster's resource name (or a Vertex type).",
     )
 
 
 class KubeflowConfig(_Section):
     """Only read by `hoh kfp ...`: where the pods find the image, the data and the repository."""
 
-    image: Optional[str] = Field(None, description="Image built from the Dockerfile; --image overrides.")
+    image: Optional[str] = Field(
+        None, description="Image built from the Dockerfile; --image overrides."
+    )
     pipeline_root: Optional[str] = Field(
-        None, description="Artifacts of the pods: gs://... or a mounted path; --pipeline-root overrides."
+        None,
+        description="Artifacts of the pods: gs://... or a mounted path; --pipeline-root overrides.",
     )
     data_root: Optional[str] = Field(
-        None, description="Span directory as the pods see it: the default of the `data_root` parameter."
+        None,
+        description="Span directory as the pods see it: the default of the `data_root` parameter.",
     )
     model_repository: Optional[str] = Field(
         None, description="Triton model repository as the pods see it (needed when push.enabled)."
@@ -422,20 +539,27 @@ class KubeflowConfig(_Section):
     baseline: Literal["latest_pushed", "latest_blessed"] = Field(
         "latest_pushed",
         description="'latest_pushed' = the newest version in the Triton repository (runs on any "
-        "Kubeflow); 'latest_blessed' = TFX's Resolver, which open-source KFP refuses (Vertex only).",
+        "Kubeflow); 'latest_blessed' = TFX's Resolver, which open-source KFP refuses (Vertex "
+        "only).",
     )
     beam_preset: Literal["direct", "dataflow", "flink", "spark"] = Field(
-        "direct", description="Beam runner preset, see docs/KUBEFLOW.md and pipeline/kfp/beam_presets.py."
+        "direct",
+        description="Beam runner preset, see docs/KUBEFLOW.md and pipeline/kfp/beam_presets.py.",
     )
     beam_options: dict[str, str] = Field(
-        default_factory=dict, description="Values for the preset's {placeholders} (project, region, ...)."
+        default_factory=dict,
+        description="Values for the preset's {placeholders} (project, region, ...).",
     )
-    beam_args: list[str] = Field(default_factory=list, description="Extra Beam args after the preset's.")
+    beam_args: list[str] = Field(
+        default_factory=list, description="Extra Beam args after the preset's."
+    )
     resources: dict[str, KubeflowResources] = Field(
         default_factory=dict, description="Pod resources by component id, e.g. Trainer: {gpu: 1}."
     )
     enable_cache: bool = Field(
-        True, description="Kubeflow caching: a run with no new span reuses every step (no retrain, no push)."
+        True,
+        description="Kubeflow caching: a run with no new span reuses every step (no retrain, "
+        "no push).",
     )
 
     @field_validator("pipeline_root", "data_root", "model_repository")
@@ -453,8 +577,9 @@ class GatewayConfig(_Section):
 
     triton_url: str = Field("127.0.0.1:8001", description="Triton's gRPC address (host:port).")
     host: str = Field(
-        "127.0.0.1", description="Address to bind; 0.0.0.0 in a container. Forced to 127.0.0.1 "
-        "by insecure_no_auth."
+        "127.0.0.1",
+        description="Address to bind; 0.0.0.0 in a container. Forced to 127.0.0.1 "
+        "by insecure_no_auth.",
     )
     port: int = Field(8443, ge=0, le=65535, description="Port to bind (0: a free one).")
     models: list[str] = Field(
@@ -465,13 +590,17 @@ class GatewayConfig(_Section):
         20 * 1024 * 1024, ge=1, description="Largest request body; more is 413 before reading it."
     )
     max_images: int = Field(
-        32, ge=1, description="Images in one predict request; more is 413. Requests are split "
-        "further to fit the model's own limits."
+        32,
+        ge=1,
+        description="Images in one predict request; more is 413. Requests are split "
+        "further to fit the model's own limits.",
     )
     triton_timeout_s: float = Field(30.0, gt=0, description="Deadline of one Triton call.")
     model_info_ttl_s: float = Field(
-        2.0, gt=0, description="How long the served versions and classes read from Triton are "
-        "reused before asking again (a new version is used at most this late)."
+        2.0,
+        gt=0,
+        description="How long the served versions and classes read from Triton are "
+        "reused before asking again (a new version is used at most this late).",
     )
     # --- TLS
     tls_cert: Optional[str] = Field(None, description="PEM certificate chain; null = plain HTTP.")
@@ -480,20 +609,23 @@ class GatewayConfig(_Section):
         None, description="File holding the key's password (or env HOH_GATEWAY_TLS_KEY_PASSWORD)."
     )
     tls_client_ca: Optional[str] = Field(
-        None, description="PEM CA bundle: when set, clients must present a certificate it "
-        "signed (mutual TLS)."
+        None,
+        description="PEM CA bundle: when set, clients must present a certificate it "
+        "signed (mutual TLS).",
     )
     tls_min_version: Literal["1.3", "1.2"] = Field(
         "1.3", description="Lowest TLS version accepted; 1.2 only for old clients."
     )
     # --- authentication
     insecure_no_auth: bool = Field(
-        False, description="Accept requests without a token (every permission). Binds "
-        "127.0.0.1 only and warns at every start."
+        False,
+        description="Accept requests without a token (every permission). Binds "
+        "127.0.0.1 only and warns at every start.",
     )
     oidc_issuer: Optional[str] = Field(
-        None, description="Issuer URL: its discovery document names the jwks_uri. https, or "
-        "http on a loopback address only."
+        None,
+        description="Issuer URL: its discovery document names the jwks_uri. https, or "
+        "http on a loopback address only.",
     )
     jwks_file: Optional[str] = Field(
         None, description="A JWKS file instead of discovery (air-gapped sites, dev tokens)."
@@ -513,20 +645,29 @@ class GatewayConfig(_Section):
     jwks_min_refetch_s: float = Field(
         30.0, ge=0, description="An unknown `kid` triggers a refetch at most this often."
     )
+    token_cache_s: float = Field(
+        60.0,
+        ge=0,
+        description="Reuse the result of a verified token this long (never past its "
+        "exp): a key removed from the JWKS stops working within this time. 0 = check every "
+        "request in full.",
+    )
     scope_claim: str = Field(
-        "scope", description="Claim holding scopes or roles: a space-separated string or a list; "
-        "dotted for nested claims (Keycloak: realm_access.roles)."
+        "scope",
+        description="Claim holding scopes or roles: a space-separated string or a list; "
+        "dotted for nested claims (Keycloak: realm_access.roles).",
     )
     scope_map: dict[str, list[Literal["predict", "models:read", "admin"]]] = Field(
         default_factory=lambda: {
-            "predict": ["predict"], "models:read": ["models:read"],
+            "predict": ["predict"],
+            "models:read": ["models:read"],
             "admin": ["admin", "predict", "models:read"],
         },
         description="Scope/role -> permissions it grants.",
     )
     metrics_permission: Optional[Literal["predict", "models:read", "admin"]] = Field(
-        "admin", description="Permission /metrics requires; null = open (scraped inside the "
-        "cluster only)."
+        "admin",
+        description="Permission /metrics requires; null = open (scraped inside the cluster only).",
     )
     rate_limit_per_s: float = Field(
         50.0, ge=0, description="Sustained requests per second per subject (0 = unlimited)."
@@ -534,14 +675,17 @@ class GatewayConfig(_Section):
     rate_limit_burst: int = Field(100, ge=1, description="Requests a subject may send at once.")
     # --- result cache
     cache_url: Optional[str] = Field(
-        None, description="redis://host:port/db (rediss:// for TLS); null = in-process LRU. The "
-        "password comes from env HOH_GATEWAY_CACHE_PASSWORD or cache_password_file."
+        None,
+        description="redis://host:port/db (rediss:// for TLS); null = in-process LRU. The "
+        "password comes from env HOH_GATEWAY_CACHE_PASSWORD or cache_password_file.",
     )
     cache_password_file: Optional[str] = Field(None, description="File holding Redis' password.")
     cache_ttl_s: int = Field(3600, ge=1, description="Lifetime of a cached result.")
     cache_timeout_s: float = Field(
-        0.05, gt=0, description="A Redis call slower than this counts as an error: the request "
-        "goes on uncached."
+        0.05,
+        gt=0,
+        description="A Redis call slower than this counts as an error: the request "
+        "goes on uncached.",
     )
     cache_retry_s: float = Field(
         1.0, ge=0, description="After a Redis error, skip Redis this long before trying again."
@@ -563,13 +707,16 @@ class GatewayConfig(_Section):
     )
     # --- capture
     capture_dir: Optional[str] = Field(
-        None, description="Save sampled images + results here (CAPTURE_DIR/date=YYYY-MM-DD/); "
-        "null = off."
+        None,
+        description="Save sampled images + results here (CAPTURE_DIR/date=YYYY-MM-DD/); "
+        "null = off.",
     )
     capture_rate: float = Field(0.0, ge=0.0, le=1.0, description="Share of images captured.")
     capture_queue: int = Field(
-        256, ge=1, description="Captures waiting to be written; beyond it they are dropped "
-        "(counted), never blocking a request."
+        256,
+        ge=1,
+        description="Captures waiting to be written; beyond it they are dropped "
+        "(counted), never blocking a request.",
     )
 
     @model_validator(mode="after")
@@ -583,9 +730,48 @@ class GatewayConfig(_Section):
         return self
 
 
+class TrackingConfig(_Section):
+    """MLflow experiment tracking and model registry beside MLMD (docs/LIFECYCLE.md)."""
+
+    enabled: bool = Field(
+        True, description="Log every pipeline run to MLflow and register pushed models."
+    )
+    uri: Optional[str] = Field(
+        None,
+        description="MLflow tracking URI: http(s):// (a tracking server), a database URL "
+        "(postgresql://, mysql://, sqlite:///) or a directory; null = an embedded SQLite store "
+        "OUTPUT/mlflow/mlflow.db (no server needed).",
+    )
+    registry_uri: Optional[str] = Field(
+        None, description="Model registry URI; null = the tracking URI."
+    )
+    artifact_location: Optional[str] = Field(
+        None,
+        description="Where a new experiment keeps its artifacts (config, curves, model cards); "
+        "null = OUTPUT/mlflow/artifacts, or the server's own store for an http(s) URI.",
+    )
+    experiment: Optional[str] = Field(None, description="Experiment name; null = pipeline_name.")
+    register_models: bool = Field(
+        True,
+        description="Register each pushed model as a version of the registered model named like "
+        "the Triton model (alias champion), and a blessed model the push held back (challenger).",
+    )
+    timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Per-request timeout towards a tracking server; an unreachable store fails "
+        "tracking (the run itself completes) instead of hanging the run.",
+    )
+    max_retries: int = Field(
+        1, ge=0, le=10, description="Retries of a failed request to a tracking server."
+    )
+
+
 class HohConfig(_Section):
     pipeline_name: str = "hoh"
-    output_dir: str = Field("hoh-output", description="Pipeline root, MLMD and repository live here.")
+    output_dir: str = Field(
+        "hoh-output", description="Pipeline root, MLMD and repository live here."
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     schema_: SchemaConfig = Field(default_factory=SchemaConfig, alias="schema")
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
@@ -596,10 +782,12 @@ class HohConfig(_Section):
     push: PushConfig = Field(default_factory=PushConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     beam: BeamConfig = Field(default_factory=BeamConfig)
     kubeflow: KubeflowConfig = Field(default_factory=KubeflowConfig)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
@@ -637,6 +825,11 @@ class HohConfig(_Section):
         return self.push.model_repository or str(Path(self.output_dir) / "model_repository")
 
     @property
+    def tracking_dir(self) -> str:
+        """The embedded MLflow store (database and artifacts) when `tracking.uri` is null."""
+        return str(Path(self.output_dir) / "mlflow")
+
+    @property
     def demo_data_dir(self) -> str:
         return str(Path(self.output_dir) / "demo-data")
 
@@ -657,7 +850,7 @@ def builtin_config_path(name: str) -> Path:
 
 
 def _parse_scalar(text: str) -> Any:
-    """`--set` values are YAML scalars/lists, so `epochs=3`, `weights=none`, `units=[64,32]` work."""
+    """`--set` values are YAML scalars/lists: `epochs=3`, `weights=none`, `units=[64,32]` work."""
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -711,7 +904,9 @@ def load_config(
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping, got {type(loaded).__name__}")
+            raise ConfigError(
+                f"config file {path} must hold a mapping, got {type(loaded).__name__}"
+            )
         data = loaded
     for override in overrides or []:
         _apply_override(data, override)

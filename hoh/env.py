@@ -15,6 +15,8 @@ _DEFAULTS = {
     "UNSUPPORTED_DO_NOT_PACKAGE_USER_MODULES": "1",
     # Evidently phones home unless told not to; these machines have no internet.
     "DO_NOT_TRACK": "1",
+    # MLflow 3 sends usage telemetry unless told so (it reads DO_NOT_TRACK only as "true").
+    "MLFLOW_DISABLE_TELEMETRY": "true",
     # TensorFlow's C++ INFO/WARNING lines (CUDA probing on a CPU machine) drown the CLI output.
     "TF_CPP_MIN_LOG_LEVEL": "2",
 }

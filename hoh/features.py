@@ -4,6 +4,7 @@ Examples are gzip TFRecords of `tf.train.Example` laid out as a data lake of spa
 `ROOT/span-{N}/{train,eval}/*.tfrecord.gz`, so that a scheduled run appends span N+1 without
 touching older spans and ImportExampleGen can select spans with its `{SPAN}` pattern.
 """
+
 from __future__ import annotations
 
 import re

@@ -3,6 +3,7 @@
 Nothing heavy is imported here: the handlers import the server/client modules when they run, so
 `hoh --help` stays instant (see hoh/cli.py).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,17 +33,26 @@ def register(subparsers) -> None:
     serve.add_argument("--grpc-port", type=int, default=8001)
     serve.add_argument("--metrics-port", type=int, default=8002)
     serve.add_argument(
-        "--model-config-name", default=None, metavar="NAME",
+        "--model-config-name",
+        default=None,
+        metavar="NAME",
         help="use MODEL/configs/NAME.pbtxt instead of config.pbtxt (e.g. gpu)",
     )
     serve.add_argument(
-        "--model-control-mode", choices=("poll", "explicit"), default="poll",
+        "--model-control-mode",
+        choices=("poll", "explicit"),
+        default="poll",
         help="poll: pick up pushed versions while running (default); explicit: load once",
     )
     serve.add_argument("--repository-poll-secs", type=int, default=5, metavar="N")
-    serve.add_argument("--cache-size", type=int, default=256 * 1024 * 1024, metavar="BYTES",
-                       help="response cache size, used by models whose config enables the "
-                       "cache (hoh pushes it off by default; default 256 MiB)")
+    serve.add_argument(
+        "--cache-size",
+        type=int,
+        default=256 * 1024 * 1024,
+        metavar="BYTES",
+        help="response cache size, used by models whose config enables the "
+        "cache (hoh pushes it off by default; default 256 MiB)",
+    )
     serve.add_argument("--ready-timeout", type=float, default=300.0, metavar="SECONDS")
     serve.add_argument("--log-verbose", type=int, default=0, metavar="LEVEL")
     serve.set_defaults(handler=_serve)
@@ -54,13 +64,28 @@ def register(subparsers) -> None:
         f"{'/'.join(s[1:] for s in IMAGE_SUFFIXES)}) to a Triton server.",
     )
     predict.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
-    predict.add_argument("--url", default=None,
-                         help="host:port (default 127.0.0.1:8000 for http, :8001 for grpc)")
+    predict.add_argument(
+        "--url", default=None, help="host:port (default 127.0.0.1:8000 for http, :8001 for grpc)"
+    )
     predict.add_argument("--protocol", choices=("http", "grpc"), default="http")
     predict.add_argument("--model-name", default="hoh")
     predict.add_argument("--model-version", default="", help="default: the latest ready version")
     predict.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS")
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    predict.add_argument(
+        "--gateway",
+        metavar="URL",
+        help="send through `hoh gateway` at https://HOST:PORT instead of to "
+        "Triton; the bearer token comes from HOH_TOKEN or --token-file",
+    )
+    predict.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="file holding the gateway token (never pass a token as a flag)",
+    )
+    predict.add_argument(
+        "--ca-cert", metavar="PEM", help="CA certificate that signed the gateway's (a private CA)"
+    )
     predict.set_defaults(handler=_predict)
 
 
@@ -117,8 +142,9 @@ def expand_images(items: list[str]) -> list[Path]:
     for item in items:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*")
-                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
             if not found:
                 raise HohError(f"no {'/'.join(IMAGE_SUFFIXES)} files under {path}")
             paths.extend(found)
@@ -129,17 +155,49 @@ def expand_images(items: list[str]) -> list[Path]:
     return paths
 
 
-def _predict(args: argparse.Namespace) -> int:
-    from hoh.serving.client import TritonImageClient
+def _open_client(args: argparse.Namespace):
+    from hoh.errors import UsageError
 
+    if not args.gateway:
+        from hoh.serving.client import TritonImageClient
+
+        if args.token_file or args.ca_cert:
+            raise UsageError("--token-file and --ca-cert go with --gateway URL")
+        return TritonImageClient(
+            args.url,
+            protocol=args.protocol,
+            model_name=args.model_name,
+            model_version=args.model_version,
+            timeout=args.timeout,
+        )
+    from hoh.serving.gateway.client import GatewayImageClient, read_token
+
+    if args.url:
+        raise UsageError("--url is Triton's address; with --gateway, give only the gateway's")
+    token, source = read_token(args.token_file)
+    return GatewayImageClient(
+        args.gateway,
+        token,
+        source,
+        model_name=args.model_name,
+        model_version=args.model_version,
+        timeout=args.timeout,
+        ca_cert=args.ca_cert,
+    )
+
+
+def _predict(args: argparse.Namespace) -> int:
     paths = expand_images(args.images)
-    with TritonImageClient(args.url, protocol=args.protocol, model_name=args.model_name,
-                           model_version=args.model_version, timeout=args.timeout) as client:
+    with _open_client(args) as client:
         predictions = client.predict(paths)
     if args.json:
         rows = [
-            {"image": str(p), "label": r.label, "probability": r.probability,
-             "probabilities": r.probabilities}
+            {
+                "image": str(p),
+                "label": r.label,
+                "probability": r.probability,
+                "probabilities": r.probabilities,
+            }
             for p, r in zip(paths, predictions)
         ]
         print(json.dumps(rows, indent=2))

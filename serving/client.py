@@ -15,6 +15,7 @@ outputs. hoh pushes models with the cache off; for a model that has it on, the c
 answer without any output as that replay: it re-sends the images of that request one by one
 (good ones still get their results) and reports the rejected one as InvalidImage.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -139,6 +140,7 @@ def model_info_from_config(config: dict) -> ModelInfo:
     def number(key: str) -> int:
         value = parameters.get(key, {}).get("string_value", "")
         return int(value) if value.isdigit() else 0
+
     outputs = {o.get("name"): o for o in config.get("output", [])}
     dims = outputs.get(PROBABILITIES_NAME, {}).get("dims", [])
     num_classes = int(dims[-1]) if dims else 0
@@ -182,9 +184,19 @@ def _is_connection_error(exc: Exception) -> bool:
     if isinstance(exc, OSError):  # refused, reset, unreachable (timeouts are caught before)
         return True
     text = _message(exc).lower()
-    return any(s in text for s in ("connection refused", "failed to connect", "connect failed",
-                                   "name resolution", "dns resolution", "errors resolving",
-                                   "domain name not found", "name or service not known"))
+    return any(
+        s in text
+        for s in (
+            "connection refused",
+            "failed to connect",
+            "connect failed",
+            "name resolution",
+            "dns resolution",
+            "errors resolving",
+            "domain name not found",
+            "name or service not known",
+        )
+    )
 
 
 def _is_foreign_answer(exc: Exception) -> bool:
@@ -192,15 +204,22 @@ def _is_foreign_answer(exc: Exception) -> bool:
     if isinstance(exc, (ValueError, http.client.HTTPException)):  # bad JSON, not HTTP at all
         return True
     text = _message(exc).lower()
-    return any(s in text for s in ("expected http/", "http2 header with status",
-                                   "statuscode.unimplemented", "not a triton"))
+    return any(
+        s in text
+        for s in (
+            "expected http/",
+            "http2 header with status",
+            "statuscode.unimplemented",
+            "not a triton",
+        )
+    )
 
 
 class TritonImageClient:
     """Classify images with a hoh model served by Triton.
 
-        client = TritonImageClient("127.0.0.1:8000")            # or protocol="grpc", port 8001
-        [p.label for p in client.predict(["cat.jpg", "dog.png"])]
+    client = TritonImageClient("127.0.0.1:8000")            # or protocol="grpc", port 8001
+    [p.label for p in client.predict(["cat.jpg", "dog.png"])]
     """
 
     def __init__(
@@ -321,8 +340,10 @@ class TritonImageClient:
         inp = self._tc.InferInput(INPUT_NAME, list(batch.shape), "BYTES")
         if self.protocol == "http":
             inp.set_data_from_numpy(batch, binary_data=True)
-            outputs = [self._tc.InferRequestedOutput(n, binary_data=True)
-                       for n in (PROBABILITIES_NAME, LABEL_NAME)]
+            outputs = [
+                self._tc.InferRequestedOutput(n, binary_data=True)
+                for n in (PROBABILITIES_NAME, LABEL_NAME)
+            ]
         else:
             inp.set_data_from_numpy(batch)
             outputs = [self._tc.InferRequestedOutput(n) for n in (PROBABILITIES_NAME, LABEL_NAME)]

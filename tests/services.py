@@ -9,6 +9,7 @@ exercise the real thing, while a laptop without the services still gets a green 
 Servers on the default ports are shared with other users of the machine: tests use their own
 key prefix / stream name / database (see `unique_name`) and remove what they created.
 """
+
 from __future__ import annotations
 
 import os
@@ -76,8 +77,9 @@ def start_server(argv: list[str], port: int, name: str, timeout: float = 20.0) -
     workdir = Path(tempfile.mkdtemp(prefix=f"hoh-{name}-"))
     log = workdir / "server.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=workdir,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True
+        )
     started = Started(process, workdir, log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -92,8 +94,13 @@ def start_server(argv: list[str], port: int, name: str, timeout: float = 20.0) -
     raise RuntimeError(f"{name} did not listen on 127.0.0.1:{port} within {timeout:.0f} s")
 
 
-def find_or_start(env_var: str, default_port: int, binary: str,
-                  argv: Callable[[int, Path], list[str]], url: Callable[[int], str]):
+def find_or_start(
+    env_var: str,
+    default_port: int,
+    binary: str,
+    argv: Callable[[int, Path], list[str]],
+    url: Callable[[int], str],
+):
     """(url, Started or None) for one service, or `unavailable(...)` with the reason.
 
     `argv(port, workdir)` builds the command that serves on 127.0.0.1:port.
@@ -117,9 +124,11 @@ def find_or_start(env_var: str, default_port: int, binary: str,
     return url(port), started
 
 
-def _redis_argv(port: int, workdir: Path) -> list[str]:
-    return ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-            "--appendonly", "no", "--dir", str(workdir)]
+def redis_argv(port: int, workdir: Optional[Path] = None) -> list[str]:
+    """A throw-away Redis on loopback: no snapshots, no append-only file."""
+    argv = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
+    argv += ["--appendonly", "no"]
+    return argv + (["--dir", str(workdir)] if workdir is not None else [])
 
 
 def _nats_argv(port: int, workdir: Path) -> list[str]:
@@ -127,7 +136,7 @@ def _nats_argv(port: int, workdir: Path) -> list[str]:
 
 
 SERVICES = {
-    "redis": ("REDIS_URL", 6379, "redis-server", _redis_argv, lambda p: f"redis://127.0.0.1:{p}/0"),
+    "redis": ("REDIS_URL", 6379, "redis-server", redis_argv, lambda p: f"redis://127.0.0.1:{p}/0"),
     "nats": ("NATS_URL", 4222, "nats-server", _nats_argv, lambda p: f"nats://127.0.0.1:{p}"),
 }
 

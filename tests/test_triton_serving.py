@@ -672,7 +672,7 @@ def test_interrupted_pushes_leave_the_repository_servable(served, monkeypatch):
     def rename_fails(src, dst):
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(repository._LocalFS, "rename_dir", staticmethod(rename_fails))
+    monkeypatch.setattr(repository.LocalFS, "rename_dir", staticmethod(rename_fails))
     with pytest.raises(repository.PushError, match="could not publish version 2"):
         run_pusher_executor(model_uri, served.repository, served.root / "pushed-broken")
     monkeypatch.undo()

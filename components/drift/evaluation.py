@@ -30,7 +30,7 @@ EMBEDDINGS_NAME = "backbone"
 UNLABELED = "(unlabeled)"
 
 
-def _value_drift_rows(snapshot_dict: dict) -> dict[str, dict]:
+def value_drift_rows(snapshot_dict: dict) -> dict[str, dict]:
     """Per column: method, threshold, value and the test's status, from the snapshot's dict."""
     tests_by_metric = {t["metric_config"]["metric_id"]: t for t in snapshot_dict.get("tests", [])}
     rows = {}
@@ -93,7 +93,7 @@ def descriptor_report(
             Dataset.from_pandas(ref[keep], data_definition=definition),
         )
     result = snapshot.dict()
-    per_column = _value_drift_rows(result)
+    per_column = value_drift_rows(result)
     count = next(
         m["value"]
         for m in result["metrics"]

@@ -18,7 +18,7 @@ from tfx.components.pusher import executor as tfx_pusher_executor
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils
 
-from hoh.components.triton_pusher import repository
+from hoh.components.triton_pusher import flavors, repository
 from hoh.config import PushConfig, parse_section
 
 MODEL_REPOSITORY_KEY = "model_repository"
@@ -58,7 +58,7 @@ class Executor(tfx_pusher_executor.Executor):
         model_repository = str(exec_properties[MODEL_REPOSITORY_KEY])
         model_path = self.GetModelPath(input_dict)
 
-        result = repository.push_model(model_path, model_repository, settings, source=model_path)
+        result = flavors.push_model(model_path, model_repository, settings, source=model_path)
         if result.pushed:
             logging.info(
                 "Model %s pushed to %s as version %d", model_path, result.model_dir, result.version

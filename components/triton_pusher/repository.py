@@ -252,7 +252,9 @@ def _restore(written: list[tuple[str, object]]) -> None:
             write_if_changed(path, previous)
 
 
-def _latest_push_matches(fs, model_dir: str, versions: list[int], source: str, pb_sha: str) -> bool:
+def _latest_push_matches(
+    fs, model_dir: str, versions: list[int], source: str, pb_sha: str, flavor: str = "tensorflow"
+) -> bool:
     if not versions or not source:
         return False
     info_path = join(model_dir, str(versions[-1]), PUSH_INFO_FILE)
@@ -262,22 +264,32 @@ def _latest_push_matches(fs, model_dir: str, versions: list[int], source: str, p
         info = json.loads(fs.read_bytes(info_path))
     except json.JSONDecodeError:
         return False
-    return info.get("source") == source and info.get("saved_model_sha256") == pb_sha
+    return (
+        info.get("source") == source
+        and info.get("saved_model_sha256") == pb_sha
+        and info.get("flavor", "tensorflow") == flavor
+    )
 
 
-def _stage_version(fs, staging: str, saved_model_dir: str, info: ServingModelInfo, meta: dict):
-    """Everything specific to one version goes inside its directory, which is immutable."""
-    fs.makedirs(staging)
-    for name, (package, module) in _VERSION_SOURCES.items():
-        fs.write_bytes(join(staging, name), resources.files(package).joinpath(module).read_bytes())
-        if not is_remote(staging):
-            source = join(staging, name)
+def write_sources(fs, directory: str, sources: dict[str, tuple[str, str]]) -> None:
+    """Copy package files into a version directory, precompiled (see the module docstring)."""
+    fs.makedirs(directory)
+    for name, (package, module) in sources.items():
+        data = resources.files(package).joinpath(module).read_bytes()
+        fs.write_bytes(join(directory, name), data)
+        if not is_remote(directory):
+            source = join(directory, name)
             py_compile.compile(
                 source,
                 cfile=importlib.util.cache_from_source(source),
                 doraise=True,
                 invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH,
             )
+
+
+def _stage_version(fs, staging: str, saved_model_dir: str, info: ServingModelInfo, meta: dict):
+    """Everything specific to one version goes inside its directory, which is immutable."""
+    write_sources(fs, staging, _VERSION_SOURCES)
     fs.write_bytes(
         join(staging, LABELS_FILE),
         "".join(f"{name}\n" for name in info.class_names).encode("utf-8"),
@@ -331,6 +343,11 @@ def push_model(
     execution that already published this very model does not publish it twice.
     """
     settings.validate()
+    if settings.flavor != "tensorflow":
+        raise PushError(
+            f"repository.push_model writes the tensorflow flavour, not {settings.flavor!r}: "
+            "use hoh.components.triton_pusher.flavors.push_model"
+        )
     info = read_model_info(saved_model_dir)
     if info.sample_image is not None and not sniff_image(info.sample_image):
         info = dataclasses.replace(info, sample_image=None)  # a failing warmup would block loading
@@ -351,6 +368,7 @@ def push_model(
         "saved_model_sha256": pb_sha,
         "pushed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "class_names": list(info.class_names),
+        "flavor": "tensorflow",
         "pusher": _temp_name(""),  # host-pid-id: lets a later push tell a dead push's leftovers
     }
     staging = join(model_dir, _temp_name(_STAGING))

@@ -44,6 +44,9 @@ class TritonPushSettings:
     max_gif_frames: int = _PUSH_DEFAULTS["max_gif_frames"].default
     max_request_pixels: int = _PUSH_DEFAULTS["max_request_pixels"].default
     response_cache: bool = _PUSH_DEFAULTS["response_cache"].default
+    flavor: str = _PUSH_DEFAULTS["flavor"].default
+    preprocess_instance_count: int = _PUSH_DEFAULTS["preprocess_instance_count"].default
+    gpu_fp16: bool = _PUSH_DEFAULTS["gpu_fp16"].default
 
     @classmethod
     def from_config(cls, push: PushConfig) -> "TritonPushSettings":
@@ -99,6 +102,8 @@ class TritonPushSettings:
                 f"versions_to_keep ({self.versions_to_keep}) must be >= versions_to_serve "
                 f"({self.versions_to_serve}): a served version must not be deleted"
             )
+        if self.flavor not in ("tensorflow", "onnx"):
+            problems.append(f"flavor must be 'tensorflow' or 'onnx', got {self.flavor!r}")
         if problems:
             raise PushError("invalid Triton push settings: " + "; ".join(problems))
         return self

@@ -26,6 +26,7 @@ full, permissions) become one HohError naming the output; nothing is published t
 Spans are numbered from 1; by default an import appends the span after the latest one in DIR.
 An existing span is never overwritten: a span is immutable once the pipeline may have used it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -225,8 +226,9 @@ def _rejections_in(class_dir: str, rejected: list[Rejected]) -> str:
     return ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())) + " rejected"
 
 
-def plan_labeled(report: ImportReport, good: list[tuple[str, str]],
-                 class_dirs: list[str]) -> dict[str, str]:
+def plan_labeled(
+    report: ImportReport, good: list[tuple[str, str]], class_dirs: list[str]
+) -> dict[str, str]:
     """Classes, split per image id and warnings; raises before anything is written if unusable.
 
     `good` holds (id, label) of the images to write; `hoh ingest` seals spans with it too.
@@ -241,7 +243,8 @@ def plan_labeled(report: ImportReport, good: list[tuple[str, str]],
         )
         raise HohError(
             f"import source {report.src} needs at least 2 classes with usable images, found "
-            f"{found}" + (f"; class folders without usable images: {empty}" if empty else "")
+            f"{found}"
+            + (f"; class folders without usable images: {empty}" if empty else "")
             + ". Nothing was written."
         )
     splits = assign_splits(good, report.eval_ratio)
@@ -272,8 +275,13 @@ def _write_error(report: ImportReport, exc: Exception) -> HohError:
     )
 
 
-def publish_span(report: ImportReport, tmp: Path, extra: Optional[Path],
-                 report_path: Optional[Path], created_out: bool) -> None:
+def publish_span(
+    report: ImportReport,
+    tmp: Path,
+    extra: Optional[Path],
+    report_path: Optional[Path],
+    created_out: bool,
+) -> None:
     """Make the span visible: the only step after which a failure must not invite a retry.
 
     The --report copy is moved into place just before the span's rename (and removed again if
@@ -347,9 +355,11 @@ def _write_span(
                 split = splits[g.id]
                 if split not in writers:
                     writers[split] = ShardedWriter(tf, tmp / split, shard_bytes)
-                writers[split].write(serialize_example(
-                    tf, data, g.id, g.file.source, g.file.label, g.width, g.height
-                ))
+                writers[split].write(
+                    serialize_example(
+                        tf, data, g.id, g.file.source, g.file.label, g.width, g.height
+                    )
+                )
                 if progress:
                     progress("write", done, len(ordered))
             report.split_counts = {

@@ -3,6 +3,7 @@
 The counts obey one identity, `seen = written + rejected + duplicates`, so nothing a user put in
 SRC can silently disappear: every file is in exactly one of the three buckets.
 """
+
 from __future__ import annotations
 
 import json

@@ -56,8 +56,15 @@ def shard_name(index: int, count: int) -> str:
 class ShardedWriter:
     """Appends records to `directory`, starting a new shard once one reaches `shard_bytes`."""
 
-    def __init__(self, tf: Any, directory: Path, shard_bytes: int = DEFAULT_SHARD_BYTES):
+    def __init__(
+        self,
+        tf: Any,
+        directory: Path,
+        shard_bytes: int = DEFAULT_SHARD_BYTES,
+        compression_level: int = GZIP_LEVEL,
+    ):
         self._tf = tf
+        self._level = compression_level
         self._dir = Path(directory)
         self._shard_bytes = shard_bytes
         self._paths: list[Path] = []
@@ -69,7 +76,9 @@ class ShardedWriter:
         self._close_current()
         self._dir.mkdir(parents=True, exist_ok=True)
         path = self._dir / f"partial-{len(self._paths):05d}"
-        options = self._tf.io.TFRecordOptions(compression_type="GZIP", compression_level=GZIP_LEVEL)
+        options = self._tf.io.TFRecordOptions(
+            compression_type="GZIP", compression_level=self._level
+        )
         self._writer = self._tf.io.TFRecordWriter(str(path), options)
         self._paths.append(path)
         self._bytes = 0

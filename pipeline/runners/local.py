@@ -119,6 +119,7 @@ def run_local(cfg: HohConfig, echo: Optional[Callable[[str], None]] = None) -> R
     """Run the DAG; progress lines go to `echo` (default: the terminal, whatever libraries print
     to stdout/stderr meanwhile goes to the run's log file)."""
     os.makedirs(cfg.output_dir, exist_ok=True)
+    started = time.time()
     log_path = Path(cfg.output_dir) / "logs" / time.strftime("run-%Y%m%d-%H%M%S.log")
     (echo or print)(f"full log: {log_path}")
     # absl's own logger, not the root: libraries that reset the root handlers cannot detach it.
@@ -135,6 +136,9 @@ def run_local(cfg: HohConfig, echo: Optional[Callable[[str], None]] = None) -> R
 
         _quiet_tensorflow_logger()
         pipeline = build_local_pipeline(cfg, str(Path(data_root).resolve()), terminal)
+        from hoh.pipeline.tracking.log import prepare_tracking, track_failure, track_run
+
+        tracking = prepare_tracking(cfg)  # MLflow's import and store, while the DAG runs
         absl_logger.addHandler(progress)
         absl_logger.setLevel(logging.INFO)
         # Something inside the Transform executor lowers absl's verbosity to WARNING, which would
@@ -147,6 +151,7 @@ def run_local(cfg: HohConfig, echo: Optional[Callable[[str], None]] = None) -> R
             logging.exception("pipeline failed")
             failed = progress.running.component_id if progress.running else "the pipeline"
             cause = _root_cause(exc)
+            track_failure(cfg, f"{failed} failed: {cause}", terminal, started, tracking)
             raise PipelineFailed(
                 f"{failed} failed: {cause}\n(full log: {log_path})",
                 exit_code=getattr(cause, "exit_code", ExitCode.FAILED),
@@ -155,7 +160,9 @@ def run_local(cfg: HohConfig, echo: Optional[Callable[[str], None]] = None) -> R
             del absl_logger.setLevel  # back to logging.Logger.setLevel
             absl_logger.removeHandler(progress)
             absl_logger.setLevel(logging.NOTSET)
-        return summarize(str(Path(cfg.metadata_path).resolve()), progress.runs)
+        summary = summarize(str(Path(cfg.metadata_path).resolve()), progress.runs)
+        track_run(cfg, summary, terminal, started=started, prepared=tracking)
+        return summary
 
 
 def _root_cause(exc: BaseException) -> BaseException:

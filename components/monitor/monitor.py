@@ -1,0 +1,272 @@
+"""`run_monitor`: a window of captured traffic and the model that served it in, a verdict out.
+
+The one entry point of `hoh monitor` (and of any scheduler that calls it as a job). Each part is
+delegated to the code that owns it, so traffic is judged exactly as a new span is:
+- input drift: `check_drift` of the drift component, the window standing in for the current span;
+- prediction drift: `predictions.py`, against the model's predictions on its eval split;
+- the labelling batch: `sample_pool` of the sampler, the window standing in for the pool.
+
+Files in `out_dir`: summary.json (written last: a directory with one is complete),
+input_drift/ (the drift check's own report.html, embeddings.html, summary.json),
+prediction_drift.html, reference_predictions.json, the Prometheus textfile, label_batch/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime, timedelta, timezone
+from datetime import time as clock
+from pathlib import Path
+from typing import Callable, Optional
+
+from hoh import features
+from hoh.components.monitor import predictions as preds
+from hoh.components.monitor import prom
+from hoh.components.monitor.window import Window
+from hoh.config import DriftConfig, MonitorConfig, SamplingConfig
+from hoh.errors import UsageError
+
+SUMMARY_FILE = "summary.json"
+INPUT_DRIFT_DIR = "input_drift"
+PREDICTION_REPORT = "prediction_drift.html"
+REFERENCE_PREDICTIONS = "reference_predictions.json"
+LABEL_BATCH_DIR = "label_batch"
+SCHEMA_VERSION = 1
+TRITON_SAVEDMODEL = "model.savedmodel"
+
+Echo = Callable[[str], None]
+
+
+def served_identity(
+    model_path: str | Path, version: Optional[str], name: Optional[str]
+) -> tuple[Optional[str], str]:
+    """(served model name, version) the captures of `model_path` carry. A Triton version
+    directory (`<repo>/<name>/<version>/`) says both; any other model path needs `version`."""
+    path = Path(model_path).resolve()
+    if path.name == TRITON_SAVEDMODEL:
+        path = path.parent
+    if path.name.isdigit() and (path / TRITON_SAVEDMODEL).is_dir():
+        return name or path.parent.name, version or path.name
+    if not version:
+        raise UsageError(
+            f"model {model_path} is not a Triton version directory (<repository>/<name>/<N>/): "
+            "give the served version with --version N"
+        )
+    return name, version
+
+
+def _sampling_settings(config: SamplingConfig, k: int):
+    from hoh.components.sampling.sample import SamplingSettings
+
+    return SamplingSettings(
+        k=k,
+        strategy=config.strategy,
+        diversity=config.diversity,
+        candidates_factor=config.candidates_factor,
+        from_name=config.from_name,
+        to_name=config.to_name,
+        url_prefix=config.image_url_prefix,
+    )
+
+
+def _input_drift(summary: dict) -> dict:
+    """The drift check's summary, cut to what a monitoring run reports on."""
+    keep = ("drift_detected", "drifted_share", "reasons", "descriptors", "embeddings", "notes")
+    return {
+        **{k: summary[k] for k in keep},
+        "drifted": (summary["descriptors"] or {}).get("drifted", []),
+        "skipped": (summary["current"] or {}).get("skipped", []),
+        "reference": summary["reference"],
+        "summary": f"{INPUT_DRIFT_DIR}/{SUMMARY_FILE}",
+    }
+
+
+def _reference_predictions(
+    reference: str, path: Optional[str], predictor, config: MonitorConfig, out_dir: Path, echo: Echo
+) -> tuple[list, dict]:
+    from hoh.data.sources import resolve_path
+
+    if path:
+        rows, data = preds.read_record(path, predictor.model_version)
+        return rows, {"source": data.get("source"), "recorded": str(path), "skipped": []}
+    source = resolve_path(reference, tuple(config.reference_splits), "reference")
+    echo(f"predicting {source.description} (no push-time record of the model's predictions)")
+    rows, skipped = preds.predict_records(source, predictor)
+    record = preds.record(predictor.model_version, source.description, rows, skipped)
+    (out_dir / REFERENCE_PREDICTIONS).write_text(json.dumps(record) + "\n", encoding="utf-8")
+    return rows, {"source": source.description, "recorded": None, "skipped": skipped}
+
+
+def run_monitor(
+    window: Window,
+    model_path: str,
+    reference: str,
+    out_dir: str | Path,
+    config: MonitorConfig = MonitorConfig(),
+    drift: DriftConfig = DriftConfig(),
+    sampling: SamplingConfig = SamplingConfig(),
+    reference_predictions: Optional[str] = None,
+    textfile_dir: Optional[str] = None,
+    echo: Echo = lambda line: None,
+) -> dict:
+    """Judge `window` (served by the model at `model_path`) against `reference` (a data root,
+    span or image folder: the data the model knows); writes the files listed above into
+    `out_dir` and returns the summary."""
+    from hoh.components.drift.check import check_drift
+    from hoh.data.sources import resolve_path
+    from hoh.trainer.predictor import Predictor
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    reference_source = resolve_path(reference, features.SPLITS, "reference")
+    counts, reasons, notes = window.counts(), [], []
+    files = [SUMMARY_FILE, config.textfile]
+    input_drift = prediction_drift = batch = None
+    if window.other_versions:
+        notes.append(
+            f"{counts['other_versions']} result line(s) of other model versions left out "
+            f"({', '.join(f'{k}: {n}' for k, n in sorted(window.other_versions.items()))}); "
+            "monitor them with their own model"
+        )
+    predictor = None
+    if len(window.served) < config.min_images:
+        verdict = "insufficient_data"
+        reasons.append(
+            f"{len(window.served)} usable served image(s) of version {window.version} in the "
+            f"window, fewer than monitor.min_images={config.min_images}"
+        )
+    else:
+        settings = drift.model_copy(update={"label_drift": False})  # captures carry no labels
+        echo(f"input drift: {window.description} against {reference_source.description}")
+        input_drift = _input_drift(
+            check_drift(
+                window, reference_source, str(out / INPUT_DRIFT_DIR), settings, model_path, echo
+            )
+        )
+        counts["undecodable"] = len(input_drift["skipped"])
+        reasons += input_drift["reasons"]
+        files.append(f"{INPUT_DRIFT_DIR}/")
+        predictor = Predictor(model_path, embeddings=sampling.diversity)
+        if config.prediction_drift:
+            prediction_drift = _prediction_drift(
+                window, reference, reference_predictions, predictor, config, drift, out, echo
+            )
+            notes += prediction_drift.pop("notes")
+            reasons += preds.reasons(prediction_drift)
+            files += [PREDICTION_REPORT] + (
+                [] if reference_predictions else [REFERENCE_PREDICTIONS]
+            )
+        verdict = "drift" if reasons else "ok"
+    if verdict != "ok" and config.label_batch and window.served:
+        from hoh.components.sampling.sample import read_ids, sample_pool
+
+        predictor = predictor or Predictor(model_path, embeddings=sampling.diversity)
+        exclude = read_ids(reference_source) if sampling.exclude_labeled else frozenset()
+        echo(f"verdict {verdict}: writing the least certain captures as a labelling batch")
+        batch = sample_pool(
+            window,
+            predictor,
+            str(out / LABEL_BATCH_DIR),
+            _sampling_settings(sampling, config.label_k or sampling.k),
+            exclude,
+            echo,
+        )
+        batch = {
+            "dir": LABEL_BATCH_DIR,
+            **{k: batch[k] for k in ("selected", "scored", "strategy")},
+        }
+        files.append(f"{LABEL_BATCH_DIR}/")
+    end = datetime.combine(window.until + timedelta(days=1), clock(), tzinfo=timezone.utc)
+    summary = {
+        "schema_version": SCHEMA_VERSION,
+        "verdict": verdict,
+        "reasons": reasons,
+        "window": {
+            "captures": str(window.root),
+            "since": str(window.since),
+            "until": str(window.until),
+            "days": window.days,
+            "end_ts": end.timestamp(),
+        },
+        "model": {"path": str(model_path), "name": window.model, "version": window.version},
+        "reference": reference_source.description,
+        "counts": counts,
+        "problems": window.problems(),
+        "input_drift": input_drift,
+        "prediction_drift": prediction_drift,
+        "label_batch": batch,
+        "notes": notes,
+        "files": files,
+    }
+    text = prom.render(prom.samples(summary, time.time()))
+    prom.write_textfile(out / config.textfile, text)
+    if textfile_dir:
+        prom.write_textfile(Path(textfile_dir) / config.textfile, text)
+    temp = out / f".{SUMMARY_FILE}.tmp"
+    temp.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(temp, out / SUMMARY_FILE)
+    return summary
+
+
+def _prediction_drift(
+    window: Window,
+    reference: str,
+    recorded: Optional[str],
+    predictor,
+    config: MonitorConfig,
+    drift: DriftConfig,
+    out: Path,
+    echo: Echo,
+) -> dict:
+    from hoh.components.drift.report import save_snapshot_html
+
+    ref_rows, origin = _reference_predictions(reference, recorded, predictor, config, out, echo)
+    if not ref_rows:
+        raise UsageError(f"reference {origin['source']}: no image the model could predict")
+    served = [(s.predicted, s.confidence) for s in window.served]
+    notes = []
+    if origin["recorded"] is None:
+        notes.append(
+            "reference predictions computed now with the model on "
+            f"{origin['source']} (no push-time record); saved as {REFERENCE_PREDICTIONS}"
+        )
+    unknown = sorted({c for c, _ in served} - set(predictor.class_names))
+    if unknown:
+        notes.append(
+            f"served classes {unknown} are not classes of model {model_name(predictor)}: "
+            "is --model the model that served the window?"
+        )
+    echo("prediction drift: served classes and confidences against the reference predictions")
+    snapshot, result = preds.prediction_report(ref_rows, served, drift)
+    save_snapshot_html(snapshot, str(out / PREDICTION_REPORT))
+    return {**result, "reference_origin": origin, "notes": notes}
+
+
+def model_name(predictor) -> str:
+    return str(getattr(predictor, "serving_dir", predictor.model_version))
+
+
+def summary_lines(summary: dict) -> list[str]:
+    """A few lines for a terminal: the verdict, why, and what was left out."""
+    c = summary["counts"]
+    lines = [
+        f"monitor: {summary['verdict'].upper()} ({c['served_images']} served images of version "
+        f"{summary['model']['version']}, {len(summary['window']['days'])} day(s))"
+    ]
+    lines += [f"  - {reason}" for reason in summary["reasons"]]
+    left_out = {
+        k: n for k, n in c.items() if n and k not in ("days", "result_lines", "served_images")
+    }
+    if left_out:
+        lines.append(
+            "  left out: "
+            + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in left_out.items())
+            + " (named in summary.json 'problems')"
+        )
+    lines += [f"  note: {note}" for note in summary["notes"]]
+    if summary["label_batch"]:
+        b = summary["label_batch"]
+        lines.append(f"  labelling batch: {b['selected']} images in {b['dir']}/label_studio.json")
+    return lines

@@ -1,0 +1,173 @@
+"""Kafka behind hoh's broker interface (confluent-kafka). Not run where hoh is developed.
+
+Offsets are committed by hand, synchronously, after the micro-batch holding the messages is
+durable: auto-commit would acknowledge messages that a crash then loses. A Kafka commit is a
+position, not a set: it covers every earlier offset of the partition. So a partition is only
+committed up to its lowest delivered offset not yet acknowledged, and `release` seeks back to
+it; the messages after it come again and are recognised by their partition:offset key.
+
+Parallelism is the topic's partitions: consumers sharing `ingest.consumer` as group id split
+them, one consumer per partition at most. The client library blocks, so its calls run in a
+worker thread to keep the consumer's event loop (signals, health endpoint, queue) responsive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Optional
+from urllib.parse import urlsplit
+
+from hoh.config import IngestConfig
+from hoh.data.stream.broker import Broker, BrokerUnavailable, Delivery
+from hoh.errors import RunFailed
+
+
+def _servers(url: str) -> str:
+    return urlsplit(url).netloc
+
+
+class KafkaBroker(Broker):
+    def __init__(self, url: str, topic: str, config: IngestConfig):
+        self.url, self.stream, self._config = url, topic, config
+        self.dead_topic = config.dead_letter or f"{topic}.dead"
+        self._consumer = self._producer = None
+        self._lag: Optional[int] = None
+        self._open: dict[tuple[str, int], set[int]] = {}  # delivered, not acknowledged
+        self._next: dict[tuple[str, int], int] = {}  # one past the highest offset delivered
+
+    async def connect(self) -> None:
+        from confluent_kafka import Producer
+
+        self._producer = Producer(
+            {
+                "bootstrap.servers": _servers(self.url),
+                "enable.idempotence": True,  # retried sends are not written twice
+                "acks": "all",
+            }
+        )
+        try:
+            await asyncio.to_thread(self._producer.list_topics, timeout=10)
+        except Exception as exc:
+            raise RunFailed(f"cannot reach Kafka at {self.url}: {exc}") from None
+
+    def _subscribe(self) -> None:
+        from confluent_kafka import Consumer
+
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": _servers(self.url),
+                "group.id": self._config.consumer,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "enable.partition.eof": False,
+                # Backpressure: the client's own prefetch stays small next to ours.
+                "queued.max.messages.kbytes": 16384,
+            }
+        )
+        self._consumer.subscribe([self.stream])
+
+    async def fetch(self, max_messages: int, timeout: float) -> list[Delivery]:
+        if self._consumer is None:
+            self._subscribe()
+        try:
+            msgs = await asyncio.to_thread(self._consumer.consume, max_messages, timeout)
+        except Exception as exc:
+            raise BrokerUnavailable(str(exc)) from None
+        out = []
+        for msg in msgs:
+            if msg.error():
+                if msg.error().fatal():
+                    raise RunFailed(f"Kafka consumer failed: {msg.error()}")
+                continue  # transient (e.g. broker down): the client retries by itself
+            headers = {k: (v or b"").decode("utf-8", "replace") for k, v in msg.headers() or []}
+            key = f"{msg.topic()}:{msg.partition()}:{msg.offset()}"
+            out.append(Delivery(msg.value() or b"", headers, key, msg))
+            part = (msg.topic(), msg.partition())
+            self._open.setdefault(part, set()).add(msg.offset())
+            self._next[part] = max(self._next.get(part, 0), msg.offset() + 1)
+        if msgs:
+            await asyncio.to_thread(self._update_lag, msgs[-1])
+        return out
+
+    def _update_lag(self, msg) -> None:
+        from confluent_kafka import TopicPartition
+
+        try:
+            _, high = self._consumer.get_watermark_offsets(
+                TopicPartition(msg.topic(), msg.partition()), timeout=1, cached=True
+            )
+            self._lag = max(0, high - msg.offset() - 1)
+        except Exception:
+            self._lag = None
+
+    async def ack(self, deliveries: list[Delivery]) -> None:
+        from confluent_kafka import TopicPartition
+
+        parts = set()
+        for d in deliveries:
+            part = (d.handle.topic(), d.handle.partition())
+            self._open.get(part, set()).discard(d.handle.offset())
+            parts.add(part)
+        offsets = [
+            TopicPartition(
+                t, p, min(self._open[(t, p)]) if self._open.get((t, p)) else self._next[(t, p)]
+            )
+            for t, p in sorted(parts)
+        ]
+        if not offsets:
+            return
+        try:
+            await asyncio.to_thread(self._consumer.commit, offsets=offsets, asynchronous=False)
+        except Exception as exc:
+            raise BrokerUnavailable(f"offsets not committed: {exc}") from None
+
+    async def release(self, deliveries: list[Delivery], delay: float = 0.0) -> None:
+        # Kafka has no delayed redelivery: the seek is immediate, `delay` is not applied.
+        from confluent_kafka import TopicPartition
+
+        first: dict[tuple[str, int], int] = {}
+        for d in deliveries:
+            part = (d.handle.topic(), d.handle.partition())
+            first[part] = min(first.get(part, d.handle.offset()), d.handle.offset())
+        for (topic, partition), offset in first.items():
+            try:
+                await asyncio.to_thread(
+                    self._consumer.seek, TopicPartition(topic, partition, offset)
+                )
+            except Exception:  # partition revoked meanwhile: its new owner starts at the commit
+                pass
+
+    async def _produce(self, topic: str, body: bytes, headers: dict[str, str]) -> None:
+        errors: list = []
+
+        def delivered(err, _msg) -> None:
+            if err is not None:
+                errors.append(err)
+
+        def send() -> int:
+            self._producer.produce(
+                topic, value=body, headers=list(headers.items()), on_delivery=delivered
+            )
+            return self._producer.flush(30)
+
+        try:
+            left = await asyncio.to_thread(send)
+        except Exception as exc:
+            raise BrokerUnavailable(f"not stored by {self.url}: {exc}") from None
+        if left or errors:
+            raise BrokerUnavailable(f"not stored by {self.url}: {errors or 'timeout'}")
+
+    async def dead_letter(self, delivery: Delivery, headers: dict[str, str]) -> None:
+        await self._produce(self.dead_topic, delivery.body, {**delivery.headers, **headers})
+
+    async def publish(self, body: bytes, headers: dict[str, str]) -> None:
+        await self._produce(self.stream, body, headers)
+
+    async def lag(self) -> Optional[int]:
+        return self._lag
+
+    async def close(self) -> None:
+        if self._consumer is not None:
+            await asyncio.to_thread(self._consumer.close)
+        if self._producer is not None:
+            await asyncio.to_thread(self._producer.flush, 10)

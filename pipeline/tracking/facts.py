@@ -1,0 +1,299 @@
+"""The facts of one finished pipeline run, read from MLMD and the artifacts it names.
+
+Runner-independent by design: it needs only MLMD and the artifacts, not the runner's state (the
+local runner calls it after the DAG; reading a Kubeflow cluster's MLMD is not wired yet, see
+docs/LIFECYCLE.md). Each fact is read
+on its own; one that cannot be read becomes a note in the run's record (and a line on the
+terminal), never a failed run and never a silently missing value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from typing import Any, Callable, Dict, List, Optional
+
+from hoh.config import HohConfig
+from hoh.fileio import read_json
+from hoh.pipeline.telemetry.summary import RunSummary
+
+_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /]")
+
+
+def metric_key(*parts: str) -> str:
+    """An MLflow-safe key (class names are folder names and may hold any character)."""
+    return ".".join(_KEY_UNSAFE.sub("_", str(p)) for p in parts if p != "")
+
+
+def flatten(data: Any, prefix: str = "") -> Dict[str, str]:
+    """Nested config -> `section.key: value` strings (lists as JSON, so they read back)."""
+    if isinstance(data, dict):
+        out: Dict[str, str] = {}
+        for key, value in data.items():
+            out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    if isinstance(data, (list, tuple)):
+        return {prefix: json.dumps(list(data))}
+    return {prefix: "null" if data is None else str(data)}
+
+
+@dataclasses.dataclass
+class RunFacts:
+    """What MLflow, the registry and the model card record about a run."""
+
+    pipeline_name: str
+    run_id: Optional[str]  # MLMD pipeline_run context name
+    run_context_id: Optional[int] = None
+    artifact_ids: Dict[str, int] = dataclasses.field(default_factory=dict)
+    artifact_uris: Dict[str, str] = dataclasses.field(default_factory=dict)
+    span: Optional[int] = None
+    data_source: Optional[str] = None
+    class_counts: Dict[str, Dict[str, int]] = dataclasses.field(default_factory=dict)  # split->
+    example_counts: Dict[str, int] = dataclasses.field(default_factory=dict)
+    anomalies: Dict[str, List[str]] = dataclasses.field(default_factory=dict)  # split -> features
+    curves: Dict[str, List[float]] = dataclasses.field(default_factory=dict)
+    metrics: Dict[str, float] = dataclasses.field(default_factory=dict)  # overall, eval split
+    per_class: Dict[str, Dict[str, float]] = dataclasses.field(default_factory=dict)
+    diffs: Dict[str, float] = dataclasses.field(default_factory=dict)
+    thresholds: Dict[str, float] = dataclasses.field(default_factory=dict)
+    blessed: Optional[bool] = None
+    blessing_reason: str = ""
+    drift: Optional[dict] = None
+    pushed: Optional[bool] = None
+    pushed_version: Optional[str] = None
+    pushed_destination: Optional[str] = None
+    model_uri: Optional[str] = None  # the Trainer's serving model (Format-Serving)
+    model_repository: Optional[str] = None
+    model_name: Optional[str] = None
+    classes: List[str] = dataclasses.field(default_factory=list)
+    components: List[dict] = dataclasses.field(default_factory=list)
+    summary_lines: List[str] = dataclasses.field(default_factory=list)
+    notes: List[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def drift_verdict(self) -> str:
+        if self.drift is None:
+            return "not checked"
+        if self.drift.get("drift_detected"):
+            return "drift detected: " + "; ".join(self.drift.get("reasons") or [])
+        notes = self.drift.get("notes") or []
+        return "no drift" + (f" ({'; '.join(notes)})" if notes else "")
+
+    @property
+    def duration_s(self) -> float:
+        return float(sum(c.get("seconds") or 0.0 for c in self.components))
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def thresholds_of(cfg: HohConfig) -> Dict[str, float]:
+    e = cfg.evaluation
+    return {
+        "min_auc": e.min_auc,
+        "min_accuracy": e.min_accuracy,
+        "max_regression": e.max_regression,
+    }
+
+
+def blessing_reason(
+    blessed: Optional[bool], failures: List[str], thresholds: Dict[str, float], has_baseline: bool
+) -> str:
+    """Why the Evaluator decided as it did, in one line."""
+    if blessed is None:
+        return "no evaluation (the run stopped before the Evaluator)"
+    if not blessed:
+        return "; ".join(failures) or "the Evaluator refused it (see its validation result)"
+    bounds = ", ".join(f"{k} {v:g}" for k, v in thresholds.items())
+    against = "no regression against the last blessed model" if has_baseline else "no baseline yet"
+    return f"passed the thresholds ({bounds}); {against}"
+
+
+def _label_counts(stats_uri: str, split: str) -> Dict[str, int]:
+    import tensorflow_data_validation as tfdv
+
+    from hoh.features import LABEL_KEY
+
+    path = os.path.join(stats_uri, f"Split-{split}", "FeatureStats.pb")
+    if not os.path.exists(path):
+        return {}
+    counts: Dict[str, int] = {}
+    for dataset in tfdv.load_stats_binary(path).datasets:
+        for feature in dataset.features:
+            if list(feature.path.step) == [LABEL_KEY]:
+                for bucket in feature.string_stats.rank_histogram.buckets:
+                    counts[bucket.label] = counts.get(bucket.label, 0) + int(bucket.sample_count)
+    return counts
+
+
+def _anomalies(uri: str) -> Dict[str, List[str]]:
+    from tensorflow_metadata.proto.v0 import anomalies_pb2
+
+    out = {}
+    for name in sorted(os.listdir(uri)) if os.path.isdir(uri) else []:
+        path = os.path.join(uri, name, "SchemaDiff.pb")
+        if name.startswith("Split-") and os.path.exists(path):
+            anomalies = anomalies_pb2.Anomalies()
+            with open(path, "rb") as f:
+                anomalies.ParseFromString(f.read())
+            out[name[len("Split-") :]] = sorted(
+                f"{feature}: {info.short_description}"
+                for feature, info in anomalies.anomaly_info.items()
+            )
+    return out
+
+
+def _per_class_metrics(uri: str) -> Dict[str, Dict[str, float]]:
+    """TFMA metrics by class: the `label` slices, and class_id sub keys (multi-class)."""
+    import math
+
+    import tensorflow_model_analysis as tfma
+
+    from hoh.features import LABEL_KEY
+
+    out: Dict[str, Dict[str, float]] = {}
+    for slice_metrics in tfma.load_metrics(uri):
+        keys = slice_metrics.slice_key.single_slice_keys
+        label = None
+        if len(keys) == 1 and keys[0].column == LABEL_KEY:
+            label = keys[0].bytes_value.decode("utf-8", "replace")
+        elif keys:
+            continue
+        for kv in slice_metrics.metric_keys_and_values:
+            key = kv.key
+            if key.is_diff or "baseline" in (key.model_name or ""):
+                continue
+            if not kv.value.HasField("double_value"):
+                continue
+            value = kv.value.double_value.value
+            if math.isnan(value):
+                continue
+            if key.HasField("sub_key") and key.sub_key.HasField("class_id"):
+                name = label or f"class_id {key.sub_key.class_id.value}"
+            elif key.HasField("sub_key") or label is None:
+                continue
+            else:
+                name = label
+            out.setdefault(name, {})[key.name] = value
+    return out
+
+
+def _read_mlmd(metadata_path: str, run_name: Optional[str], facts: RunFacts) -> None:
+    from hoh.pipeline.telemetry.mlmd import open_readonly
+
+    store = open_readonly(metadata_path)
+    contexts = store.get_contexts_by_type("pipeline_run")
+    if run_name is not None:
+        contexts = [c for c in contexts if c.name == run_name]
+    if not contexts:
+        return
+    run = max(contexts, key=lambda c: (c.create_time_since_epoch, c.id))
+    facts.run_id, facts.run_context_id = run.name, run.id
+    types = {t.id: t.name for t in store.get_artifact_types()}
+    for artifact in store.get_artifacts_by_context(run.id):
+        kind = types.get(artifact.type_id, str(artifact.type_id))
+        facts.artifact_ids[kind] = artifact.id
+        if kind == "Examples" and "span" in artifact.custom_properties:
+            facts.span = artifact.custom_properties["span"].int_value
+        elif kind == "Model":
+            facts.model_uri = os.path.join(artifact.uri, "Format-Serving")
+        elif kind == "PushedModel":
+            props = artifact.custom_properties
+            if "triton_model_repository" in props:
+                facts.model_repository = props["triton_model_repository"].string_value
+            if "triton_model_name" in props:
+                facts.model_name = props["triton_model_name"].string_value
+
+
+def _attempt(facts: RunFacts, what: str, read: Callable[[], None]) -> None:
+    try:
+        read()
+    except Exception as exc:  # one unreadable fact must not lose the others
+        facts.notes.append(f"could not read {what}: {type(exc).__name__}: {exc}")
+
+
+def collect(cfg: HohConfig, summary: RunSummary, metadata_path: Optional[str] = None) -> RunFacts:
+    """Everything the run recorded: the summary's facts plus what only MLMD and the artifacts
+    hold (ids, span, classes, anomalies, curves, per-class metrics)."""
+    facts = RunFacts(pipeline_name=cfg.pipeline_name, run_id=summary.run_id)
+    facts.example_counts = dict(summary.example_counts)
+    facts.metrics = dict(summary.metrics)
+    facts.diffs = dict(summary.diffs)
+    facts.thresholds = thresholds_of(cfg)
+    facts.blessed = summary.blessed
+    facts.blessing_reason = blessing_reason(
+        summary.blessed, summary.failures, facts.thresholds, summary.has_baseline
+    )
+    facts.drift = summary.drift
+    facts.pushed = summary.pushed
+    facts.pushed_version = summary.pushed_version
+    facts.pushed_destination = summary.pushed_destination
+    facts.model_name = cfg.push.model_name
+    facts.model_repository = cfg.model_repository
+    facts.components = [
+        {
+            "component": c.component_id,
+            "seconds": c.seconds,
+            "peak_rss_mb": c.peak_rss_mb,
+            "cached": c.cached,
+            "status": c.status,
+        }
+        for c in summary.components
+    ]
+    _attempt(facts, "the run summary", lambda: facts.summary_lines.extend(summary.lines()))
+    path = metadata_path or cfg.metadata_path
+    if os.path.exists(path):
+        _attempt(facts, "MLMD", lambda: _read_mlmd(path, summary.run_id, facts))
+    uris = summary.artifacts
+    facts.artifact_uris = dict(uris)
+    if "Model" in uris:
+        facts.model_uri = os.path.join(uris["Model"], "Format-Serving")
+    if "ExampleStatistics" in uris:
+
+        def counts() -> None:
+            for split in sorted(summary.example_counts) or ["train", "eval"]:
+                if per := _label_counts(uris["ExampleStatistics"], split):
+                    facts.class_counts[split] = per
+
+        _attempt(facts, "class counts (ExampleStatistics)", counts)
+    if "ExampleAnomalies" in uris:
+        _attempt(
+            facts,
+            "schema anomalies",
+            lambda: facts.anomalies.update(_anomalies(uris["ExampleAnomalies"])),
+        )
+    if "ModelRun" in uris:
+        from hoh.trainer import HISTORY_FILE
+
+        _attempt(
+            facts,
+            "training curves",
+            lambda: facts.curves.update(
+                read_json(os.path.join(uris["ModelRun"], HISTORY_FILE)) or {}
+            ),
+        )
+    if "ModelEvaluation" in uris:
+        _attempt(
+            facts,
+            "per-class metrics",
+            lambda: facts.per_class.update(_per_class_metrics(uris["ModelEvaluation"])),
+        )
+    if facts.model_uri:
+
+        def classes() -> None:
+            from hoh.components.triton_pusher.settings import read_model_info
+
+            facts.classes = list(read_model_info(facts.model_uri).class_names)
+
+        _attempt(facts, "class names (model assets)", classes)
+    if not facts.classes:
+        facts.classes = sorted({c for per in facts.class_counts.values() for c in per})
+    root = cfg.data.root or cfg.demo_data_dir
+    if facts.span is not None:
+        from hoh.features import span_dir
+
+        report = read_json(os.path.join(str(span_dir(root, facts.span)), "import_report.json"))
+        facts.data_source = (report or {}).get("src")
+    return facts

@@ -20,31 +20,17 @@ INSECURE_WARNING = (
 )
 
 
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever sys.stderr is when a record is emitted, not when the gateway started:
-    a handler holding an old stream (a test's captured one, since closed) turns every later log
-    line into an error."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:
-        pass
-
-
 def configure_logging(level: str = "info") -> None:
     """The gateway's and uvicorn's loggers, set here rather than by uvicorn: its dictConfig
     closes every handler already installed in the process (absl's among them, which then closes
     the stream it was given), so an embedding process or a test loses its stderr."""
-    handler = _StderrHandler()
+    handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in ("hoh.gateway", "uvicorn", "uvicorn.error", "uvicorn.access"):
+    for name in ("hoh.gateway", "uvicorn"):  # uvicorn.error and uvicorn.access propagate here
         logger = logging.getLogger(name)
-        logger.handlers[:] = [handler] if name in ("hoh.gateway", "uvicorn") else []
+        logger.handlers[:] = [handler]
         logger.setLevel(level.upper())
-        logger.propagate = name != "hoh.gateway" and name != "uvicorn"
+        logger.propagate = False
 
 
 def uvicorn_config(settings: GatewayConfig, log_level: str = "info"):

@@ -18,7 +18,7 @@ def _add_compile_args(parser: argparse.ArgumentParser, output_required: bool) ->
         action="append",
         default=[],
         metavar="SECTION.KEY=VALUE",
-        help="override one config value, e.g. --set data.num_classes=2 (repeatable)",
+        help="override one config value, e.g. --set data.classes=horses,humans (repeatable)",
     )
     parser.add_argument(
         "--image", help="container image built from the Dockerfile (kubeflow.image)"

@@ -2,10 +2,10 @@
 measured against.
 
 Deliberately free of hoh code: image_dataset_from_directory, a frozen ImageNet MobileNetV2,
-global average pooling, dropout, one sigmoid unit; pixels /255 then rescaled to [-1, 1]; Adam
-1e-3, batch 32. Prints one JSON object with its timings and held-out metrics. The one exception
-is opt-in: `--exempt-tf-keras-autograph` applies hoh's AutoGraph rule (hoh/autograph.py), for the
-stricter comparison in docs/BENCHMARKS.md.
+global average pooling, dropout, one sigmoid unit (a softmax for 3+ class folders); pixels
+/255 then rescaled to [-1, 1]; Adam 1e-3, batch 32. Prints one JSON object with its timings and
+held-out metrics. The one exception is opt-in: `--exempt-tf-keras-autograph` applies hoh's
+AutoGraph rule (hoh/autograph.py), for the stricter comparison in docs/BENCHMARKS.md.
 
     python bench/baseline_keras.py --train DIR --eval DIR --weights backbone.h5 --epochs 3
 """
@@ -49,7 +49,14 @@ def main() -> None:
 
     keras.utils.set_random_seed(args.seed)
     size = (args.image_size, args.image_size)
-    common = dict(image_size=size, batch_size=args.batch_size, label_mode="binary", seed=args.seed)
+    num_classes = len([d for d in os.scandir(args.train) if d.is_dir()])
+    binary = num_classes == 2
+    common = dict(
+        image_size=size,
+        batch_size=args.batch_size,
+        label_mode="binary" if binary else "int",
+        seed=args.seed,
+    )
     train = keras.utils.image_dataset_from_directory(args.train, shuffle=True, **common)
     evaluation = keras.utils.image_dataset_from_directory(args.eval, shuffle=False, **common)
     n_train = len(train.file_paths)
@@ -67,17 +74,20 @@ def main() -> None:
     x = base(x, training=False)
     x = keras.layers.GlobalAveragePooling2D()(x)
     x = keras.layers.Dropout(0.2)(x)
-    outputs = keras.layers.Dense(1, activation="sigmoid")(x)
+    if binary:
+        outputs = keras.layers.Dense(1, activation="sigmoid")(x)
+        loss = "binary_crossentropy"
+        metrics = [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")]
+    else:
+        outputs = keras.layers.Dense(num_classes, activation="softmax")(x)
+        loss = "sparse_categorical_crossentropy"
+        metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
     model = keras.Model(inputs, outputs)
-    model.compile(
-        optimizer=keras.optimizers.Adam(1e-3),
-        loss="binary_crossentropy",
-        metrics=[keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")],
-    )
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss, metrics=metrics)
     ready = time.monotonic()
     model.fit(train, epochs=args.epochs, verbose=0)
     fitted = time.monotonic()
-    _, accuracy, auc = model.evaluate(evaluation, verbose=0)
+    _, accuracy, *auc = model.evaluate(evaluation, verbose=0)
     done = time.monotonic()
     print(
         json.dumps(
@@ -91,8 +101,9 @@ def main() -> None:
                 "total_seconds": done - started,
                 "train_images_per_second": n_train * args.epochs / (fitted - ready),
                 "exempt_tf_keras_autograph": args.exempt_tf_keras_autograph,
+                "num_classes": num_classes,
                 "accuracy": float(accuracy),
-                "auc": float(auc),
+                "auc": float(auc[0]) if auc else None,
             }
         )
     )

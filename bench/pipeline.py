@@ -59,7 +59,7 @@ def run_metrics(stdout: str) -> dict[str, float]:
     return {name: float(value) for name, value in _METRIC.findall(line)}
 
 
-def split_sources(data_root: Path) -> dict[str, list[str]]:
+def split_sources(data_root: Path, span: int = 1) -> dict[str, list[str]]:
     """Which source files the import put in train and eval, so the baseline uses the same split."""
     import tensorflow as tf
 
@@ -69,7 +69,7 @@ def split_sources(data_root: Path) -> dict[str, list[str]]:
     out = {}
     for split in features.SPLITS:
         files = sorted(
-            str(p) for p in (features.span_dir(data_root, 1) / split).glob("*.tfrecord.gz")
+            str(p) for p in (features.span_dir(data_root, span) / split).glob("*.tfrecord.gz")
         )
         spec = {features.SOURCE_KEY: tf.io.FixedLenFeature([], tf.string)}
         out[split] = [

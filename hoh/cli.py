@@ -19,6 +19,7 @@ from hoh.errors import ExitCode, HohError
 _COMMAND_MODULES = (
     "hoh.data.cli",
     "hoh.data.stream_cli",
+    "hoh.data.embeddings_cli",
     "hoh.pipeline.cli",
     "hoh.pipeline.kfp.cli",
     "hoh.pipeline.tracking.cli",

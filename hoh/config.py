@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hoh.errors import UsageError
+from hoh.features import class_name_collisions
 from hoh.fileio import is_remote
 
 
@@ -51,6 +52,12 @@ class DataConfig(_Section):
         description="A check only: the run stops if the classes found (or data.classes) are not "
         "this many.",
     )
+    allow_class_removal: bool = Field(
+        False,
+        description="Train although the span lacks a class the served model knows (the new "
+        "model cannot answer it, and the ids of the classes after it change). Off: such a "
+        "run is refused before any step.",
+    )
 
     @field_validator("classes", mode="before")
     @classmethod
@@ -68,6 +75,9 @@ class DataConfig(_Section):
         duplicates = sorted({c for c in v if v.count(c) > 1})
         if duplicates:
             raise ValueError(f"data.classes lists {duplicates} more than once")
+        clashes = class_name_collisions(v)
+        if clashes:
+            raise ValueError(f"data.classes: {clashes[0]}")
         return v
 
 
@@ -153,6 +163,27 @@ class TrainingConfig(_Section):
         description="With a frozen backbone and no augmentation, compute backbone features once "
         "and fit the head on them (identical model, ~1 forward pass instead of one per epoch).",
     )
+
+
+class EmbeddingsConfig(_Section):
+    """The embedding store (hoh/data/embeddings.py, docs/MULTICLASS.md)."""
+
+    store: Optional[str] = Field(
+        "auto",
+        description="Where backbone embeddings are kept across runs, keyed by image content "
+        "and backbone (Parquet; a Feast offline source, deploy/feast/). auto = "
+        "DATA_ROOT/embeddings, beside the spans; a path or gs:// URI; null = off (computed "
+        "again every run). Used by the Trainer with a frozen backbone, the drift check and "
+        "the sampler.",
+    )
+
+    def resolve(self, data_root: str) -> Optional[str]:
+        """The store path for a data root (auto), as written in the config, or None (off)."""
+        if self.store != "auto":
+            return self.store
+        if is_remote(data_root):
+            return f"{data_root.rstrip('/')}/embeddings"
+        return str(Path(data_root) / "embeddings")
 
 
 class EvaluationConfig(_Section):
@@ -419,6 +450,55 @@ class MonitorConfig(_Section):
         pattern=r"^[A-Za-z0-9_.-]+\.prom$",
         description="Name of the Prometheus textfile written into --out (and --textfile-dir).",
     )
+    latency_p95_objective_ms: float = Field(
+        500.0,
+        gt=0,
+        description="p95 latency objective of predict requests (the gateway's audit records of "
+        "the window); above it the verdict is 'slo_breached'. deploy/prometheus/ alerts on the "
+        "same 0.5 s: change both together.",
+    )
+    max_error_rate: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Share of predict requests answered 5xx above which the verdict is "
+        "'slo_breached' (the Prometheus alert uses the same 1 %).",
+    )
+    min_accuracy: float = Field(
+        0.8,
+        ge=0,
+        le=1,
+        description="Online accuracy (labels fed back through POST /v1/feedback) below which the "
+        "verdict is 'accuracy_low'.",
+    )
+    min_feedback: int = Field(
+        20,
+        ge=1,
+        description="Fewer matched feedback labels in the window: accuracy is reported but does "
+        "not decide the verdict (a handful of labels is noise).",
+    )
+    on_alert: Literal["none", "local", "kubeflow"] = Field(
+        "none",
+        description="When the verdict is drift or accuracy_low, start a retraining run: 'local' "
+        "runs `hoh run` as a subprocess, 'kubeflow' submits one with `hoh kfp submit`'s client. "
+        "The Evaluator still decides whether the new model ships.",
+    )
+    cooldown_hours: float = Field(
+        24.0,
+        ge=0,
+        description="After the trigger fired, windows within this many hours do not fire it "
+        "again (a persisting drift must not start a run every window).",
+    )
+    trigger_state: str = Field(
+        "monitor-trigger.json",
+        description="State file of the trigger (when and why it last fired), relative to the "
+        "parent of --out unless absolute.",
+    )
+    trigger_args: list[str] = Field(
+        default_factory=list,
+        description="Arguments of the retraining run: appended to `hoh run` (local) or to "
+        "`hoh kfp submit` (kubeflow), e.g. ['--data', 'data', '--profile', 'real'].",
+    )
 
 
 class IngestConfig(_Section):
@@ -657,15 +737,16 @@ class GatewayConfig(_Section):
         description="Claim holding scopes or roles: a space-separated string or a list; "
         "dotted for nested claims (Keycloak: realm_access.roles).",
     )
-    scope_map: dict[str, list[Literal["predict", "models:read", "admin"]]] = Field(
+    scope_map: dict[str, list[Literal["predict", "models:read", "feedback", "admin"]]] = Field(
         default_factory=lambda: {
             "predict": ["predict"],
             "models:read": ["models:read"],
-            "admin": ["admin", "predict", "models:read"],
+            "feedback": ["feedback"],
+            "admin": ["admin", "predict", "models:read", "feedback"],
         },
         description="Scope/role -> permissions it grants.",
     )
-    metrics_permission: Optional[Literal["predict", "models:read", "admin"]] = Field(
+    metrics_permission: Optional[Literal["predict", "models:read", "feedback", "admin"]] = Field(
         "admin",
         description="Permission /metrics requires; null = open (scraped inside the cluster only).",
     )
@@ -778,6 +859,7 @@ class HohConfig(_Section):
     transform: TransformConfig = Field(default_factory=TransformConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     push: PushConfig = Field(default_factory=PushConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)

@@ -37,15 +37,17 @@ def sync_tree(root: str | Path) -> None:
         sync_path(dirpath)
 
 
-def write_hidden_temp(directory: str | Path, stem: str, text: str) -> Path:
-    """Write `text` durably to a new hidden file in `directory`, to be os.replace()d into place.
+def write_hidden_temp(directory: str | Path, stem: str, text: str | bytes) -> Path:
+    """Write `text` (str or bytes) durably to a new hidden file in `directory`, to be
+    os.replace()d into place.
 
     The temporary file lives beside its destination so the replace is a same-filesystem rename,
     and it is hidden so no reader globbing the directory mistakes it for the real file.
     """
     path = Path(directory) / f".{stem}.tmp-{secrets.token_hex(4)}"
     try:
-        with open(path, "x", encoding="utf-8") as fh:
+        binary = isinstance(text, bytes)
+        with open(path, "xb" if binary else "x", **({} if binary else {"encoding": "utf-8"})) as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())

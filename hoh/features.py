@@ -8,7 +8,9 @@ touching older spans and ImportExampleGen can select spans with its `{SPAN}` pat
 from __future__ import annotations
 
 import re
+import unicodedata
 from pathlib import Path
+from typing import Sequence
 
 IMAGE_KEY = "image_raw"  # bytes: the original encoded file, untouched (PNG/JPEG/BMP/GIF)
 LABEL_KEY = "label"  # bytes: class name (folder name); absent in an unlabeled pool
@@ -24,6 +26,7 @@ LABEL_VOCAB_NAME = "label_vocab"
 # Transform custom_config key: the class names in id order (transforms/preprocessing.py).
 CLASSES_KEY = "classes"
 
+IMPORT_REPORT = "import_report.json"  # beside each span: classes, per-class split counts
 SPLITS = ("train", "eval")
 POOL_SPLIT = "pool"  # unlabeled images (`hoh data import --unlabeled`), scored by the sampler
 SPAN_PREFIX = "span-"
@@ -50,3 +53,22 @@ def list_spans(root: str | Path) -> list[int]:
 def split_pattern(split: str) -> str:
     """ImportExampleGen input pattern for one split, relative to the data root."""
     return f"{SPAN_PREFIX}{{SPAN}}/{split}/*{TFRECORD_SUFFIX}"
+
+
+def class_key(name: str) -> str:
+    """What a class name means to a person: "Horses", "horses " and a decomposed "café" (as
+    macOS writes folder names) are one class, so they must never become two ids."""
+    return unicodedata.normalize("NFC", name).strip().casefold()
+
+
+def class_name_collisions(names: Sequence[str]) -> list[str]:
+    """One message per group of distinct names that are the same class after normalisation."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(class_key(name), []).append(name)
+    return [
+        f"class names {sorted(set(g))!r} differ only in case, spaces or Unicode form; they "
+        "would be separate classes: rename the folders to one spelling"
+        for g in groups.values()
+        if len(set(g)) > 1
+    ]

@@ -15,7 +15,8 @@ from hoh.config import HohConfig, section_json
 from hoh.errors import HohError
 from hoh.fileio import is_remote
 
-IMPORT_REPORT = "import_report.json"
+# Below this many eval images a class' recall moves in steps of 20% or more: said, not refused.
+FEW_EVAL_IMAGES = 5
 
 
 def resolve_schema_path(setting: str) -> Optional[str]:
@@ -50,25 +51,37 @@ def resolve_span(data_root: str, span: Optional[int]) -> int:
     return span
 
 
-def detect_classes(data_root: str, span: int) -> list[str]:
-    """Class names of a span, from the import report `hoh data import` writes beside it."""
-    report = features.span_dir(data_root, span) / IMPORT_REPORT
+def read_import_report(data_root: str, span: int) -> dict:
+    """The import report `hoh data import` (or `hoh ingest`) wrote beside a span."""
+    report = features.span_dir(data_root, span) / features.IMPORT_REPORT
     try:
-        classes = json.loads(report.read_text(encoding="utf-8"))["classes"]
-    except (OSError, ValueError, KeyError) as exc:
+        content = json.loads(report.read_text(encoding="utf-8"))
+        list(content["classes"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise HohError(
             f"cannot tell the classes: {report} is missing or unreadable ({exc}); "
             "set data.classes in the config (class names in id order)"
         ) from None
-    return list(classes)
+    return content
 
 
-def resolve_classes(cfg: HohConfig, found: Optional[Sequence[str]]) -> list[str]:
-    """The class names in id order: `data.classes`, else the span's classes sorted.
+def detect_classes(data_root: str, span: int) -> list[str]:
+    """Class names of a span, from its import report."""
+    return list(read_import_report(data_root, span)["classes"])
 
-    `found` is what the span holds (its import report), None when it cannot be read from here.
-    A span with a class the list lacks, or lacking one of the listed classes, is refused before
-    any step runs: ids must mean the same thing in every run (docs/MULTICLASS.md).
+
+def resolve_classes(
+    cfg: HohConfig, found: Optional[Sequence[str]], served: Optional[Sequence[str]] = None
+) -> list[str]:
+    """The class names in id order: `data.classes`; else the served model's order with the
+    span's new classes appended (sorted); else the span's classes sorted.
+
+    `found` is what the span holds (its import report), None when it cannot be read from here;
+    `served` the classes of the model Triton serves (None: nothing served, or not readable from
+    here). Refused before any step runs, because ids must mean the same thing in every run
+    (docs/MULTICLASS.md): a span with a class the list lacks or lacking a listed class, names
+    that are one class spelt two ways, and a span without a class the served model knows
+    (unless data.allow_class_removal).
     """
     listed = cfg.data.classes
     if found is None and listed is None:
@@ -76,7 +89,16 @@ def resolve_classes(cfg: HohConfig, found: Optional[Sequence[str]]) -> list[str]
             "cannot read the span's classes from this machine; set data.classes in id order, "
             "e.g. --set data.classes=horses,humans"
         )
-    classes = list(listed) if listed is not None else sorted(found)
+    every = [*(found or []), *(listed or []), *(served or [])]
+    clashes = features.class_name_collisions(list(dict.fromkeys(every)))
+    if clashes:
+        raise HohError(f"the span, data.classes and the served model disagree: {clashes[0]}")
+    if listed is not None:
+        classes = list(listed)
+    elif served is not None:
+        classes = [c for c in served if c in found] + sorted(c for c in found if c not in served)
+    else:
+        classes = sorted(found)
     if found is not None and listed is not None:
         new = [c for c in found if c not in listed]
         if new:
@@ -91,12 +113,39 @@ def resolve_classes(cfg: HohConfig, found: Optional[Sequence[str]]) -> list[str]
                 "learn a class it never sees: import images of it, or remove it from data.classes "
                 "(a class removed changes the ids of the classes after it)"
             )
+    removed = [c for c in (served or []) if c not in classes]
+    if removed and not cfg.data.allow_class_removal:
+        raise HohError(
+            f"the served model knows class(es) {removed} that this run would not (its classes: "
+            f"{classes}); the new model could never answer them. Import images of them, or set "
+            "data.allow_class_removal=true to train without them on purpose"
+        )
     if cfg.data.num_classes is not None and cfg.data.num_classes != len(classes):
         raise HohError(
             f"data.num_classes={cfg.data.num_classes} but the classes are {classes} "
             f"({len(classes)})"
         )
     return classes
+
+
+def check_eval_images(report: dict, classes: Sequence[str], echo: Callable[[str], None]) -> None:
+    """A class without an eval image cannot be gated on (its recall is undefined): refused;
+    a class with only a few is allowed with a line saying how little its recall rests on."""
+    counts = report.get("counts")
+    if not counts:  # a report from before per-class counts: nothing to check against
+        return
+    eval_counts = {c: int((counts.get(c) or {}).get("eval", 0)) for c in classes}
+    empty = [c for c, n in eval_counts.items() if n == 0]
+    if empty:
+        raise HohError(
+            f"span {report.get('span')}: class(es) {empty} have no eval image (a class needs at "
+            "least 2 images for the import to put one in eval); their recall, which "
+            "evaluation.min_class_recall gates on, cannot be measured. Import more images of them"
+        )
+    few = {c: n for c, n in eval_counts.items() if n < FEW_EVAL_IMAGES}
+    if few:
+        shown = ", ".join(f"{c} {n}" for c, n in few.items())
+        echo(f"evaluation: per-class recall rests on few eval images ({shown})")
 
 
 def compare_with_baseline(
@@ -153,12 +202,26 @@ class PathRules:
     weights: Callable[[str], str] = local_weights
 
 
-def trainer_config(cfg: HohConfig, paths: PathRules = PathRules()) -> Dict[str, Any]:
+def trainer_config(
+    cfg: HohConfig, paths: PathRules = PathRules(), data_root: Optional[str] = None
+) -> Dict[str, Any]:
     """The Trainer's custom_config: JSON-able values only (it is stored in MLMD and compiled
-    for KFP)."""
+    for KFP). The embedding store is resolved here (`auto` = beside `data_root`); without a
+    data root, `auto` means no store."""
     model = cfg.model.model_dump()
     model["weights"] = paths.weights(cfg.model.weights)
-    return {"model": model, "training": cfg.training.model_dump()}
+    return {
+        "model": model,
+        "training": cfg.training.model_dump(),
+        "embeddings": {"store": embedding_store(cfg, data_root)},
+    }
+
+
+def embedding_store(cfg: HohConfig, data_root: Optional[str]) -> Optional[str]:
+    """Where this run's components keep backbone embeddings (None = no store)."""
+    if cfg.embeddings.store == "auto" and not data_root:
+        return None
+    return cfg.embeddings.resolve(str(data_root))
 
 
 def drift_parameters(cfg: HohConfig) -> Optional[Dict[str, Any]]:
@@ -245,7 +308,8 @@ def component_options(
         fail_on_anomalies=cfg.validation.fail_on_anomalies,
         image_size=cfg.transform.image_size,
         materialize=cfg.transform.materialize,
-        trainer_config=trainer_config(cfg, paths),
+        trainer_config=trainer_config(cfg, paths, str(data_root)),
+        embedding_store=embedding_store(cfg, str(data_root)),
         classes=list(classes),
         min_auc=ev.min_auc,
         min_accuracy=ev.min_accuracy,

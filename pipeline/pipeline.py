@@ -113,6 +113,7 @@ def create_components(
     drift_blocks_push: bool = False,
     pool_root: Optional[str] = None,
     sampling: Optional[Dict[str, Any]] = None,
+    embedding_store: Optional[str] = None,
 ) -> Dict[str, Any]:
     """The components by id, in DAG order; `pusher`, when given, is a callable
     `(model, model_blessing) -> component` so pushers stay pluggable (Triton, filesystem...).
@@ -127,7 +128,8 @@ def create_components(
     `drift`: DriftCheck parameters (None = no drift check); `drift_blocks_push` puts the pusher
     under a `Cond` on the drift verdict. `pool_root`: an unlabeled pool's data root
     (None = no sampling); `sampling`: ActiveLearningSampler parameters. See docs/DRIFT.md and
-    docs/ACTIVE_LEARNING.md.
+    docs/ACTIVE_LEARNING.md. `embedding_store`: where the drift check and the sampler reuse and
+    keep backbone embeddings (the Trainer's is in `trainer_config`); None = nowhere.
 
     Exposed separately from `create_pipeline` so notebooks can run the very same components one
     by one with InteractiveContext.
@@ -231,6 +233,7 @@ def create_components(
                 "input_base"
             ],  # same value, also as a KFP parameter
             blocks_push=int(drift_blocks_push and pusher is not None),
+            embedding_store=embedding_store or "",
             **drift,
         )
         components.insert(components.index(model_resolver) + 1, drift_check)
@@ -250,6 +253,7 @@ def create_components(
                 model_blessing=evaluator.outputs["blessing"],
                 baseline_model=model_resolver.outputs["model"],
                 labeled=example_gen.outputs["examples"],
+                embedding_store=embedding_store or "",
                 **(sampling or {}),
             ),
         ]

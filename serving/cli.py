@@ -69,7 +69,14 @@ def register(subparsers) -> None:
     )
     predict.add_argument("--protocol", choices=("http", "grpc"), default="http")
     predict.add_argument("--model-name", default="hoh")
-    predict.add_argument("--model-version", default="", help="default: the latest ready version")
+    predict.add_argument(
+        "--model-version",
+        default="",
+        metavar="N",
+        help="ask this version (e.g. the one with the old classes while a newer one is served "
+        "beside it); default: the latest ready version. Each answer is labelled with the "
+        "classes of the version that gave it (`version` in --json)",
+    )
     predict.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS")
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
     predict.add_argument(
@@ -158,6 +165,9 @@ def expand_images(items: list[str]) -> list[Path]:
 def _open_client(args: argparse.Namespace):
     from hoh.errors import UsageError
 
+    if args.model_version and not args.model_version.isdigit():
+        raise UsageError(f"--model-version {args.model_version!r}: expected a version number")
+
     if not args.gateway:
         from hoh.serving.client import TritonImageClient
 
@@ -194,6 +204,7 @@ def _predict(args: argparse.Namespace) -> int:
         rows = [
             {
                 "image": str(p),
+                "version": r.version,
                 "label": r.label,
                 "probability": r.probability,
                 "probabilities": r.probabilities,

@@ -4,10 +4,12 @@ It hides the three things every caller otherwise gets wrong with `tritonclient`:
 `np.object_` arrays of raw encoded bytes (not `np.bytes_`, which strips trailing NULs), HTTP must
 send them as binary data (JSON cannot carry non-UTF-8 bytes), and a request may hold at most the
 model's limits (`max_batch_size`, and the `max_images_per_request` / `max_request_bytes`
-parameters the TritonPusher writes). Class names come from the model config's `class_names`
-parameter. Failures become HohErrors that say what went wrong: nothing at the URL, something
-that is not Triton's API at the URL (the metrics port, the other protocol's port), model not
-ready, or which input image was rejected and why.
+parameters the TritonPusher writes). Class names come from the model config: one config serves
+every pinned version, so each version's names are under `class_names.v<N>` and an answer is
+labelled with the names of the version Triton says answered it (`model_version` of the
+response), never with another version's. Failures become HohErrors that say what went wrong:
+nothing at the URL, something that is not Triton's API at the URL (the metrics port, the other
+protocol's port), model not ready, or which input image was rejected and why.
 
 Triton 2.51's response cache stores *failed* responses too (the dynamic batcher inserts every
 response without looking at its status) and replays them, to any client, as successes without
@@ -28,6 +30,7 @@ from typing import Any, NoReturn, Optional, Sequence, Union
 import numpy as np
 
 from hoh.errors import HohError, RunFailed
+from hoh.serving.triton_model import CLASS_NAMES_KEY, class_names_key, version_class_names
 
 INPUT_NAME = "image_bytes"
 PROBABILITIES_NAME = "probabilities"
@@ -75,19 +78,60 @@ class Prediction:
     label: str
     probability: float  # of `label`
     probabilities: dict[str, float]  # class name -> probability, in class-id order
+    version: str = ""  # the model version that answered ("" when the server did not say)
+
+
+class ClassNamesMissing(ClientError):
+    """The config names no classes (or other ones) for the version that answered."""
 
 
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
     max_batch_size: int
-    class_names: tuple[str, ...]
+    class_names: tuple[str, ...]  # the newest served version's (`class_names`)
     max_images_per_request: int = 0  # 0: max_batch_size (a model pushed before the limits)
     max_request_bytes: int = 0  # 0: no limit announced
+    # version -> its class names (`class_names.v<N>`); empty for a config written before them
+    versions: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # a fixed probabilities width the config declares (0: variable), for `class_<j>` names
+    declared_width: int = 0
 
     @property
     def images_per_request(self) -> int:
         return min(self.max_images_per_request or self.max_batch_size, self.max_batch_size)
+
+    def names_for(self, version: str, width: int) -> tuple[str, ...]:
+        """The class names of `version`'s answer of `width` probabilities, or ClassNamesMissing.
+
+        A config with per-version names must name the answering version. A config from before
+        them (one served version, fixed width) gives `class_names`; one without any names (not
+        pushed by hoh) gives `class_<j>`, but only for the width it declares.
+        """
+        by_version = dict(self.versions)
+        if by_version:
+            names = by_version.get(str(version))
+            if names is None:
+                raise ClassNamesMissing(
+                    f"model {self.name!r} answered with version {version or '?'}, whose classes "
+                    f"its config does not name ({class_names_key(version or 0)} missing; named: "
+                    f"{', '.join(sorted(by_version, key=int))}); push it again with this hoh"
+                )
+        elif self.class_names:
+            names = self.class_names
+        elif width and width == self.declared_width:
+            names = tuple(f"class_{j}" for j in range(width))
+        else:
+            raise ClassNamesMissing(
+                f"model {self.name!r} has no {CLASS_NAMES_KEY!r} parameter and no fixed "
+                f"probabilities width ({width} answered): its classes cannot be named"
+            )
+        if len(names) != width:
+            raise ClassNamesMissing(
+                f"model {self.name!r} version {version or '?'} answered {width} probabilities "
+                f"but its config names {len(names)} classes ({', '.join(names)})"
+            )
+        return names
 
 
 def plan_requests(sizes: Sequence[int], max_images: int, max_bytes: int = 0) -> list[slice]:
@@ -135,37 +179,65 @@ def model_info_from_config(config: dict) -> ModelInfo:
     """Class names and batch limit from a model config as the server returns it (JSON form)."""
     config = config.get("config", config)  # gRPC's as_json wraps it
     parameters = config.get("parameters", {})
-    raw = parameters.get("class_names", {}).get("string_value", "")
+    raw = parameters.get(CLASS_NAMES_KEY, {}).get("string_value", "")
 
     def number(key: str) -> int:
         value = parameters.get(key, {}).get("string_value", "")
         return int(value) if value.isdigit() else 0
 
+    prefix = class_names_key(0)[:-1]  # "class_names.v"
+    versions = []
+    for key in sorted(parameters):
+        if key.startswith(prefix) and key[len(prefix) :].isdigit():
+            version = key[len(prefix) :]
+            try:
+                names = version_class_names(config, version)
+            except ValueError as exc:
+                raise ClientError(f"model {config.get('name')!r}: {exc}") from None
+            versions.append((str(int(version)), tuple(names or ())))
     outputs = {o.get("name"): o for o in config.get("output", [])}
     dims = outputs.get(PROBABILITIES_NAME, {}).get("dims", [])
-    num_classes = int(dims[-1]) if dims else 0
-    names = tuple(json.loads(raw)) if raw else tuple(f"class_{i}" for i in range(num_classes))
     return ModelInfo(
         name=str(config.get("name", "")),
         max_batch_size=max(1, int(config.get("max_batch_size", 1) or 1)),
-        class_names=names,
+        class_names=tuple(json.loads(raw)) if raw else (),
         max_images_per_request=number("max_images_per_request"),
         max_request_bytes=number("max_request_bytes"),
+        versions=tuple(versions),
+        declared_width=max(0, int(dims[-1])) if dims else 0,
     )
 
 
+def response_version(result) -> str:
+    """The version that answered an infer call (HTTP or gRPC result), "" when not said."""
+    response = result.get_response()
+    if isinstance(response, dict):
+        return str(response.get("model_version", "") or "")
+    return str(getattr(response, "model_version", "") or "")
+
+
 def predictions_from_outputs(
-    probabilities: np.ndarray, labels: Optional[Sequence[str]], class_names: Sequence[str]
+    probabilities: np.ndarray,
+    labels: Optional[Sequence[str]],
+    class_names: Sequence[str],
+    version: str = "",
 ) -> list[Prediction]:
-    """Rows of probabilities (+ the model's own labels, when it returns them) -> Predictions."""
+    """Rows of probabilities (+ the model's own labels, when it returns them) -> Predictions.
+
+    `class_names` must be those of `version`, the one that answered (`ModelInfo.names_for`).
+    """
     probabilities = np.asarray(probabilities, dtype=np.float32)
     width = probabilities.shape[1] if probabilities.ndim == 2 else 0
-    names = list(class_names) if len(class_names) == width else [f"class_{j}" for j in range(width)]
+    if len(class_names) != width:
+        raise ClassNamesMissing(
+            f"{width} probabilities but {len(class_names)} class names ({', '.join(class_names)})"
+        )
     out = []
     for i, row in enumerate(probabilities):
         best = int(np.argmax(row))
-        label = labels[i] if labels is not None else names[best]
-        out.append(Prediction(label, float(row[best]), {n: float(p) for n, p in zip(names, row)}))
+        label = labels[i] if labels is not None else class_names[best]
+        probs = {n: float(p) for n, p in zip(class_names, row)}
+        out.append(Prediction(label, float(row[best]), probs, version))
     return out
 
 
@@ -213,6 +285,9 @@ def _is_foreign_answer(exc: Exception) -> bool:
             "not a triton",
         )
     )
+
+
+_Part = tuple[np.ndarray, list[str], str]  # probabilities, labels, the version that answered
 
 
 class TritonImageClient:
@@ -332,7 +407,7 @@ class TritonImageClient:
         return self._info
 
     # ---- inference
-    def _infer_once(self, images: Sequence[bytes]) -> tuple[np.ndarray, list[str]]:
+    def _infer_once(self, images: Sequence[bytes]) -> _Part:
         """One request, errors as tritonclient raises them."""
         batch = np.empty((len(images), 1), dtype=np.object_)
         for i, data in enumerate(images):
@@ -368,7 +443,7 @@ class TritonImageClient:
         labels = [
             x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in raw_labels.reshape(-1)
         ]
-        return probabilities, labels
+        return probabilities, labels, response_version(result)
 
     def _raise_for(self, exc: Exception, sources: Sequence[str]) -> NoReturn:
         text = _message(exc)
@@ -382,17 +457,15 @@ class TritonImageClient:
             f"inference on {self.url} failed for {', '.join(sources)}: {text}"
         ) from None
 
-    def _infer_chunk(
-        self, data: Sequence[bytes], sources: Sequence[str]
-    ) -> tuple[np.ndarray, list[str]]:
-        """One request; an empty answer (a replayed failure) is retried image by image."""
+    def _infer_chunk(self, data: Sequence[bytes], sources: Sequence[str]) -> list[_Part]:
+        """One request, as one answer; an empty answer (a replayed failure) is retried image by
+        image, as one answer each (they may come from different versions)."""
         try:
-            return self._infer_once(data)
+            return [self._infer_once(data)]
         except _EmptyResponse:
             if len(data) == 1:
                 raise InvalidImage(sources[0], CACHED_REJECTION) from None
-            parts = [self._infer_chunk([d], [s]) for d, s in zip(data, sources)]
-            return np.concatenate([p for p, _ in parts]), [label for _, ls in parts for label in ls]
+            return [part for d, s in zip(data, sources) for part in self._infer_chunk([d], [s])]
         except ClientError:
             raise
         except Exception as exc:  # noqa: BLE001 - classified into a HohError
@@ -400,10 +473,23 @@ class TritonImageClient:
 
     def infer(self, images: Sequence[bytes]) -> tuple[np.ndarray, list[str]]:
         """One request (len(images) <= max_batch_size): raw probabilities [N, C] and labels."""
-        return self._infer_chunk(list(images), [f"#{i}" for i in range(len(images))])
+        parts = self._infer_chunk(list(images), [f"#{i}" for i in range(len(images))])
+        if len({p.shape[-1] for p, _, _ in parts}) > 1:
+            raise ClientError("the answers came from versions with different class counts")
+        return np.concatenate([p for p, _, _ in parts]), [x for _, ls, _ in parts for x in ls]
+
+    def _names(self, info: ModelInfo, version: str, width: int) -> tuple[ModelInfo, tuple]:
+        """(info, the answering version's names); the config is read again once when it does
+        not name that version (pushed since it was read), then ClassNamesMissing."""
+        try:
+            return info, info.names_for(version, width)
+        except ClassNamesMissing:
+            info = self.model_info(refresh=True)
+            return info, info.names_for(version, width)
 
     def predict(self, images: Sequence[ImageLike]) -> list[Prediction]:
-        """Predictions in input order, in as many requests as the model's limits require."""
+        """Predictions in input order, in as many requests as the model's limits require, each
+        labelled with the class names of the version that answered it."""
         data, sources = load_images(images)
         if not data:
             return []
@@ -411,10 +497,10 @@ class TritonImageClient:
         out: list[Prediction] = []
         sizes = [len(d) for d in data]
         for chunk in plan_requests(sizes, info.images_per_request, info.max_request_bytes):
-            probabilities, labels = self._infer_chunk(data[chunk], sources[chunk])
-            if probabilities.shape[-1] != len(info.class_names):
-                info = self.model_info(refresh=True)  # a new version changed the classes
-            out.extend(predictions_from_outputs(probabilities, labels, info.class_names))
+            for probabilities, labels, version in self._infer_chunk(data[chunk], sources[chunk]):
+                version = version or self.model_version
+                info, names = self._names(info, version, int(probabilities.shape[-1]))
+                out.extend(predictions_from_outputs(probabilities, labels, names, version))
         return out
 
     def close(self) -> None:

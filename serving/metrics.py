@@ -13,6 +13,28 @@ from dataclasses import dataclass
 
 from hoh.errors import HohError
 
+# The Triton metric families hoh's deploy files query (deploy/prometheus/, deploy/grafana/,
+# deploy/k8s/hpa.yaml), by the names Prometheus stores them under. Kept here, beside the code
+# that reads Triton's metrics, so the structural tests of those files have one list to check
+# against, and an e2e test checks this list against a real Triton's /metrics (CPU build, model
+# pushed with the response cache): a renamed metric in a Triton upgrade fails there, not on a
+# dashboard. GPU families (nv_gpu_*) appear only on a GPU host and are not listed.
+TRITON_METRICS = {
+    "nv_inference_request_success": ("model", "version"),
+    "nv_inference_request_failure": ("model", "version", "reason"),
+    "nv_inference_count": ("model", "version"),
+    "nv_inference_exec_count": ("model", "version"),
+    "nv_inference_request_duration_us": ("model", "version"),
+    "nv_inference_queue_duration_us": ("model", "version"),
+    "nv_inference_compute_infer_duration_us": ("model", "version"),
+    "nv_inference_pending_request_count": ("model", "version"),
+    "nv_cache_num_hits_per_model": ("model", "version"),
+    "nv_cache_num_misses_per_model": ("model", "version"),
+    "nv_cpu_utilization": (),
+    "nv_cpu_memory_used_bytes": (),
+    "nv_cpu_memory_total_bytes": (),
+}
+
 
 @dataclass(frozen=True)
 class Sample:

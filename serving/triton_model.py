@@ -49,6 +49,10 @@ DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024  # images per request default to max_batch_size
 
 IMAGECHECK_FILE = "hoh_imagecheck.py"
+# config.pbtxt `parameters`: the newest served version's class names (what clients before
+# per-version names read), and one entry per served version, `class_names.v<N>`, because one
+# config serves versions whose classes may differ (docs/MULTICLASS.md).
+CLASS_NAMES_KEY = "class_names"
 
 
 def _load_imagecheck():
@@ -150,6 +154,40 @@ def config_parameter(model_config: dict, key: str, default: str) -> str:
     return value if value != "" else default
 
 
+def class_names_key(version) -> str:
+    """The `parameters` key naming version `version`'s classes, e.g. `class_names.v2`."""
+    return f"{CLASS_NAMES_KEY}.v{int(version)}"
+
+
+def version_class_names(model_config: dict, version) -> Optional[list[str]]:
+    """Version `version`'s class names from a config in JSON form, or None when it names none.
+
+    The same reader for this model (its `args["model_config"]`) and for clients (the server's
+    model-config API), so a name can only be wrong if the pusher wrote it wrong.
+    """
+    raw = config_parameter(model_config, class_names_key(version), "")
+    if not raw:
+        return None
+    names = json.loads(raw)
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{class_names_key(version)} is not a JSON list of strings: {raw[:80]!r}")
+    return names
+
+
+def check_width(probabilities: np.ndarray, names: Optional[Sequence[str]], version) -> None:
+    """ValueError when this version answers another number of classes than its config names.
+
+    One config serves several versions with a variable-width output, so Triton cannot catch a
+    config naming the wrong classes for a version: this check does, before a client labels them.
+    """
+    width = probabilities.shape[-1] if probabilities.ndim == 2 else 0
+    if names is not None and width != len(names):
+        raise ValueError(
+            f"version {version} answered {width} probabilities but config.pbtxt names "
+            f"{len(names)} classes for it ({class_names_key(version)})"
+        )
+
+
 def thread_counts(model_config: dict, cpu_count: int) -> tuple[int, int]:
     """(intra_op, inter_op) TensorFlow threads for one model instance.
 
@@ -217,6 +255,8 @@ class TritonPythonModel:
                 config, "max_request_pixels", str(self._max_pixels * self._max_request_images)
             )
         )
+        self._version = str(args.get("model_version", "")) or "0"
+        self._names = version_class_names(config, self._version)
         path = os.path.join(os.path.dirname(os.path.abspath(__file__)), SAVED_MODEL_DIR)
         self._model = tf.saved_model.load(path)  # keep a reference: signatures need it alive
         self._serve = self._model.signatures[SIGNATURE]
@@ -225,6 +265,7 @@ class TritonPythonModel:
         out = self._serve(image_bytes=self._tf.constant(list(images), dtype=self._tf.string))
         probabilities = out[PROBABILITIES_NAME].numpy().astype(np.float32)
         labels = out[LABEL_NAME].numpy().astype(object).reshape(-1, 1)
+        check_width(probabilities, self._names, self._version)
         return probabilities, labels
 
     def _response(self, probabilities: np.ndarray, labels: np.ndarray):

@@ -43,3 +43,25 @@ def known_model(tmp_path_factory) -> Path:
     from test_sampling_model import make_known_model
 
     return make_known_model(tmp_path_factory.mktemp("known_model"))
+
+
+# A "pretrained" backbone for the frozen-backbone paths (cached features, the embedding store):
+# a random MobileNetV2 saved to .h5 takes the same code path as the ImageNet weights, offline.
+BACKBONE_SIZE = 32
+BACKBONE_ALPHA = 0.35
+
+
+@pytest.fixture(scope="session")
+def backbone_h5(tmp_path_factory) -> str:
+    import tf_keras
+
+    donor = tf_keras.applications.MobileNetV2(
+        input_shape=(BACKBONE_SIZE, BACKBONE_SIZE, 3),
+        alpha=BACKBONE_ALPHA,
+        include_top=False,
+        weights=None,
+        pooling="avg",
+    )
+    path = tmp_path_factory.mktemp("backbone") / "backbone.h5"
+    donor.save_weights(path)
+    return str(path)

@@ -344,3 +344,29 @@ def test_files_then_directories_are_synced_before_the_rename_and_the_parent_afte
     assert tmp_index and max(file_index) < tmp_index[-1]  # files first, then their directory
     assert str(extra.parent) in before  # the --report copy's directory, before publishing
     assert events[publish + 1 :] == [("sync", str(lake.absolute()))]
+
+
+def test_class_folders_spelt_two_ways_are_refused_before_anything_is_written(tmp_path, capsys):
+    write_classes(tmp_path / "src", {"horses": 3, "Horses": 3, "humans": 3})
+    code = main(["data", "import", str(tmp_path / "src"), "--out", str(tmp_path / "lake")])
+    line = _one_line_error(capsys.readouterr().err)
+    assert code == 2
+    assert "['Horses', 'horses'] differ only in case" in line and "Nothing was written" in line
+    assert _no_span_published(tmp_path / "lake")
+
+
+def test_a_later_span_spelling_a_known_class_differently_is_refused(tmp_path):
+    write_classes(tmp_path / "one", {"horses": 3, "humans": 3})
+    import_images(tmp_path / "one", tmp_path / "lake")
+    # The next delivery arrives from a Mac: "Humans " with a trailing space, plus a new class.
+    write_classes(tmp_path / "two", {"horses": 3, "Humans ": 3, "birds": 3})
+    with pytest.raises(HohError, match=r"vs span 1 of .*\['Humans ', 'humans'\] differ only"):
+        import_images(tmp_path / "two", tmp_path / "lake")
+    assert features.list_spans(tmp_path / "lake") == [1]
+    # A genuinely new class is fine.
+    write_classes(tmp_path / "three", {"horses": 3, "humans": 3, "birds": 3})
+    assert import_images(tmp_path / "three", tmp_path / "lake").classes == [
+        "birds",
+        "horses",
+        "humans",
+    ]

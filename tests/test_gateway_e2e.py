@@ -340,7 +340,13 @@ def test_models_health_readiness_docs(gateway, keys):
         openapi = c.get("/openapi.json").json()
     assert models.status_code == 200
     assert models.json()["models"] == [
-        {"name": "hoh", "versions": ["1"], "version": "1", "classes": list(CLASSES)}
+        {
+            "name": "hoh",
+            "versions": ["1"],
+            "version": "1",
+            "classes": list(CLASSES),
+            "classes_by_version": {"1": list(CLASSES)},
+        }
     ]
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
     assert docs.status_code == 200 and "/v1/models/{model}/predict" in openapi["paths"]
@@ -619,6 +625,52 @@ def test_captured_traffic_is_an_importable_image_folder(gateway, keys, tmp_path)
     assert mine[0]["model"] == "hoh" and mine[0]["version"] == "1"
     report = import_images(gateway.capture_dir, tmp_path / "pool", unlabeled=True)
     assert report.written >= 1 and report.rejected == []
+
+
+def test_fed_back_labels_give_the_hand_computed_online_accuracy(gateway, keys):
+    """predict -> POST /v1/feedback with two known errors -> `hoh monitor`'s online accuracy
+    over the gateway's own captures is 4/6."""
+    from datetime import datetime, timezone
+
+    from hoh.components.monitor.accuracy import online_accuracy
+    from hoh.components.monitor.window import read_window
+
+    served = []
+    with gateway.client() as c:
+        for seed in range(300, 306):
+            r = c.post(
+                "/v1/models/hoh/predict",
+                content=png(seed),
+                headers={**token(keys), "Content-Type": "image/png"},
+            )
+            assert r.status_code == 200, r.text
+            prediction = r.json()["predictions"][0]
+            served.append((r.json()["request_id"], prediction))
+        for n, (request_id, prediction) in enumerate(served):
+            truth = prediction["class"]
+            if n in (1, 4):  # two known errors: the truth is the other class
+                truth = next(k for k in prediction["probabilities"] if k != truth)
+            answer = c.post(
+                "/v1/feedback",
+                json={"request_id": request_id, "index": 0, "class": truth},
+                headers=token(keys, scope="feedback"),
+            )
+            assert answer.status_code == 200, answer.text
+        refused = c.post(
+            "/v1/feedback", json={"request_id": served[0][0], "class": "x"}, headers=token(keys)
+        )
+        assert_error(refused, 403, "insufficient_scope")
+    today = datetime.now(timezone.utc).date()
+    mine = {request_id for request_id, _ in served}
+    deadline = time.monotonic() + 30
+    while True:  # the capture writer is a thread: wait for our six
+        window = read_window(gateway.capture_dir, today, today, "1", "hoh")
+        if mine <= {s.request_id for s in window.served} or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    result = online_accuracy(window, min_accuracy=0.8, min_labels=6)
+    assert result["labels"] == 6 and result["correct"] == 4
+    assert result["accuracy"] == pytest.approx(4 / 6) and result["accuracy_low"]
 
 
 # ---------------------------------------------------------------------- other gateways

@@ -154,11 +154,17 @@ def test_trainer_config_is_read_with_the_typed_config_defaults_and_checks():
     from hoh.pipeline.factory import trainer_config
     from hoh.trainer.task import parse_trainer_config
 
-    model, training, transform = parse_trainer_config({})
+    model, training, transform, embeddings = parse_trainer_config({})
     assert model == ModelConfig() and training == TrainingConfig() and transform.image_size == 224
+    assert embeddings.store is None  # no data root known: no store
     cfg = load_config(overrides=["training.epochs=7", "model.class_weights=none"])
-    model, training, _ = parse_trainer_config({**trainer_config(cfg), "image_size": 64})
+    model, training, _, embeddings = parse_trainer_config(
+        {**trainer_config(cfg, data_root="/lake"), "image_size": 64}
+    )
     assert training.epochs == 7 and model.class_weights == "none"
+    assert embeddings.store == "/lake/embeddings"  # embeddings.store=auto: beside the spans
+    with pytest.raises(ConfigError, match="resolved against the data root"):
+        parse_trainer_config({"embeddings": {"store": "auto"}})
     spec = model_lib.ModelSpec.from_config(model, 3, 64, training.learning_rate)
     assert spec.num_classes == 3 and spec.image_size == 64 and spec.dropout == ModelConfig().dropout
     with pytest.raises(ConfigError, match="trainer_config.training"):

@@ -288,6 +288,42 @@ def test_shifted_traffic_is_flagged_named_and_becomes_a_labelling_batch(shifted,
     assert lines[0].startswith("monitor: DRIFT") and any("labelling batch: 10" in x for x in lines)
 
 
+def test_persisting_drift_starts_one_retraining_run_within_the_cooldown(
+    shifted, world, served_model, tmp_path
+):
+    """monitor.on_alert local: the shifted window fires the trigger; the next window (the
+    drift still there, two hours later) is inside the cooldown and starts nothing."""
+    data, captures, _ = world
+    _, first_out = shifted
+    started = []
+    config = MonitorConfig(
+        on_alert="local", trigger_args=["--data", "data"], label_batch=False, cooldown_hours=12
+    )
+
+    def run(name: str, now: float) -> dict:
+        return run_monitor(
+            _window(captures, SHIFT_DAY),
+            str(served_model),
+            str(data),
+            tmp_path / name,
+            config,
+            reference_predictions=str(first_out / "reference_predictions.json"),
+            now=now,
+            launcher=lambda argv, log, wait: started.append(argv) or {"pid": 99},
+        )
+
+    first = run("first", 1_796_256_000.0)
+    assert first["trigger"]["fired"] and first["trigger"]["why"] == ["drift"]
+    assert started == [first["trigger"]["command"]] and started[0][-3:] == ["run", "--data", "data"]
+    state = json.loads((tmp_path / "monitor-trigger.json").read_text())
+    assert state["fired"][0]["reasons"] == first["reasons"]
+    second = run("second", 1_796_256_000.0 + 7200)
+    assert second["verdict"] == "drift" and not second["trigger"]["fired"]
+    assert second["trigger"]["skipped"].startswith("cooldown: fired at 2026-12-03T00:00:00")
+    assert len(started) == 1
+    assert any("retraining not started: cooldown" in x for x in summary_lines(second))
+
+
 def test_an_empty_window_is_insufficient_data_not_ok(world, served_model, tmp_path):
     data, captures, _ = world
     window = read_window(captures, date(2026, 11, 1), date(2026, 11, 30), VERSION, "hoh")

@@ -115,28 +115,52 @@ def test_three_class_variant(tmp_path_factory):
     assert sorted(labels.read_text().split()) == ["birds", "horses", "humans"]
 
 
-def test_a_class_added_in_a_new_span_retrains_and_serves_beside_the_old_version(tmp_path):
-    """docs/MULTICLASS.md, as a user runs it: span 1 has 2 classes -> v1; span 2 adds birds at
+def test_a_class_added_in_a_new_span_retrains_and_serves_beside_the_old_version(
+    tmp_path, backbone_h5
+):
+    """docs/MULTICLASS.md, as a user runs it, on the real profile's path (a frozen pretrained
+    backbone, here a random one saved as .h5): span 1 has 2 classes -> v1; span 2 adds birds at
     the end of data.classes -> the same DAG trains a 3-way head, skips the comparison with the
-    2-class model (saying so) and pushes v2; ids of the old classes stay."""
+    2-class model (saying so) and pushes v2; ids of the old classes stay, and the embedding store
+    beside the data computes only the images v1's run had not seen."""
     from hoh.data.demo import make_demo_dataset
     from hoh.data.importer import import_images
+    from hoh.data.tfrecords import read_ids_labels
     from hoh.errors import HohError
     from hoh.pipeline.runners.local import run_local
 
     data, out = tmp_path / "data", tmp_path / "out"
+    frozen = f"model.weights={backbone_h5}"
     make_demo_dataset(tmp_path / "v1", per_class=12, size=48, classes=("horses", "humans"))
     import_images(tmp_path / "v1", data)
-    first = run_local(_config(data, out, "data.classes=horses,humans"), echo=lambda line: None)
+    first = run_local(
+        _config(data, out, "data.classes=horses,humans", frozen), echo=lambda line: None
+    )
     assert first.blessed and first.pushed_version == "1"
+    span_ids = lambda n: set(read_ids_labels([str(data / f"span-{n}" / "*" / "*.gz")])[0])  # noqa: E731
+    assert first.embedding_store == {
+        "store": str(data / "embeddings"),
+        "backbone": first.embedding_store["backbone"],
+        "reused": 0,
+        "computed": len(span_ids(1)),
+    }
 
     make_demo_dataset(tmp_path / "v2", per_class=12, size=48, classes=("horses", "humans", "birds"))
     import_images(tmp_path / "v2", data)
     with pytest.raises(HohError, match=r"class\(es\) \['birds'\] that data.classes"):
-        run_local(_config(data, out, "data.classes=horses,humans"), echo=lambda line: None)
+        run_local(_config(data, out, "data.classes=horses,humans", frozen), echo=lambda line: None)
 
     lines = []
-    second = run_local(_config(data, out, "data.classes=horses,humans,birds"), echo=lines.append)
+    second = run_local(
+        _config(data, out, "data.classes=horses,humans,birds", "push.versions_to_serve=2", frozen),
+        echo=lines.append,
+    )
+    # Each new image went through the backbone once in the whole run: the DriftCheck (which runs
+    # first, with the served model's identical frozen backbone) or the Trainer, never both.
+    trainer, drift = second.embedding_store, second.drift["embedding_store"]
+    assert trainer["computed"] + drift["computed"] == len(span_ids(2) - span_ids(1)) > 0
+    assert trainer["computed"] + trainer["reused"] == len(span_ids(2))
+    assert any(line.startswith("embedding store: ") for line in second.lines())
     assert any(
         "evaluation: the classes changed (served model: ['horses', 'humans']; this run: "
         "['horses', 'humans', 'birds'])" in line
@@ -147,6 +171,17 @@ def test_a_class_added_in_a_new_span_retrains_and_serves_beside_the_old_version(
     model_dir = out / "model_repository" / "hoh"
     assert (model_dir / "1" / "labels.txt").read_text().split() == ["horses", "humans"]
     assert (model_dir / "2" / "labels.txt").read_text().split() == ["horses", "humans", "birds"]
+    # Both served by one config, each version named (docs/MULTICLASS.md).
+    from hoh.components.triton_pusher.repository import parse_model_config
+
+    config = parse_model_config((model_dir / "config.pbtxt").read_text())
+    assert list(config.version_policy.specific.versions) == [1, 2]
+    named = {k: json.loads(v.string_value) for k, v in config.parameters.items() if "class" in k}
+    assert named == {
+        "class_names": ["horses", "humans", "birds"],
+        "class_names.v1": ["horses", "humans"],
+        "class_names.v2": ["horses", "humans", "birds"],
+    }
 
 
 def test_anomalies_stop_the_run_with_a_readable_message(tmp_path, tiny_span):

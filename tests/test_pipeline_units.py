@@ -258,3 +258,53 @@ def test_trainer_refuses_labels_outside_the_classes_and_classes_without_images()
         check_label_counts({"a": 1, "b": 1, "zebra": 1}, ["a", "b"])
     with pytest.raises(HohError, match=r"class\(es\) \['b'\] of \['a', 'b'\] have no training"):
         check_label_counts({"a": 1}, ["a", "b"])
+
+
+def test_without_data_classes_a_retrain_keeps_the_served_order_and_appends_new_classes():
+    served = ["horses", "humans"]
+    found = ["birds", "humans", "horses"]
+    # Sorted would give birds id 0 and move horses and humans: the served order is kept.
+    assert factory.resolve_classes(_data_config(), found, served) == ["horses", "humans", "birds"]
+    assert factory.resolve_classes(_data_config(), found, None) == ["birds", "horses", "humans"]
+
+
+def test_a_span_without_a_class_the_served_model_knows_is_refused_unless_allowed():
+    served = ["horses", "humans", "birds"]
+    with pytest.raises(HohError, match=r"knows class\(es\) \['birds'\] that this run would not"):
+        factory.resolve_classes(_data_config(), ["horses", "humans"], served)
+    allowed = _data_config(allow_class_removal=True)
+    assert factory.resolve_classes(allowed, ["horses", "humans"], served) == ["horses", "humans"]
+
+
+@pytest.mark.parametrize(
+    "data,found,served",
+    [
+        ({}, ["horses", "Horses", "humans"], None),
+        ({}, ["horses ", "humans"], ["horses", "humans"]),
+        ({"classes": ["horses", "humans"]}, ["HORSES", "humans"], None),
+        ({}, ["cafe\u0301", "humans"], ["caf\u00e9", "humans"]),  # macOS NFD vs NFC
+    ],
+)
+def test_one_class_spelt_two_ways_is_refused_naming_both_spellings(data, found, served):
+    with pytest.raises(HohError, match=r"differ only in case, spaces or Unicode form"):
+        factory.resolve_classes(_data_config(**data), found, served)
+
+
+def test_data_classes_spelling_one_class_twice_is_a_config_error():
+    from hoh.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="differ only in case"):
+        load_config(overrides=["data.classes=horses,Horses,humans"])
+
+
+def test_a_class_without_eval_images_is_refused_and_few_eval_images_are_said():
+    lines = []
+    report = {
+        "span": 3,
+        "counts": {"horses": {"train": 40, "eval": 9}, "birds": {"train": 1, "eval": 0}},
+    }
+    with pytest.raises(HohError, match=r"span 3: class\(es\) \['birds'\] have no eval image"):
+        factory.check_eval_images(report, ["horses", "birds"], lines.append)
+    report["counts"]["birds"] = {"train": 3, "eval": 2}
+    factory.check_eval_images(report, ["horses", "birds"], lines.append)
+    assert lines == ["evaluation: per-class recall rests on few eval images (birds 2)"]

@@ -285,7 +285,7 @@ class _ReplayingClient(TritonImageClient):
         self.sent.append(list(images))
         if tuple(images) in self.rejected:
             raise _EmptyResponse("replayed")
-        return np.full((len(images), 2), 0.5, np.float32), ["a"] * len(images)
+        return np.full((len(images), 2), 0.5, np.float32), ["a"] * len(images), "1"
 
 
 def test_a_replayed_failure_is_named_as_such_not_as_this_clients_earlier_rejection():

@@ -17,11 +17,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import BACKBONE_ALPHA as ALPHA
+from conftest import BACKBONE_SIZE as IMAGE_SIZE
 
 from hoh import features
-
-IMAGE_SIZE = 32
-ALPHA = 0.35
 
 
 class _DataAccessor:
@@ -35,22 +34,6 @@ class _DataAccessor:
             file_pattern=file_pattern, schema=schema, telemetry_descriptors=["hoh-test"]
         )
         return source.TensorFlowDataset(options)
-
-
-@pytest.fixture(scope="module")
-def backbone_h5(tmp_path_factory) -> str:
-    import tf_keras
-
-    donor = tf_keras.applications.MobileNetV2(
-        input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
-        alpha=ALPHA,
-        include_top=False,
-        weights=None,
-        pooling="avg",
-    )
-    path = tmp_path_factory.mktemp("backbone") / "backbone.h5"
-    donor.save_weights(path)
-    return str(path)
 
 
 def _span_and_transform(root: Path, counts: dict[str, int]):
@@ -83,7 +66,7 @@ def three_class(tmp_path_factory):
     )
 
 
-def _run(tmp_path: Path, span, weights: str, **training):
+def _run(tmp_path: Path, span, weights: str, store=None, **training):
     from hoh.trainer import HISTORY_FILE, TIMING_FILE
     from hoh.trainer.task import run_fn
 
@@ -106,6 +89,7 @@ def _run(tmp_path: Path, span, weights: str, **training):
                 "class_balance_ratio": 1.5,
             },
             "training": {"epochs": 1, "batch_size": 8, **training},
+            "embeddings": {"store": store},
         },
     )
     run_fn(fn_args)
@@ -119,14 +103,9 @@ def _run(tmp_path: Path, span, weights: str, **training):
 
 def _served_probabilities(serving_dir: Path, num_classes: int) -> np.ndarray:
     """Probabilities from the exported `serving_default` on one real encoded image."""
-    import io
 
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("RGB", (40, 40), (120, 80, 30)).save(buf, format="PNG")
     loaded = tf.saved_model.load(str(serving_dir))
-    out = loaded.signatures["serving_default"](image_bytes=tf.constant([buf.getvalue()]))
+    out = loaded.signatures["serving_default"](image_bytes=tf.constant([_png_bytes((120, 80, 30))]))
     probabilities = out["probabilities"].numpy()
     assert probabilities.shape == (1, num_classes)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
@@ -156,3 +135,66 @@ def test_every_training_path_trains_and_exports(request, tmp_path, backbone_h5, 
     assert len(history["loss"]) == epochs and all(np.isfinite(history["loss"]))
     assert len(history["val_accuracy"]) == epochs
     _served_probabilities(serving_dir, num_classes)
+
+
+def _split_ids(span, split: str) -> set[str]:
+    from hoh.data.tfrecords import read_ids_labels
+
+    data_root, _ = span
+    return set(read_ids_labels([str(features.span_dir(data_root, 1) / split / "*.gz")])[0])
+
+
+@pytest.mark.e2e
+def test_the_embedding_store_computes_each_image_once_across_runs_and_components(
+    tmp_path, backbone_h5, two_class, three_class
+):
+    """Run 1 (2 classes) fills the store; run 2 (a 3-class span sharing no image) computes only
+    its own images; run 3 (the 3-class span again) computes nothing. The drift check's and the
+    sampler's Predictor then reads the same entries (the frozen backbone has the same key) and
+    gives the probabilities the full model gives."""
+    from hoh.data.embeddings import EmbeddingStore, backbones
+    from hoh.trainer.predictor import Predictor
+
+    store = str(tmp_path / "store")
+    two_ids = _split_ids(two_class, "train") | _split_ids(two_class, "eval")
+    three_ids = _split_ids(three_class, "train") | _split_ids(three_class, "eval")
+    _, first, _ = _run(tmp_path / "1", two_class, backbone_h5, store=store)
+    assert first["embedding_store"]["computed"] == len(two_ids)
+    assert first["embedding_store"]["reused"] == 0
+    _, second, _ = _run(tmp_path / "2", three_class, backbone_h5, store=store)
+    assert second["embedding_store"]["computed"] == len(three_ids - two_ids) > 0
+    assert second["embedding_store"]["reused"] == len(three_ids & two_ids)
+    history, third, serving_dir = _run(tmp_path / "3", three_class, backbone_h5, store=store)
+    assert third["embedding_store"] == {**third["embedding_store"], "computed": 0}
+    assert third["embedding_store"]["reused"] == len(three_ids)
+    assert all(np.isfinite(history["loss"]))
+    [partition] = backbones(store)
+    assert partition["rows"] == len(two_ids | three_ids)
+
+    from hoh.data.sources import span_source
+
+    records = list(span_source(str(three_class[0]), 1, ["eval"]))[:6]
+    images, ids = [r.data for r in records], [r.id for r in records]
+    plain = Predictor(serving_dir, embeddings=True).predict(images)
+    stored = Predictor(serving_dir, embeddings=True, embedding_store=store)
+    answer = stored.predict(images, ids)
+    assert stored.store_counts == {"reused": len(images), "computed": 0}
+    assert answer.ok == list(range(len(images)))
+    np.testing.assert_allclose(answer.probabilities, plain.probabilities, atol=1e-5)
+    np.testing.assert_allclose(answer.embeddings, plain.embeddings, atol=1e-4)
+    # An image the store does not know is computed, kept, and found by the next reader.
+    extra = _png_bytes((10, 200, 30))
+    stored.predict([extra, images[0]], ["new-image", ids[0]])
+    stored.flush_store()
+    key = partition["backbone"]
+    assert EmbeddingStore.open(store, key).lookup(["new-image"]).keys() == {"new-image"}
+
+
+def _png_bytes(colour) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 40), colour).save(buf, format="PNG")
+    return buf.getvalue()

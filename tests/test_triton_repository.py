@@ -62,7 +62,7 @@ def test_every_written_config_parses_as_model_config(tmp_path, classes):
         assert (probs.name, probs.data_type, list(probs.dims)) == (
             "probabilities",
             mc.TYPE_FP32,
-            [len(classes)],
+            [-1],  # each served version has its own width (class_names.v<N>)
         )
         assert probs.label_filename == "1/labels.txt"  # inside the version it describes
         assert (label.name, label.data_type, list(label.dims)) == ("label", mc.TYPE_STRING, [1])
@@ -71,6 +71,7 @@ def test_every_written_config_parses_as_model_config(tmp_path, classes):
         assert list(config.version_policy.specific.versions) == [1]
         assert config.response_cache.enable == SETTINGS.response_cache
         assert json.loads(config.parameters["class_names"].string_value) == list(classes)
+        assert json.loads(config.parameters["class_names.v1"].string_value) == list(classes)
         (group,) = config.instance_group
         assert group.count == 2
         (warmup,) = config.model_warmup
@@ -385,8 +386,12 @@ def served_model(model_dir: Path, config_file: str) -> tuple[tuple[str, ...], in
     classes = tuple(info["class_names"])
     probabilities = config.output[0]
     assert tuple((model_dir / probabilities.label_filename).read_text().splitlines()) == classes
-    assert list(probabilities.dims) == [len(classes)]
+    assert list(probabilities.dims) == [-1]
     assert tuple(json.loads(config.parameters["class_names"].string_value)) == classes
+    for version in served:
+        key = f"class_names.v{version}"
+        named = json.loads((model_dir / str(version) / "hoh_push.json").read_text())["class_names"]
+        assert json.loads(config.parameters[key].string_value) == named
     for warmup in config.model_warmup:
         assert (model_dir / "warmup" / warmup.inputs["image_bytes"].input_data_file).is_file()
     return classes, newest

@@ -232,7 +232,7 @@ def test_client_parsing():
             "output": [{"name": "probabilities", "dims": ["2"]}],
         }
     }
-    assert model_info_from_config(grpc_config).class_names == ("class_0", "class_1")
+    assert model_info_from_config(grpc_config).names_for("1", 2) == ("class_0", "class_1")
     (p,) = predictions_from_outputs(np.array([[0.25, 0.75]]), ["dog"], ("cat", "dog"))
     assert (p.label, p.probability, p.probabilities) == ("dog", 0.75, {"cat": 0.25, "dog": 0.75})
 
@@ -342,11 +342,12 @@ def test_server_is_ready_with_model_metadata(served):
     assert meta["versions"] == ["1"]
     assert meta["inputs"] == [{"name": "image_bytes", "datatype": "BYTES", "shape": [-1, 1]}]
     assert {o["name"]: (o["datatype"], o["shape"]) for o in meta["outputs"]} == {
-        "probabilities": ("FP32", [-1, len(CLASSES_V1)]),
+        "probabilities": ("FP32", [-1, -1]),  # the width is each version's (class_names.v<N>)
         "label": ("BYTES", [-1, 1]),
     }
     info = served.client().model_info()
     assert (info.class_names, info.max_batch_size) == (CLASSES_V1, MAX_BATCH)
+    assert info.versions == (("1", CLASSES_V1),)
 
 
 @pytest.mark.e2e

@@ -12,6 +12,11 @@ without embeddings: sampling then ranks by uncertainty alone and drift skips the
 
 A batch containing one image TensorFlow cannot decode fails as a whole; it is then re-run image
 by image so only the bad ones are dropped, each with its reason.
+
+With an embedding store (hoh/data/embeddings.py) and the images' content ids, an image whose
+embedding the store holds for this model's backbone skips decoding and the backbone: only the
+head runs on the stored vector. New embeddings are added to the store in parts of
+`STORE_PART_ROWS`; callers call `flush_store()` when done so the last part is written.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from hoh.errors import HohError
+
+STORE_PART_ROWS = 1024
 
 SERVING_DIR_CANDIDATES = (
     "",
@@ -90,7 +97,12 @@ def _backbone_output(model: Any) -> Any:
 class Predictor:
     """Loads a model once; `predict(list_of_bytes)` per batch."""
 
-    def __init__(self, model_path: str | Path, embeddings: bool = True):
+    def __init__(
+        self,
+        model_path: str | Path,
+        embeddings: bool = True,
+        embedding_store: Optional[str] = None,
+    ):
         import tensorflow as tf
 
         self.serving_dir = find_serving_dir(model_path)
@@ -99,8 +111,12 @@ class Predictor:
         self.image_size = int(info["image_size"])
         self.note = ""
         self._run = None
+        self._store = None
+        self._head = None
+        self._pending: tuple[list[str], list[np.ndarray]] = ([], [])
+        self.store_counts = {"reused": 0, "computed": 0}
         if embeddings:
-            self._run = self._keras_runner(tf)
+            self._run = self._keras_runner(tf, embedding_store)
         if self._run is None:
             self._run = self._signature_runner(tf)
         self.has_embeddings = self._embeds
@@ -111,7 +127,7 @@ class Predictor:
         path = self.serving_dir
         return path.parent.name if path.name in SERVING_DIR_CANDIDATES else path.name
 
-    def _keras_runner(self, tf: Any) -> Any:
+    def _keras_runner(self, tf: Any, embedding_store: Optional[str]) -> Any:
         import tf_keras as keras
 
         from hoh.autograph import exempt_tf_keras
@@ -136,7 +152,39 @@ class Predictor:
             return to_probabilities(outputs, num_classes), embeddings
 
         self._embeds = True
+        if embedding_store:
+            self._open_store(tf, model, embedding_store, both.outputs[0].shape[-1])
         return run
+
+    def _open_store(self, tf: Any, model: Any, root: str, dim: int) -> None:
+        """The store for this model's backbone, and the head alone to run on stored vectors."""
+        from hoh.data.embeddings import BackboneId, EmbeddingStore, weights_sha256
+        from hoh.trainer.export import to_probabilities
+        from hoh.trainer.model import HEAD_NAME, backbone_of
+
+        try:
+            head = model.get_layer(HEAD_NAME)
+            backbone = backbone_of(model)
+        except (ValueError, StopIteration):
+            self.note = "no embedding store: the model has no separate head and backbone"
+            return
+        info = json.loads(_read_extra(self.serving_dir, MODEL_INFO_FILE))
+        self._store = EmbeddingStore.open(
+            root,
+            BackboneId(
+                weights_sha256=weights_sha256(backbone.get_weights()),
+                image_size=self.image_size,
+                alpha=float(info.get("alpha", 1.0)),
+                dim=int(dim),
+            ),
+        )
+        num_classes = len(self.class_names)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, int(dim)], tf.float32)])
+        def run_head(vectors):
+            return to_probabilities(head(vectors, training=False), num_classes)
+
+        self._head = run_head
 
     def _signature_runner(self, tf: Any) -> Any:
         loaded = tf.saved_model.load(str(self.serving_dir))
@@ -160,7 +208,57 @@ class Predictor:
             None if embeddings is None else np.asarray(embeddings, dtype=np.float32),
         )
 
-    def predict(self, images: Sequence[bytes]) -> Prediction:
+    def predict(self, images: Sequence[bytes], ids: Optional[Sequence[str]] = None) -> Prediction:
+        """Probabilities (and embeddings) of `images`; `ids` (their content hashes) let the
+        embedding store answer for the images it knows."""
+        if self._store is None or ids is None or not images:
+            return self._predict(images)
+        if len(ids) != len(images):
+            raise ValueError(f"{len(ids)} ids for {len(images)} images")
+        known = self._store.lookup(ids)
+        hits = [i for i, image_id in enumerate(ids) if image_id in known]
+        misses = [i for i, image_id in enumerate(ids) if image_id not in known]
+        computed = self._predict([images[i] for i in misses])
+        self._remember([ids[misses[j]] for j in computed.ok], computed.embeddings)
+        rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        if hits:
+            vectors = np.stack([known[ids[i]] for i in hits])
+            probabilities = np.asarray(self._head(vectors), dtype=np.float32)
+            rows.update({i: (probabilities[k], vectors[k]) for k, i in enumerate(hits)})
+        for row, j in enumerate(computed.ok):
+            rows[misses[j]] = (computed.probabilities[row], computed.embeddings[row])
+        self.store_counts["reused"] += len(hits)
+        ok = sorted(rows)
+        width = len(self.class_names)
+        return Prediction(
+            np.stack([rows[i][0] for i in ok]) if ok else np.zeros((0, width), np.float32),
+            np.stack([rows[i][1] for i in ok]) if ok else None,
+            ok=ok,
+            failed={misses[j]: reason for j, reason in computed.failed.items()},
+        )
+
+    def _remember(self, ids: list[str], vectors: Optional[np.ndarray]) -> None:
+        if not ids or vectors is None:
+            return
+        seen = set(self._pending[0])
+        for image_id, vector in zip(ids, vectors):
+            if image_id not in seen:
+                seen.add(image_id)
+                self._pending[0].append(image_id)
+                self._pending[1].append(vector)
+        if len(self._pending[0]) >= STORE_PART_ROWS:
+            self.flush_store()
+
+    def flush_store(self) -> None:
+        """Write the embeddings computed since the last flush to the store (one part)."""
+        ids, vectors = self._pending
+        if self._store is None or not ids:
+            return
+        self._store.add(ids, np.stack(vectors))
+        self.store_counts["computed"] += len(ids)
+        self._pending = ([], [])
+
+    def _predict(self, images: Sequence[bytes]) -> Prediction:
         import tensorflow as tf
 
         if not images:

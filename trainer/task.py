@@ -21,6 +21,7 @@ import hoh  # noqa: F401  (TF_USE_LEGACY_KERAS before tf_keras/tensorflow)
 from hoh import features
 from hoh.config import (
     ConfigError,
+    EmbeddingsConfig,
     ModelConfig,
     TrainingConfig,
     TransformConfig,
@@ -99,28 +100,42 @@ def _lr_schedule(kind: str, learning_rate: float, epochs: int) -> list:
     return []
 
 
+_TRAINER_KEYS = ("model", "training", "embeddings", "image_size", "materialize")
+
+
 def parse_trainer_config(
     config: Dict[str, Any],
-) -> tuple[ModelConfig, TrainingConfig, TransformConfig]:
+) -> tuple[ModelConfig, TrainingConfig, TransformConfig, EmbeddingsConfig]:
     """The Trainer's custom_config (factory.trainer_config + image_size/materialize) as the typed
     config sections: their defaults and checks are the only ones, also for a Kubeflow run whose
-    `trainer_config` parameter was edited by hand."""
-    unknown = sorted(set(config) - {"model", "training", "image_size", "materialize"})
+    `trainer_config` parameter was edited by hand. `embeddings.store` arrives resolved (a path
+    or null), never `auto`: only the pipeline knows the data root."""
+    unknown = sorted(set(config) - set(_TRAINER_KEYS))
     if unknown:
         raise ConfigError(
-            f"trainer_config: unknown key(s) {unknown}; expected model, training, "
-            "image_size, materialize"
+            f"trainer_config: unknown key(s) {unknown}; expected {', '.join(_TRAINER_KEYS)}"
         )
     transform = {k: config[k] for k in ("image_size", "materialize") if k in config}
+    embeddings = parse_section(
+        EmbeddingsConfig, config.get("embeddings", {"store": None}), "trainer_config.embeddings"
+    )
+    if embeddings.store == "auto":
+        raise ConfigError(
+            "trainer_config.embeddings.store: give a path or null; `auto` is resolved against the "
+            "data root when the pipeline is built"
+        )
     return (
         parse_section(ModelConfig, config.get("model", {}), "trainer_config.model"),
         parse_section(TrainingConfig, config.get("training", {}), "trainer_config.training"),
         parse_section(TransformConfig, transform, "trainer_config"),
+        embeddings,
     )
 
 
 def run_fn(fn_args) -> None:
-    model_cfg, train_cfg, transform_cfg = parse_trainer_config(fn_args.custom_config or {})
+    model_cfg, train_cfg, transform_cfg, embeddings_cfg = parse_trainer_config(
+        fn_args.custom_config or {}
+    )
     image_size, materialized = transform_cfg.image_size, transform_cfg.materialize
     seed, batch_size = train_cfg.seed, train_cfg.batch_size
     keras.utils.set_random_seed(seed)
@@ -164,18 +179,44 @@ def run_fn(fn_args) -> None:
         epochs=epochs, class_weight=class_weight, callbacks=callbacks + schedule, verbose=0
     )
     cached = train_cfg.cache_backbone_features and features_cache.applies(spec)
+    store_counts = None
+    store = None
+    if cached and embeddings_cfg.store:
+        if materialized:
+            logging.info(
+                "Embedding store not used: transform.materialize=true drops the image ids it is "
+                "keyed by"
+            )
+        else:
+            store = features_cache.open_store(embeddings_cfg.store, model, spec, logging.info)
     if cached:
         logging.info("Frozen backbone, no augmentation: fitting the head on cached features")
         head = model.get_layer(model_lib.HEAD_NAME)
         model_lib.compile_model(head, spec, spec.learning_rate)
-        with features_cache.feature_cache(model) as cache:
-            history = head.fit(
-                cache.features(train_ds, shuffle=True, seed=seed, batch_size=batch_size),
-                validation_data=cache.features(
-                    eval_ds, shuffle=False, seed=seed, batch_size=batch_size
-                ),
-                **fit_args,
+        if store is not None:
+            stored = features_cache.StoredFeatures(model, store, image_size, batch_size)
+            train_features = stored.features(
+                fn_args.train_files, class_names, shuffle=True, seed=seed
             )
+            eval_features = stored.features(
+                fn_args.eval_files, class_names, shuffle=False, seed=seed
+            )
+            store_counts = stored.counts.as_dict()
+            logging.info(
+                "Embedding store: %d image(s) reused, %d computed and added",
+                stored.counts.reused,
+                stored.counts.computed,
+            )
+            history = head.fit(train_features, validation_data=eval_features, **fit_args)
+        else:
+            with features_cache.feature_cache(model) as cache:
+                history = head.fit(
+                    cache.features(train_ds, shuffle=True, seed=seed, batch_size=batch_size),
+                    validation_data=cache.features(
+                        eval_ds, shuffle=False, seed=seed, batch_size=batch_size
+                    ),
+                    **fit_args,
+                )
     else:
         history = model.fit(train_ds, validation_data=eval_ds, **fit_args)
     fit_seconds = time.monotonic() - fit_started
@@ -209,6 +250,7 @@ def run_fn(fn_args) -> None:
                 "epochs": epochs,
                 "class_weights": balance_reason,
                 "cached_features": cached,
+                "embedding_store": store_counts,
             },
             f,
         )

@@ -32,6 +32,8 @@ def _profile(source: ImageSource, what: str, predictor, reducer, echo: Echo) -> 
         embed=predictor.predict if predictor is not None else None,
         reducer=reducer if predictor is not None else None,
     )
+    if predictor is not None:
+        predictor.flush_store()
     if profile.rows == 0:
         raise HohError(
             f"{what} {source.description}: no usable image "
@@ -74,10 +76,12 @@ def check_drift(
     model_path: Optional[str] = None,
     echo: Echo = lambda line: None,
     context: Optional[dict] = None,
+    embedding_store: Optional[str] = None,
 ) -> dict:
     """Compare `current` with `reference`; writes report.html (+ embeddings.html) and
     summary.json into `out_dir` and returns the summary. `context`: facts about the caller to
-    record in summary.json (the pipeline notes whether the verdict holds the push)."""
+    record in summary.json (the pipeline notes whether the verdict holds the push).
+    `embedding_store`: reuse and keep the model's backbone embeddings there."""
     settings = settings or DriftConfig()
     if reference is None:
         return no_reference(
@@ -89,10 +93,13 @@ def check_drift(
     if model_path:
         from hoh.trainer.predictor import Predictor
 
-        predictor = Predictor(model_path, embeddings=True)
+        predictor = Predictor(model_path, embeddings=True, embedding_store=embedding_store)
         if not predictor.has_embeddings:
             notes.append(predictor.note)
             predictor = None
+        elif predictor.note:  # embeddings, but no store: say why
+            notes.append(predictor.note)
+    embedder = predictor if embedding_store else None
     reducer = ReducedEmbeddings(settings.embedding_components, settings.embedding_fit_rows)
     ref = _profile(reference, "reference", predictor, reducer, echo)
     if predictor is not None and reducer.projection is None:
@@ -132,5 +139,8 @@ def check_drift(
         files=files + [report.SUMMARY_FILE],
     )
     summary.update(context or {})
+    summary["embedding_store"] = (
+        {"store": embedding_store, **embedder.store_counts} if embedder is not None else None
+    )
     report.write_summary(out_dir, summary)
     return summary

@@ -35,7 +35,15 @@ def _run(args: argparse.Namespace) -> int:
     splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
     reference = resolve_path(args.reference, splits, "reference")
     current = resolve_path(args.current, splits, "current")
-    summary = check_drift(current, reference, args.out, settings, args.model, echo=print)
+    summary = check_drift(
+        current,
+        reference,
+        args.out,
+        settings,
+        args.model,
+        echo=print,
+        embedding_store=args.embedding_store,
+    )
     for line in summary_lines(summary):
         print(line)
     print(f"report: {args.out}/report.html, summary: {args.out}/summary.json")
@@ -62,6 +70,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="a hoh model (Trainer output, SavedModel or Triton "
         "version directory): adds the embedding test",
+    )
+    drift.add_argument(
+        "--embedding-store",
+        metavar="DIR",
+        help="reuse and keep the model's backbone embeddings there (hoh embeddings list)",
     )
     drift.add_argument(
         "--splits",

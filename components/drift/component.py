@@ -37,9 +37,11 @@ def DriftCheck(
     data_root: Parameter[str] = "",
     drift_config: Parameter[str] = "{}",
     blocks_push: Parameter[int] = 0,
+    embedding_store: Parameter[str] = "",
 ) -> None:
     """`drift_config`: the config's `drift` section as JSON (`hoh.config.DriftConfig`), the one
-    place its defaults live; a KFP run can override it as one parameter."""
+    place its defaults live; a KFP run can override it as one parameter. `embedding_store`:
+    where backbone embeddings are reused and kept ("" = none)."""
     import logging
 
     from hoh import features
@@ -73,6 +75,7 @@ def DriftCheck(
         model_path,
         echo=logging.info,
         context={BLOCKS_PUSH: bool(blocks_push)},
+        embedding_store=embedding_store or None,
     )
     for line in summary_lines(summary):
         logging.info("hoh-drift: %s", line)

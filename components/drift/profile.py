@@ -98,7 +98,8 @@ class Profile:
         return frame
 
 
-Embed = Callable[[list[bytes]], Any]  # -> hoh.trainer.predictor.Prediction
+# (encoded images, their content ids) -> hoh.trainer.predictor.Prediction
+Embed = Callable[[list[bytes], list[str]], Any]
 
 
 def build_profile(
@@ -124,7 +125,7 @@ def build_profile(
     def flush() -> None:
         if not pending:
             return
-        prediction = embed([r.data for r, _ in pending])
+        prediction = embed([r.data for r, _ in pending], [r.id for r, _ in pending])
         for position, reason in sorted(prediction.failed.items()):
             profile.skip(pending[position][0].source, reason)
         for position in prediction.ok:

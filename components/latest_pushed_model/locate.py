@@ -39,8 +39,4 @@ def served_class_names(model_repository: str, model_name: str) -> Optional[list[
     versions = repository.served_versions(model_dir) or repository.list_versions(model_dir)
     if not versions:
         return None
-    labels = join(model_dir, str(max(versions)), repository.LABELS_FILE)
-    if not _exists(labels):
-        return None
-    text = fs_for(labels).read_bytes(labels).decode("utf-8")
-    return [line for line in text.splitlines() if line.strip()]
+    return repository.version_class_names(model_dir, max(versions))

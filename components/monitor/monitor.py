@@ -4,7 +4,13 @@ The one entry point of `hoh monitor` (and of any scheduler that calls it as a jo
 delegated to the code that owns it, so traffic is judged exactly as a new span is:
 - input drift: `check_drift` of the drift component, the window standing in for the current span;
 - prediction drift: `predictions.py`, against the model's predictions on its eval split;
-- the labelling batch: `sample_pool` of the sampler, the window standing in for the pool.
+- the labelling batch: `sample_pool` of the sampler, the window standing in for the pool;
+- service health: `service.py`, from the gateway's audit log over the same days;
+- online accuracy: `accuracy.py`, the captures joined with the labels fed back to the gateway.
+
+The verdict names the first problem of drift, accuracy_low, slo_breached (each one is also a
+flag in `checks`, and a series in the textfile, since several can hold at once); without any,
+insufficient_data when too few images were served, else ok.
 
 Files in `out_dir`: summary.json (written last: a directory with one is complete),
 input_drift/ (the drift check's own report.html, embeddings.html, summary.json),
@@ -19,11 +25,13 @@ import time
 from datetime import datetime, timedelta, timezone
 from datetime import time as clock
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from hoh import features
 from hoh.components.monitor import predictions as preds
-from hoh.components.monitor import prom
+from hoh.components.monitor import prom, trigger
+from hoh.components.monitor.accuracy import online_accuracy
+from hoh.components.monitor.service import health, read_requests
 from hoh.components.monitor.window import Window
 from hoh.config import DriftConfig, MonitorConfig, SamplingConfig
 from hoh.errors import UsageError
@@ -33,6 +41,7 @@ INPUT_DRIFT_DIR = "input_drift"
 PREDICTION_REPORT = "prediction_drift.html"
 REFERENCE_PREDICTIONS = "reference_predictions.json"
 LABEL_BATCH_DIR = "label_batch"
+RETRAIN_LOG = "retrain.log"
 SCHEMA_VERSION = 1
 TRITON_SAVEDMODEL = "model.savedmodel"
 
@@ -110,15 +119,26 @@ def run_monitor(
     reference_predictions: Optional[str] = None,
     textfile_dir: Optional[str] = None,
     echo: Echo = lambda line: None,
+    audit_dirs: Sequence[str | Path] = (),
+    now: Optional[float] = None,
+    launcher: Optional[trigger.Launcher] = None,
 ) -> dict:
     """Judge `window` (served by the model at `model_path`) against `reference` (a data root,
-    span or image folder: the data the model knows); writes the files listed above into
-    `out_dir` and returns the summary."""
+    span or image folder: the data the model knows) and, with `audit_dirs`, the gateway's
+    service health over the same days; writes the files listed above into `out_dir` and
+    returns the summary. `now` (UNIX seconds, default the clock) ends a window still running;
+    `launcher` starts the retraining command of `monitor.on_alert` (tests pass a fake one)."""
     from hoh.components.drift.check import check_drift
     from hoh.data.sources import resolve_path
     from hoh.trainer.predictor import Predictor
 
+    now = time.time() if now is None else now
     out = Path(out_dir)
+    state = Path(config.trigger_state)
+    state = state if state.is_absolute() else out.resolve().parent / state
+    if config.on_alert != "none":  # a bad setting or state file fails before the work
+        trigger.command(config.on_alert, config.trigger_args)
+        trigger.read_state(state)
     out.mkdir(parents=True, exist_ok=True)
     reference_source = resolve_path(reference, features.SPLITS, "reference")
     counts, reasons, notes = window.counts(), [], []
@@ -131,8 +151,16 @@ def run_monitor(
             "monitor them with their own model"
         )
     predictor = None
-    if len(window.served) < config.min_images:
-        verdict = "insufficient_data"
+    start = datetime.combine(window.since, clock(), tzinfo=timezone.utc).timestamp()
+    end = datetime.combine(window.until + timedelta(days=1), clock(), tzinfo=timezone.utc)
+    service = None
+    if audit_dirs:
+        requests = read_requests(audit_dirs, start, end.timestamp(), window.model)
+        seconds = min(end.timestamp(), now) - start
+        service = health(requests, seconds, config.latency_p95_objective_ms, config.max_error_rate)
+    insufficient = len(window.served) < config.min_images
+    drifted = False
+    if insufficient:
         reasons.append(
             f"{len(window.served)} usable served image(s) of version {window.version} in the "
             f"window, fewer than monitor.min_images={config.min_images}"
@@ -146,7 +174,7 @@ def run_monitor(
             )
         )
         counts["undecodable"] = len(input_drift["skipped"])
-        reasons += input_drift["reasons"]
+        drift_reasons = list(input_drift["reasons"])
         files.append(f"{INPUT_DRIFT_DIR}/")
         predictor = Predictor(model_path, embeddings=sampling.diversity)
         if config.prediction_drift:
@@ -154,12 +182,26 @@ def run_monitor(
                 window, reference, reference_predictions, predictor, config, drift, out, echo
             )
             notes += prediction_drift.pop("notes")
-            reasons += preds.reasons(prediction_drift)
+            drift_reasons += preds.reasons(prediction_drift)
             files += [PREDICTION_REPORT] + (
                 [] if reference_predictions else [REFERENCE_PREDICTIONS]
             )
-        verdict = "drift" if reasons else "ok"
-    if verdict != "ok" and config.label_batch and window.served:
+        drifted = bool(drift_reasons)
+        reasons += drift_reasons
+    reasons += service["reasons"] if service else []
+    accuracy = online_accuracy(window, config.min_accuracy, config.min_feedback)
+    reasons += accuracy["reasons"] if accuracy else []
+    checks = {
+        "drift": drifted,
+        "accuracy_low": bool(accuracy and accuracy["accuracy_low"]),
+        "slo_breached": bool(service and service["slo_breached"]),
+    }
+    verdict = next((name for name, hit in checks.items() if hit), None)
+    verdict = verdict or ("insufficient_data" if insufficient else "ok")
+    # The model's answers are in question (or unknown): label what it was least sure about.
+    # A slow or failing service alone is not the model's fault.
+    needs_labels = insufficient or checks["drift"] or checks["accuracy_low"]
+    if needs_labels and config.label_batch and window.served:
         from hoh.components.sampling.sample import read_ids, sample_pool
 
         predictor = predictor or Predictor(model_path, embeddings=sampling.diversity)
@@ -178,10 +220,23 @@ def run_monitor(
             **{k: batch[k] for k in ("selected", "scored", "strategy")},
         }
         files.append(f"{LABEL_BATCH_DIR}/")
-    end = datetime.combine(window.until + timedelta(days=1), clock(), tzinfo=timezone.utc)
+    fired = trigger.maybe_fire(
+        checks,
+        reasons,
+        verdict,
+        config.on_alert,
+        config.trigger_args,
+        config.cooldown_hours,
+        state,
+        out / RETRAIN_LOG,
+        now,
+        launcher,
+    )
+    files += [RETRAIN_LOG] if fired and (out / RETRAIN_LOG).exists() else []
     summary = {
         "schema_version": SCHEMA_VERSION,
         "verdict": verdict,
+        "checks": checks,
         "reasons": reasons,
         "window": {
             "captures": str(window.root),
@@ -196,7 +251,10 @@ def run_monitor(
         "problems": window.problems(),
         "input_drift": input_drift,
         "prediction_drift": prediction_drift,
+        "service": service,
+        "online_accuracy": accuracy,
         "label_batch": batch,
+        "trigger": fired,
         "notes": notes,
         "files": files,
     }
@@ -266,7 +324,48 @@ def summary_lines(summary: dict) -> list[str]:
             + " (named in summary.json 'problems')"
         )
     lines += [f"  note: {note}" for note in summary["notes"]]
+    if summary.get("service"):
+        lines.append("  " + service_line(summary["service"]))
+    if summary.get("online_accuracy"):
+        lines.append("  " + accuracy_line(summary["online_accuracy"]))
+    fired = summary.get("trigger")
+    if fired and fired["fired"]:
+        lines.append(
+            f"  retraining started ({fired['mode']}, because {', '.join(fired['why'])}): "
+            f"log {fired['log']}, recorded in {fired['state']}"
+        )
+    elif fired:
+        lines.append(f"  retraining not started: {fired.get('skipped') or fired.get('error')}")
     if summary["label_batch"]:
         b = summary["label_batch"]
         lines.append(f"  labelling batch: {b['selected']} images in {b['dir']}/label_studio.json")
     return lines
+
+
+def service_line(service: dict) -> str:
+    def ms(value: Optional[float]) -> str:
+        return "-" if value is None else f"{value:.0f}"
+
+    if not service["requests"]:
+        return "service: no predict request in the gateway's audit log for the window"
+    latency = "/".join(ms(service["latency_ms"][k]) for k in ("p50", "p95", "p99"))
+    rate = service["request_rate"]
+    per_second = "-" if rate is None else f"{rate:.3g}"  # None: a window not begun yet
+    return (
+        f"service: {service['requests']} predict requests ({per_second}/s), "
+        f"5xx {service['error_ratio']:.1%}, p50/p95/p99 {latency} ms "
+        f"(objective p95 <= {service['objective_p95_ms']:.0f} ms)"
+    )
+
+
+def accuracy_line(result: dict) -> str:
+    if not result["labels"]:
+        return (
+            f"online accuracy: none of {result['labelled_images']} fed-back label(s) is for a "
+            "capture of this window"
+        )
+    judged = "" if result["judged"] else f", too few to judge (< {result['min_labels']})"
+    return (
+        f"online accuracy: {result['accuracy']:.1%} on {result['labels']} fed-back labels"
+        f"{judged} (threshold {result['min_accuracy']:.0%})"
+    )

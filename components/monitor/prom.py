@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Optional
 
-VERDICTS = ("ok", "drift", "insufficient_data")
+VERDICTS = ("ok", "drift", "accuracy_low", "slo_breached", "insufficient_data")
 
 _HELP = {
     "hoh_monitor_verdict": "Verdict of the last monitor run: 1 on the series of that verdict.",
@@ -25,6 +25,17 @@ _HELP = {
     "hoh_monitor_problems": "Captures left out of the last run, by kind.",
     "hoh_monitor_mean_confidence": "Mean top-class probability, by side.",
     "hoh_monitor_class_share": "Share of each predicted class, by side.",
+    "hoh_monitor_slo_breached": "1 when the window broke the p95 latency or error objective.",
+    "hoh_monitor_accuracy_low": "1 when online accuracy is below monitor.min_accuracy.",
+    "hoh_monitor_requests": "Predict requests the gateway's audit log recorded in the window.",
+    "hoh_monitor_request_rate": "Predict requests per second over the window.",
+    "hoh_monitor_error_ratio": "Share of the window's predict requests answered 5xx.",
+    "hoh_monitor_latency_seconds": "Latency of the window's successful predict requests.",
+    "hoh_monitor_latency_objective_seconds": "The p95 latency objective (monitor config).",
+    "hoh_monitor_feedback_labels": "Feedback labels matched to served predictions of the window.",
+    "hoh_monitor_online_accuracy": "Accuracy of the served predictions on the feedback labels.",
+    "hoh_monitor_class_precision": "Per-class precision on the feedback labels.",
+    "hoh_monitor_class_recall": "Per-class recall on the feedback labels.",
     "hoh_monitor_window_end_timestamp_seconds": "End of the last window monitored (UTC).",
     "hoh_monitor_last_run_timestamp_seconds": "When the last monitor run finished.",
 }
@@ -59,7 +70,11 @@ def samples(summary: dict, finished: float) -> list[Sample]:
         ("hoh_monitor_verdict", {**base, "verdict": v}, float(summary["verdict"] == v))
         for v in VERDICTS
     ]
-    out.append(("hoh_monitor_drift_detected", base, float(summary["verdict"] == "drift")))
+    checks = summary.get("checks") or {}
+    out.append(("hoh_monitor_drift_detected", base, float(bool(checks.get("drift")))))
+    out.append(("hoh_monitor_slo_breached", base, float(bool(checks.get("slo_breached")))))
+    out.append(("hoh_monitor_accuracy_low", base, float(bool(checks.get("accuracy_low")))))
+    out += _service(summary.get("service"), base) + _accuracy(summary.get("online_accuracy"), base)
     drift = summary.get("input_drift") or {}
     out.append(("hoh_monitor_input_drift_share", base, drift.get("drifted_share")))
     out.append(("hoh_monitor_embedding_mmd", base, (drift.get("embeddings") or {}).get("value")))
@@ -78,6 +93,36 @@ def samples(summary: dict, finished: float) -> list[Sample]:
             out.append(("hoh_monitor_problems", {**base, "kind": kind}, count))
     out.append(("hoh_monitor_window_end_timestamp_seconds", base, summary["window"]["end_ts"]))
     out.append(("hoh_monitor_last_run_timestamp_seconds", base, finished))
+    return out
+
+
+def _service(service: Optional[dict], base: dict) -> list[Sample]:
+    if not service:
+        return []
+    out: list[Sample] = [
+        ("hoh_monitor_requests", base, service["requests"]),
+        ("hoh_monitor_request_rate", base, service["request_rate"]),
+        ("hoh_monitor_error_ratio", base, service["error_ratio"]),
+        ("hoh_monitor_latency_objective_seconds", base, service["objective_p95_ms"] / 1000),
+    ]
+    for name, ms in service["latency_ms"].items():  # p50 -> quantile="0.5"
+        quantile = str(int(name[1:]) / 100)
+        value = None if ms is None else ms / 1000
+        out.append(("hoh_monitor_latency_seconds", {**base, "quantile": quantile}, value))
+    return out
+
+
+def _accuracy(result: Optional[dict], base: dict) -> list[Sample]:
+    if not result:
+        return []
+    out: list[Sample] = [
+        ("hoh_monitor_feedback_labels", base, result["labels"]),
+        ("hoh_monitor_online_accuracy", base, result["accuracy"]),
+    ]
+    for name, figures in (result.get("per_class") or {}).items():
+        for which in ("precision", "recall"):
+            labels = {**base, "class": name}
+            out.append((f"hoh_monitor_class_{which}", labels, figures.get(which)))
     return out
 
 

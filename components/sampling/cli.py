@@ -48,7 +48,9 @@ def _run_sample(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise HohError(str(exc)) from None
-    predictor = Predictor(args.model, embeddings=settings.diversity)
+    predictor = Predictor(
+        args.model, embeddings=settings.diversity, embedding_store=args.embedding_store
+    )
     bar = Progress("scored", unit="images")
     try:
         summary = sample_pool(
@@ -121,6 +123,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a hoh model: Trainer output, SavedModel or Triton version directory",
     )
     sample.add_argument("--pool", required=True, metavar="DIR", help="unlabeled images")
+    sample.add_argument(
+        "--embedding-store",
+        metavar="DIR",
+        help="reuse and keep the model's backbone embeddings there (with diversity)",
+    )
     sample.add_argument("--k", type=int, help="images to select (default: sampling.k, 50)")
     sample.add_argument("--out", required=True, metavar="DIR", help="new or empty output directory")
     sample.add_argument(

@@ -61,6 +61,7 @@ def ActiveLearningSampler(
     from_name: Parameter[str] = DEFAULT_FROM_NAME,
     to_name: Parameter[str] = DEFAULT_TO_NAME,
     url_prefix: Parameter[str] = DEFAULT_URL_PREFIX,
+    embedding_store: Parameter[str] = "",
 ) -> None:
     import logging
     import os
@@ -114,7 +115,9 @@ def ActiveLearningSampler(
         to_name=to_name,
         url_prefix=url_prefix,
     )
-    predictor = Predictor(model_uri, embeddings=settings.diversity)
+    predictor = Predictor(
+        model_uri, embeddings=settings.diversity, embedding_store=embedding_store or None
+    )
     summary = sample_pool(pool_source, predictor, samples.uri, settings, exclude, echo=logging.info)
     for line in summary_lines(summary):
         logging.info("hoh-sampling: %s", line)

@@ -81,7 +81,7 @@ def _score_pool(
     batch: list[ImageRecord] = []
 
     def flush() -> None:
-        prediction = predictor.predict([r.data for r in batch])
+        prediction = predictor.predict([r.data for r in batch], [r.id for r in batch])
         for position, reason in sorted(prediction.failed.items()):
             scan.skipped.append({"source": batch[position].source, "reason": reason})
         scores = (
@@ -171,6 +171,7 @@ def sample_pool(
     keep = settings.k * (settings.candidates_factor if diversity else 1)
     echo(f"scoring {pool.description} ({settings.strategy}, k={settings.k})")
     scan, best = _score_pool(pool, predictor, settings, exclude_ids, keep, echo, progress)
+    predictor.flush_store()
     scores = [s for s, _, _ in best]
     embeddings = np.stack([p[3] for _, _, p in best]) if diversity and best else None
     order = scoring.select(scores, settings.k, embeddings, candidates=len(best))

@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import os
 import struct
-from typing import Sequence
+from typing import Mapping, Optional, Sequence
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from hoh.components.triton_pusher.settings import ServingModelInfo, TritonPushSettings
+from hoh.components.triton_pusher.settings import PushError, ServingModelInfo, TritonPushSettings
+from hoh.serving.triton_model import CLASS_NAMES_KEY, class_names_key
 
 CONFIG_FILE = "config.pbtxt"
 GPU_CONFIG_FILE = "configs/gpu.pbtxt"
@@ -35,24 +36,53 @@ def warmup_data(image: bytes) -> bytes:
     return struct.pack("<I", len(image)) + image
 
 
+def class_name_parameters(
+    served: Sequence[int], names: Mapping[int, Sequence[str]]
+) -> dict[str, str]:
+    """`parameters` naming the classes of every served version, and `class_names` the newest's.
+
+    One config serves every pinned version and Triton has no per-version output, so each
+    version's names travel under their own key (`class_names.v<N>`); clients label an answer
+    with the names of the version that gave it. A served version without names is refused: a
+    client would have to guess them.
+    """
+    missing = [v for v in served if v not in names]
+    if missing:
+        raise PushError(
+            f"no class names for served version(s) {', '.join(map(str, missing))}: "
+            f"their {LABELS_FILE} is missing; the config cannot name their classes"
+        )
+    out = {class_names_key(v): json.dumps(list(names[v])) for v in sorted(served)}
+    if served:
+        out[CLASS_NAMES_KEY] = out[class_names_key(max(served))]
+    return out
+
+
 def build_model_config(
     settings: TritonPushSettings,
     info: ServingModelInfo,
     kind: int = mc.ModelInstanceGroup.KIND_CPU,
     served: Sequence[int] = (),
+    names: Optional[Mapping[int, Sequence[str]]] = None,
 ) -> mc.ModelConfig:
     """The ModelConfig proto of the served model (built as a proto, so it always parses).
 
     `served` pins the versions Triton serves, which makes config.pbtxt the one file whose
-    replacement publishes a push (see the module docstring); the labels are those of the newest
-    of them, read from inside its version directory. Without `served` (a config rendered for
-    inspection only) the newest `versions_to_serve` versions are served.
+    replacement publishes a push (see the module docstring). `names` holds each served
+    version's class names (default: `info`'s for every one); the probabilities are
+    variable-width, since served versions may have different class counts, and
+    `label_filename` (Triton's classification extension, which has one label file for all
+    versions) points into the newest version only while every served version has its classes.
+    Without `served` (a config rendered for inspection only) the newest `versions_to_serve`
+    versions are served.
     """
     if served:
         policy = mc.ModelVersionPolicy(
             specific=mc.ModelVersionPolicy.Specific(versions=sorted(served))
         )
-        labels = f"{max(served)}/{LABELS_FILE}"
+        names = dict(names) if names is not None else {v: info.class_names for v in served}
+        same = len({tuple(names.get(v, ())) for v in served}) == 1
+        labels = f"{max(served)}/{LABELS_FILE}" if same else ""
     else:
         policy = mc.ModelVersionPolicy(
             latest=mc.ModelVersionPolicy.Latest(num_versions=settings.versions_to_serve)
@@ -68,7 +98,7 @@ def build_model_config(
             mc.ModelOutput(
                 name=PROBABILITIES_NAME,
                 data_type=mc.TYPE_FP32,
-                dims=[info.num_classes],
+                dims=[-1],  # each version's own class count (`class_names.v<N>`)
                 label_filename=labels,
             ),
             mc.ModelOutput(name=LABEL_NAME, data_type=mc.TYPE_STRING, dims=[1]),
@@ -82,7 +112,11 @@ def build_model_config(
     )
     parameters = {
         # Read by clients through the model-config API to name the probability columns.
-        "class_names": json.dumps(list(info.class_names)),
+        **(
+            class_name_parameters(served, names)
+            if served
+            else {CLASS_NAMES_KEY: json.dumps(list(info.class_names))}
+        ),
         # Read by model.py; edit config.pbtxt to change them without a new push.
         "max_image_bytes": str(settings.max_image_bytes),
         "max_image_pixels": str(settings.max_image_pixels),
@@ -113,7 +147,10 @@ def parse_model_config(text: str) -> mc.ModelConfig:
 
 
 def model_level_files(
-    settings: TritonPushSettings, info: ServingModelInfo, served: Sequence[int]
+    settings: TritonPushSettings,
+    info: ServingModelInfo,
+    served: Sequence[int],
+    names: Optional[Mapping[int, Sequence[str]]] = None,
 ) -> dict[str, bytes]:
     """The configs pinning `served`, in write order: replacing config.pbtxt publishes a push.
 
@@ -121,7 +158,9 @@ def model_level_files(
     the two leaves a GPU server on the new model and a CPU server on the old one, never a mix.
     """
     return {
-        rel: render_model_config(build_model_config(settings, info, kind, served)).encode("utf-8")
+        rel: render_model_config(build_model_config(settings, info, kind, served, names)).encode(
+            "utf-8"
+        )
         for rel, kind in (
             (GPU_CONFIG_FILE, mc.ModelInstanceGroup.KIND_GPU),
             (CONFIG_FILE, mc.ModelInstanceGroup.KIND_CPU),

@@ -32,6 +32,7 @@ from hoh.components.triton_pusher.model_config import (
 )
 from hoh.components.triton_pusher.onnx_export import IMAGE_NAME
 from hoh.components.triton_pusher.settings import ServingModelInfo, TritonPushSettings
+from hoh.serving.triton_model import CLASS_NAMES_KEY
 
 STOCK_CONFIG_FILE = "configs/stock.pbtxt"
 PREPROCESS_SUFFIX = "_preprocess"
@@ -48,6 +49,12 @@ def preprocess_name(settings: TritonPushSettings) -> str:
 
 def classifier_name(settings: TritonPushSettings) -> str:
     return settings.model_name + CLASSIFIER_SUFFIX
+
+
+def _drop_class_names(config: mc.ModelConfig) -> None:
+    """Class names are the ensemble's to announce; a step's copy would only go stale."""
+    for key in [k for k in config.parameters if k.split(".")[0] == CLASS_NAMES_KEY]:
+        del config.parameters[key]
 
 
 def _image_io(image_size: int, cls):
@@ -94,8 +101,8 @@ def preprocess_config(
     config.output.append(_image_io(image_size, mc.ModelOutput))
     config.instance_group[0].count = settings.preprocess_instance_count
     config.response_cache.enable = False  # the ensemble caches whole answers
-    for key in ("class_names", "intra_op_threads"):
-        del config.parameters[key]
+    _drop_class_names(config)
+    del config.parameters["intra_op_threads"]
     config.parameters["image_size"].string_value = str(image_size)
     return config
 
@@ -113,7 +120,8 @@ def classifier_config(
     config.ClearField("input")
     config.input.append(_image_io(image_size, mc.ModelInput))
     config.response_cache.enable = False
-    for key in ("class_names", "max_images_per_request", "max_request_bytes", *_PREPROCESS_ONLY):
+    _drop_class_names(config)
+    for key in ("max_images_per_request", "max_request_bytes", *_PREPROCESS_ONLY):
         del config.parameters[key]
     config.ClearField("model_warmup")
     warmup = config.model_warmup.add(name="zeros", batch_size=1)
@@ -127,6 +135,8 @@ def classifier_config(
         return config
     config.backend = ""
     config.platform = "onnxruntime_onnx"
+    # The native backend compares the declared width with the graph's, which a wildcard fails.
+    config.output[0].dims[:] = [info.num_classes]
     # The native backend produces `label` as [N, 1] like the python one (the graph reshapes it).
     del config.parameters["intra_op_threads"], config.parameters["cpu_instances_beside"]
     # onnxruntime_backend's own knob; "0" lets onnxruntime pick (one thread per core).

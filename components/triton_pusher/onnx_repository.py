@@ -24,7 +24,8 @@ are loaded between pushes. Failing before the ensemble's config is replaced, eve
 file written is put back and every new version directory removed, as in `repository.py`.
 
 The ensemble serves one version: its steps are pinned for all its versions at once, so two
-served ensemble versions would be the same model. Older versions of all three stay on disk
+served ensemble versions would be the same model (and two class sets are never served at once
+under one ensemble: docs/MULTICLASS.md). Older versions of all three stay on disk
 (`versions_to_keep`) for a rollback by editing the configs. Pushing the other flavour into the
 same repository replaces `NAME/config.pbtxt` the same way, so a flavour switch is atomic too.
 """

@@ -3,7 +3,8 @@
 Layout of one model (`REPO/MODEL_NAME/`):
 
     config.pbtxt            python backend, KIND_CPU, dynamic batching, warmup; pins the served
-                            versions (`version_policy { specific }`): the publishing file
+                            versions (`version_policy { specific }`) and names the classes of
+                            each (`class_names.v<N>`): the publishing file
     configs/gpu.pbtxt       the same with KIND_GPU (`tritonserver --model-config-name=gpu`)
     warmup/image_bytes      4-byte little-endian length + the encoded sample image
     N/model.py              copy of hoh/serving/triton_model.py
@@ -32,8 +33,10 @@ Why it is written this way:
   the new version directory is removed, so the served versions keep the config they were
   loaded with.
 - Deleting versions beyond `versions_to_keep` only stops the disk from growing and keeps a few
-  for rollback: edit `specific { versions: [...] }` in config.pbtxt (and the `N/labels.txt` it
-  names) to serve an older one.
+  for rollback (`rollback.republish`, a push of the old model).
+- The served versions may have different classes (a class was added): the config names each
+  version's classes from its own `N/labels.txt`, so a client labels an answer with the names of
+  the version that gave it (docs/MULTICLASS.md).
 - Each push changes config.pbtxt (the pinned version). Triton loads the new version in the
   background and unloads the old one once it is ready, so the switch has no downtime in poll
   mode (tests/test_triton_serving.py checks it with a client asking throughout).
@@ -186,6 +189,31 @@ def list_versions(model_dir: str) -> list[int]:
     versions = _version_dirs(fs_for(model_dir), model_dir)
     served = served_versions(model_dir)
     return [v for v in versions if v <= max(served)] if served else versions
+
+
+def version_class_names(model_dir: str, version: int) -> Optional[list[str]]:
+    """The class names in version `version`'s own labels.txt, or None when it has none."""
+    fs = fs_for(model_dir)
+    path = join(model_dir, str(version), LABELS_FILE)
+    if not fs.exists(path):
+        return None
+    return [line for line in fs.read_bytes(path).decode("utf-8").splitlines() if line.strip()]
+
+
+def served_class_names(
+    model_dir: str, served: Sequence[int], known: dict[int, Sequence[str]]
+) -> dict[int, Sequence[str]]:
+    """Class names of every version in `served`: `known`, else each version's labels.txt.
+
+    Versions that keep being served beside a new one keep their own names in the new config.
+    """
+    names = dict(known)
+    for version in served:
+        if version not in names:
+            found = version_class_names(model_dir, version)
+            if found is not None:
+                names[version] = found
+    return names
 
 
 def _unpublished_is_stale(fs, version_dir: str, host: str) -> bool:
@@ -384,7 +412,8 @@ def push_model(
         version = _publish(fs, staging, model_dir)
         _checkpoint("renamed version in")
         served = (versions + [version])[-settings.versions_to_serve :]
-        for rel, data in model_level_files(settings, info, served).items():
+        names = served_class_names(model_dir, served, {version: info.class_names})
+        for rel, data in model_level_files(settings, info, served, names).items():
             _write_tracked(join(model_dir, rel), data, written)  # config.pbtxt last: published
     except BaseException:
         fs.rmtree(staging)

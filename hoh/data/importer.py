@@ -30,6 +30,7 @@ An existing span is never overwritten: a span is immutable once the pipeline may
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import shutil
@@ -57,7 +58,7 @@ from hoh.errors import HohError, RunFailed, UsageError
 
 DEFAULT_EVAL_RATIO = 0.2
 FIRST_SPAN = 1
-REPORT_NAME = "import_report.json"
+REPORT_NAME = features.IMPORT_REPORT
 
 # progress(stage, done, total): stage is "check" or "write".
 Progress = Callable[[str, int, int], None]
@@ -234,6 +235,9 @@ def plan_labeled(
     `good` holds (id, label) of the images to write; `hoh ingest` seals spans with it too.
     """
     per_class = Counter(label for _, label in good)
+    clashes = features.class_name_collisions(sorted(per_class))
+    if clashes:
+        raise HohError(f"import source {report.src}: {clashes[0]}. Nothing was written.")
     report.classes = sorted(per_class)
     report.empty_classes = [c for c in class_dirs if c not in per_class]
     if len(report.classes) < 2:
@@ -385,6 +389,27 @@ def _write_span(
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _check_against_earlier_spans(out_dir: Path, span: int, class_dirs: list[str]) -> None:
+    """A class folder spelt differently from a class of the latest earlier span ("Horses" after
+    "horses") would become a new class beside the old one; refused before reading any image."""
+    earlier = [s for s in features.list_spans(out_dir) if s < span]
+    if not earlier:
+        return
+    try:
+        report = json.loads(
+            (features.span_dir(out_dir, earlier[-1]) / REPORT_NAME).read_text(encoding="utf-8")
+        )
+        known = [str(c) for c in report.get("classes") or []]
+    except (OSError, ValueError, AttributeError):
+        return  # an unlabeled or foreign span: nothing to compare with
+    new = [c for c in class_dirs if c not in known]
+    for message in features.class_name_collisions(known + new):
+        raise HohError(
+            f"class folders vs span {earlier[-1]} of {out_dir}: {message} (or rename the class "
+            "of the earlier spans). Nothing was written."
+        )
+
+
 def import_images(
     src: str | Path,
     out_dir: str | Path,
@@ -421,6 +446,8 @@ def import_images(
             f"import source {src} has no class folders: expected SRC/<class>/<image>, e.g. "
             f"{src}/horses/1.png (for images without labels use --unlabeled)"
         )
+    if not unlabeled:
+        _check_against_earlier_spans(out_dir, span, scan.class_dirs)
     good, rejected, duplicates = _check_files(scan.files, max_pixels, progress)
     report = ImportReport(  # absolute paths: the report outlives the shell it was run from
         src=str(src.absolute()),

@@ -9,9 +9,10 @@ named at `close()`; the whole split directory is still private to the import at 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from hoh import features
+from hoh.errors import HohError
 
 DEFAULT_SHARD_BYTES = 64 * 1024 * 1024
 # PNG and JPEG are already compressed: level 1 costs little CPU and the other features still
@@ -104,3 +105,31 @@ class ShardedWriter:
             path.rename(target)
             final.append(target)
         return final
+
+
+def record_dataset(file_patterns: Sequence[str]) -> Any:
+    """A tf.data dataset of the serialized examples in every gzip TFRecord file matching."""
+    import tensorflow as tf
+
+    files = sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
+    if not files:
+        raise HohError(f"no example files match {list(file_patterns)}")
+    return tf.data.TFRecordDataset(files, compression_type="GZIP")
+
+
+def read_ids_labels(file_patterns: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Every example's content id and label ("" when absent), without decoding any image: the
+    embedding store is keyed by the id, so a warm store never needs the pixels."""
+    import tensorflow as tf
+
+    spec = {
+        features.ID_KEY: tf.io.FixedLenFeature([], tf.string, default_value=""),
+        features.LABEL_KEY: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    }
+    ids: list[str] = []
+    labels: list[str] = []
+    batches = record_dataset(file_patterns).batch(1024).map(lambda r: tf.io.parse_example(r, spec))
+    for batch in batches:
+        ids.extend(v.decode() for v in batch[features.ID_KEY].numpy())
+        labels.extend(v.decode() for v in batch[features.LABEL_KEY].numpy())
+    return ids, labels

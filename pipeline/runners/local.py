@@ -53,10 +53,12 @@ def local_pusher_factory(cfg: HohConfig) -> Optional[Callable[..., Any]]:
 
 def build_local_pipeline(cfg: HohConfig, data_root: str, echo: Callable[[str], None] = print):
     span = factory.resolve_span(data_root, cfg.data.span)
-    classes = factory.resolve_classes(cfg, factory.detect_classes(data_root, span))
     from hoh.components.latest_pushed_model.locate import served_class_names
 
     served = served_class_names(cfg.model_repository, cfg.push.model_name)
+    report = factory.read_import_report(data_root, span)
+    classes = factory.resolve_classes(cfg, list(report["classes"]), served)
+    factory.check_eval_images(report, classes, echo)
     compare, why_not = factory.compare_with_baseline(cfg, classes, served)
     if why_not:
         echo(f"evaluation: {why_not}")

@@ -29,6 +29,7 @@ class RunSummary:
     drift: Optional[dict] = None  # DriftCheck's summary.json
     sampling: Optional[dict] = None  # ActiveLearningSampler's summary.json
     class_weights: Optional[str] = None  # the Trainer's class-weight decision and its reason
+    embedding_store: Optional[dict] = None  # the Trainer's store use: store, reused, computed
 
     def lines(self) -> List[str]:
         out = []
@@ -43,6 +44,12 @@ class RunSummary:
             out.append(f"metrics (eval split): {shown}")
         if self.class_weights:
             out.append(f"class weights: {self.class_weights}")
+        if self.embedding_store:
+            e = self.embedding_store
+            out.append(
+                f"embedding store: {e['reused']} image(s) reused, {e['computed']} computed "
+                f"({e['store']})"
+            )
         if self.blessed is not None:
             against = "against the last blessed model" if self.has_baseline else "no baseline yet"
             if self.blessed:
@@ -155,7 +162,9 @@ def summarize(metadata_path: str, components: List[ComponentRun]) -> RunSummary:
         if kind == "ExampleStatistics":
             summary.example_counts = _example_counts(artifact.uri)
         elif kind == "ModelRun":
-            summary.class_weights = _training_facts(artifact.uri).get("class_weights")
+            facts = _training_facts(artifact.uri)
+            summary.class_weights = facts.get("class_weights")
+            summary.embedding_store = facts.get("embedding_store")
         elif kind == "ModelBlessing":
             summary.blessed = artifact.custom_properties["blessed"].int_value == 1
         elif kind == "ModelEvaluation":

@@ -8,6 +8,7 @@ are JSON bodies `{"error": {"code", "message"}, "request_id"}` and never a trace
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import time
@@ -22,18 +23,20 @@ from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
 from hoh.config import GatewayConfig
-from hoh.serving.client import plan_requests, predictions_from_outputs
+from hoh.serving.client import ClassNamesMissing, plan_requests, predictions_from_outputs
 from hoh.serving.gateway import auth, bodies
 from hoh.serving.gateway import cache as cache_mod
 from hoh.serving.gateway.audit import AuditLog, record_for
 from hoh.serving.gateway.capture import Capture, Capturer
 from hoh.serving.gateway.errors import ApiError
+from hoh.serving.gateway.feedback import FeedbackError, FeedbackStore, parse_label
 from hoh.serving.gateway.metrics import GatewayMetrics
 from hoh.serving.gateway.settings import CACHE_PASSWORD_ENV, secret
 from hoh.serving.gateway.triton import ServedModel, TritonBackend
 
 log = logging.getLogger("hoh.gateway")
 CLIENT_CLOSED = 499  # nginx's code for "the client closed the connection"
+FEEDBACK_MAX_BYTES = 4096  # one label; anything longer is not one
 
 
 @dataclass
@@ -67,6 +70,7 @@ class Gateway:
         self.verifier: Optional[auth.Verifier] = None
         self.audit: Optional[AuditLog] = None
         self.capturer: Optional[Capturer] = None
+        self.feedback: Optional[FeedbackStore] = None
 
     async def start(self) -> None:
         s = self.settings
@@ -105,6 +109,8 @@ class Gateway:
             self.audit = AuditLog(
                 s.audit_dir, s.audit_fsync_batch, s.audit_anchor_every, s.audit_max_bytes
             )
+        if s.capture_dir:
+            self.feedback = FeedbackStore(s.capture_dir)
         if s.capture_dir and s.capture_rate > 0:
             self.capturer = Capturer(
                 s.capture_dir,
@@ -230,8 +236,9 @@ class Gateway:
         )
         self.metrics.triton_latency.labels(served.name).observe(time.perf_counter() - start)
         out = []
-        for probabilities, labels in parts:
-            for p in predictions_from_outputs(probabilities, labels, info.class_names):
+        for probabilities, labels, version in parts:
+            names = await self._names(served, version, int(probabilities.shape[-1]))
+            for p in predictions_from_outputs(probabilities, labels, names, version):
                 out.append(
                     {
                         "class": p.label,
@@ -240,6 +247,18 @@ class Gateway:
                     }
                 )
         return out
+
+    async def _names(self, served: ServedModel, version: str, width: int) -> tuple[str, ...]:
+        """The class names of the version that answered: read the config again once when it
+        does not name it (pushed since), then a 502 rather than another version's names."""
+        try:
+            return served.info.names_for(version, width)
+        except ClassNamesMissing:
+            fresh = await self.backend.served(served.name, served.version, refresh=True)
+        try:
+            return fresh.info.names_for(version, width)
+        except ClassNamesMissing as exc:
+            raise ApiError(502, "class_names_missing", str(exc)) from None
 
     async def _classify(self, served: ServedModel, images: list[bytes], digests: list[str]):
         keys = [cache_mod.cache_key(d, served.name, served.version) for d in digests]
@@ -323,6 +342,25 @@ class Gateway:
                     Capture(request_id, i, served.name, served.version, data, digest, result, now)
                 )
 
+    async def record_feedback(self, request: Request, outcome: Outcome):
+        """Keep one true class for a served image (serving/gateway/feedback.py)."""
+        if self.feedback is None:
+            raise ApiError(
+                404,
+                "feedback_disabled",
+                "feedback is kept beside the captures: start the gateway with --capture-dir",
+            )
+        limit = FEEDBACK_MAX_BYTES
+        bodies.check_declared_length(request.headers.get("content-length"), limit)
+        body = await bodies.read_capped(request.stream(), limit)
+        try:
+            label = parse_label(json.loads(body or b"null"))
+        except ValueError as exc:  # FeedbackError, or JSON that does not parse
+            what = str(exc) if isinstance(exc, FeedbackError) else f"not JSON: {exc}"
+            raise ApiError(400, "bad_feedback", what[:300]) from None
+        await asyncio.to_thread(self.feedback.append, label, outcome.request_id)
+        return {"stored": label}
+
     async def models(self):
         out = []
         for name in self.settings.models:
@@ -333,7 +371,9 @@ class Gateway:
                         "name": name,
                         "versions": list(served.versions),
                         "version": served.version,
-                        "classes": list(served.info.class_names),
+                        "classes": list(dict(served.info.versions).get(served.version, ()))
+                        or list(served.info.class_names),
+                        "classes_by_version": {v: list(names) for v, names in served.info.versions},
                     }
                 )
             except ApiError as exc:
@@ -396,6 +436,13 @@ def create_app(settings: GatewayConfig) -> FastAPI:
         """Classify one image (raw body) or several (multipart, one file per image)."""
         return await gateway.handle(
             request, "predict", "predict", lambda o: gateway.predict(request, model, version, o)
+        )
+
+    @app.post("/v1/feedback")
+    async def feedback(request: Request):
+        """The true class of an image the gateway served: {"request_id", "index", "class"}."""
+        return await gateway.handle(
+            request, "feedback", "feedback", lambda o: gateway.record_feedback(request, o)
         )
 
     @app.get("/v1/models")

@@ -26,7 +26,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from hoh.errors import UsageError
 
-PERMISSIONS = ("predict", "models:read", "admin")
+PERMISSIONS = ("predict", "models:read", "feedback", "admin")
 _KEY_TYPES = {"RS256": "RSA", "ES256": "EC"}
 
 

@@ -124,9 +124,11 @@ class GatewayImageClient:
         except self._httpx.HTTPError as exc:
             raise ServerUnavailable(f"the gateway {self.url} failed: {exc}") from None
         if response.status_code == 200:
+            body = response.json()
+            version = str(body.get("version", ""))
             return [
-                Prediction(p["class"], float(p["probability"]), p["probabilities"])
-                for p in response.json()["predictions"]
+                Prediction(p["class"], float(p["probability"]), p["probabilities"], version)
+                for p in body["predictions"]
             ]
         raise self._error(response, sources)
 

@@ -1,8 +1,13 @@
-"""The gateway's Prometheus metrics, in a registry of its own (one per app: tests run several)."""
+"""The gateway's Prometheus metrics, in a registry of its own (one per app: tests run several).
+
+The registry also carries the process collector (`process_cpu_seconds_total`,
+`process_resident_memory_bytes`, ...): a registry of its own would otherwise lose them, and the
+Grafana dashboard (deploy/grafana/) shows the gateway's CPU and memory beside Triton's.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -10,6 +15,7 @@ _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5
 class GatewayMetrics:
     def __init__(self):
         self.registry = r = CollectorRegistry()
+        ProcessCollector(registry=r)
         self.requests = Counter(
             "hoh_gateway_requests",
             "Requests by route, model and status.",

@@ -6,8 +6,9 @@ dynamic batcher put them into one model execution. Nothing is queued or batched 
 
 Which version answers matters for the cache key, so the gateway asks for an explicit version:
 the newest ready one from the model's metadata, refreshed every `info_ttl_s`. Class names and
-limits come from the model config (`class_names`, written by the TritonPusher), read with the
-same parser as the hoh client.
+limits come from the model config (`class_names.v<N>` per served version, written by the
+TritonPusher), read with the same parser as the hoh client; an answer is labelled with the
+names of the version Triton says gave it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from hoh.serving.client import (
     PROBABILITIES_NAME,
     ModelInfo,
     model_info_from_config,
+    response_version,
 )
 from hoh.serving.gateway.errors import ApiError
 
@@ -119,9 +121,10 @@ class TritonBackend:
 
     async def infer(
         self, model: str, version: str, images: Sequence[bytes], indices: Sequence[int] = ()
-    ) -> tuple[np.ndarray, list[str]]:
-        """One Triton request; `indices` are the images' positions in the client's request,
-        so an error names the image the client sent."""
+    ) -> tuple[np.ndarray, list[str], str]:
+        """One Triton request: (probabilities, labels, the version that answered); `indices`
+        are the images' positions in the client's request, so an error names the image the
+        client sent."""
         batch = np.empty((len(images), 1), dtype=np.object_)
         for i, data in enumerate(images):
             batch[i, 0] = data
@@ -145,7 +148,7 @@ class TritonBackend:
                 "failure, or not a hoh model)",
             )
         names = [x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in labels.reshape(-1)]
-        return probabilities, names
+        return probabilities, names, response_version(result) or version
 
     async def close(self) -> None:
         try:

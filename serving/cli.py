@@ -27,7 +27,9 @@ def register(subparsers) -> None:
         "TritonPusher. In poll mode (default) new versions pushed while it runs go live without "
         "a restart.",
     )
-    serve.add_argument("--model-repository", required=True, metavar="DIR")
+    serve.add_argument(
+        "--model-repository", metavar="DIR", help="the repository to serve (required to serve)"
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--http-port", type=int, default=8000)
     serve.add_argument("--grpc-port", type=int, default=8001)
@@ -56,6 +58,18 @@ def register(subparsers) -> None:
     serve.add_argument("--ready-timeout", type=float, default=300.0, metavar="SECONDS")
     serve.add_argument("--log-verbose", type=int, default=0, metavar="LEVEL")
     serve.set_defaults(handler=_serve)
+    tools = serve.add_subparsers(dest="serve_command", metavar="COMMAND")
+    perf = tools.add_parser(
+        "perf-data",
+        help="real images -> perf_analyzer --input-data JSON, and the command to run it",
+        description="Write perf_analyzer's --input-data JSON from real images, link the "
+        "libraries the bundled perf_analyzer lacks, and print the command line "
+        "(docs/SERVING.md, 'perf_analyzer').",
+    )
+    from hoh.serving import perf_data_cli
+
+    perf_data_cli.add_arguments(perf)
+    perf.set_defaults(handler=perf_data_cli.run)
 
     predict = subparsers.add_parser(
         "predict",
@@ -101,7 +115,11 @@ def _raise_terminated(signum, frame):
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from hoh.errors import UsageError
     from hoh.serving.server import TritonServer
+
+    if not args.model_repository:
+        raise UsageError("hoh serve: --model-repository DIR is required")
 
     server = TritonServer(
         args.model_repository,

@@ -1,6 +1,6 @@
 """Real images as `perf_analyzer --input-data`, and the libraries its bundled binary lacks.
 
-    python -m hoh.serving.perf_data_cli DIR_OR_IMAGES... --out perf-data.json [--lib-dir DIR]
+    hoh serve perf-data DIR_OR_IMAGES... --out perf-data.json [--lib-dir DIR]
     LD_LIBRARY_PATH=DIR:... perf_analyzer -m hoh -u 127.0.0.1:8000 --input-data perf-data.json \\
         --concurrency-range 1:8:2      (the exact line is printed)
 

@@ -6,6 +6,7 @@ parse and agree with the names, ports and metrics hoh and Triton use.
 from __future__ import annotations
 
 import ast
+import json
 import re
 import subprocess
 import sys
@@ -264,9 +265,9 @@ def test_perf_analyzer_runs_against_the_onnx_flavour(served_metrics_server, tmp_
         (images / f"{i}.png").write_bytes(make_image(i))
     out = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "hoh.serving.perf_data_cli",
+            str(Path(sys.executable).with_name("hoh")),
+            "serve",
+            "perf-data",
             str(images),
             "--out",
             str(tmp_path / "perf.json"),
@@ -309,3 +310,21 @@ def test_perf_analyzer_runs_against_the_onnx_flavour(served_metrics_server, tmp_
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "Composing models" in result.stdout and "hoh_classifier" in result.stdout
+
+
+def test_hoh_serve_perf_data_writes_the_input_data_and_serve_still_needs_a_repository(
+    tmp_path, capsys
+):
+    from tiny_model import make_image
+
+    from hoh.cli import main
+
+    (tmp_path / "a.png").write_bytes(make_image(1))
+    out = tmp_path / "perf.json"
+    assert main(["serve", "perf-data", str(tmp_path / "a.png"), "--out", str(out)]) == 0
+    [item] = json.loads(out.read_text())["data"]
+    assert "perf_analyzer -m hoh -u 127.0.0.1:8000" in capsys.readouterr().out
+    assert item["image_bytes"]["shape"] == [1]
+    assert main(["serve"]) == 2
+    assert "--model-repository DIR is required" in capsys.readouterr().err
+    assert main(["serve", "perf-data", str(tmp_path), "--out", str(out), "--limit", "-1"]) == 2

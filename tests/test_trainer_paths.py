@@ -198,3 +198,24 @@ def _png_bytes(colour) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (40, 40), colour).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def test_an_unwritable_store_is_reported_and_the_run_computes_every_feature(tmp_path, backbone_h5):
+    """embeddings.store=auto on a data root this process cannot write (here: under a file, which
+    fails for root too): the Trainer says so and trains without a store; the Predictor notes it."""
+    from hoh.trainer import features_cache
+    from hoh.trainer import model as model_lib
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    spec = model_lib.ModelSpec(
+        num_classes=2, image_size=IMAGE_SIZE, alpha=ALPHA, weights=backbone_h5
+    )
+    lines = []
+    store = features_cache.open_store(
+        str(blocker / "embeddings"), model_lib.build_model(spec), spec, lines.append
+    )
+    assert store is None
+    assert (
+        len(lines) == 1 and "cannot be opened" in lines[0] and "computing every feature" in lines[0]
+    )

@@ -169,15 +169,17 @@ class Predictor:
             self.note = "no embedding store: the model has no separate head and backbone"
             return
         info = json.loads(_read_extra(self.serving_dir, MODEL_INFO_FILE))
-        self._store = EmbeddingStore.open(
-            root,
-            BackboneId(
-                weights_sha256=weights_sha256(backbone.get_weights()),
-                image_size=self.image_size,
-                alpha=float(info.get("alpha", 1.0)),
-                dim=int(dim),
-            ),
+        backbone_id = BackboneId(
+            weights_sha256=weights_sha256(backbone.get_weights()),
+            image_size=self.image_size,
+            alpha=float(info.get("alpha", 1.0)),
+            dim=int(dim),
         )
+        try:
+            self._store = EmbeddingStore.open(root, backbone_id)
+        except OSError as exc:  # e.g. a read-only data lake under embeddings.store=auto
+            self.note = f"embedding store {root} not used: cannot open it ({exc})"
+            return
         num_classes = len(self.class_names)
 
         @tf.function(input_signature=[tf.TensorSpec([None, int(dim)], tf.float32)])

@@ -10,9 +10,8 @@ import argparse
 import json
 import signal
 import sys
-from pathlib import Path
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+from hoh.serving.files import IMAGE_SUFFIXES, expand_images
 
 
 class _Terminated(Exception):
@@ -157,27 +156,6 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         server.stop()
         signal.signal(signal.SIGTERM, previous)
-
-
-def expand_images(items: list[str]) -> list[Path]:
-    """Files as given; directories -> their image files (recursive, sorted)."""
-    from hoh.errors import HohError
-
-    paths: list[Path] = []
-    for item in items:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            )
-            if not found:
-                raise HohError(f"no {'/'.join(IMAGE_SUFFIXES)} files under {path}")
-            paths.extend(found)
-        elif path.is_file():
-            paths.append(path)
-        else:
-            raise HohError(f"{path} does not exist")
-    return paths
 
 
 def _open_client(args: argparse.Namespace):

@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hoh.serving.cli import expand_images
+    from hoh.serving.files import expand_images
     from hoh.serving.installation import find_installation
 
     if args.limit < 0:

@@ -31,7 +31,6 @@ from hoh.components.triton_pusher import repository
 from hoh.serving import command, installation, process
 from hoh.serving import server as srv
 from hoh.serving import triton_model as tm
-from hoh.serving.cli import expand_images
 from hoh.serving.client import (
     ClientError,
     InvalidImage,
@@ -41,6 +40,7 @@ from hoh.serving.client import (
     normalize_url,
     predictions_from_outputs,
 )
+from hoh.serving.files import expand_images
 
 CLASSES_V1 = ("human", "horse")
 CLASSES_V2 = ("cat", "dog", "horse")

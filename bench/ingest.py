@@ -9,10 +9,12 @@ it publishes the real 300x300 PNGs of ../shared/datasets/horse-or-human/train as
 messages (scale k sends k distinct copies of each image: a `tEXt` chunk is added to the PNG, so
 the bytes and content hash differ while decoding costs the same), then, in the same run:
 
-- raw: a second durable consumer fetches and acknowledges every message, nothing else;
+- raw: a second durable consumer fetches and acknowledges every message, nothing else (in
+  this process, whose CPU time over it is measured too);
 - ingest: `hoh ingest` (the real command, a child process; its peak RSS is measured) checks,
   writes, fsyncs and acknowledges every message; its own `busy` time (first message fetched to
-  last batch acknowledged) gives the rate, without TensorFlow's start-up;
+  last batch acknowledged) gives the rate, without TensorFlow's start-up, and its CPU time over
+  that span the CPU per message (steadier than the rate on a machine other work shares);
 - seal: `hoh ingest seal` publishes the span.
 
 Both consumers start from the same stored stream, so the ratio ingest/raw is the cost of the
@@ -42,7 +44,9 @@ sys.path.insert(0, str(REPO))
 from bench.measure import run_measured  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "horse-or-human" / "train"
-_SUMMARY = re.compile(r"^consumed (\d+) in ([\d.]+) s \((\d+)/s\): written (\d+)")
+_SUMMARY = re.compile(
+    r"^consumed (\d+) in ([\d.]+) s \((\d+)/s\): written (\d+).* ([\d.]+) ms CPU per message$"
+)
 
 
 def _free_port() -> int:
@@ -92,24 +96,26 @@ async def _publish(url: str, stream: str, images, scale: int) -> tuple[int, int,
     return count, size, time.monotonic() - started
 
 
-async def _raw_consume(url: str, stream: str, expected: int, batch: int) -> float:
-    """Seconds from the first message to the last acknowledgement, fetching as ingest does."""
+async def _raw_consume(url: str, stream: str, expected: int, batch: int) -> tuple[float, float]:
+    """Seconds from the first message to the last acknowledgement, fetching as ingest does, and
+    the CPU seconds this process spent meanwhile."""
     from hoh.config import IngestConfig
     from hoh.data.stream.factory import open_broker
 
     config = IngestConfig(consumer="bench-raw", batch_size=batch)
     broker = open_broker(url, stream, config)
     await broker.connect()
-    got, first = 0, None
+    got, first, first_cpu = 0, None, 0.0
     try:
         while got < expected:
             deliveries = await broker.fetch(batch, 5.0)
             if not deliveries:
                 raise SystemExit(f"raw consumer stalled at {got} of {expected} messages")
-            first = first or time.monotonic()
+            if first is None:
+                first, first_cpu = time.monotonic(), time.process_time()
             await broker.ack(deliveries)
             got += len(deliveries)
-        return time.monotonic() - first
+        return time.monotonic() - first, time.process_time() - first_cpu
     finally:
         await broker.close()
 
@@ -126,10 +132,35 @@ async def _delete(url: str, stream: str) -> None:
         await broker.close()
 
 
+def check_cost(images, sample: int = 200) -> dict:
+    """CPU ms per image of the shared image checks, and of their TensorFlow decode alone.
+
+    This is the floor of what `hoh ingest` spends per message besides the broker and the disk,
+    measured in this process on the same PNGs, so the table's ratio can be read against it.
+    """
+    import hoh  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+    from hoh.data.images import DEFAULT_MAX_PIXELS, TfDecodeCheck, check_image_bytes
+
+    decode = TfDecodeCheck()
+    bodies = [png for _, _, png in images[:sample]]
+    decode(bodies[0])  # the first call sets TensorFlow's kernel up
+
+    def cpu_ms(check) -> float:
+        started = time.process_time()
+        for body in bodies:
+            check(body)
+        return (time.process_time() - started) / len(bodies) * 1e3
+
+    return {
+        "check_cpu_ms": cpu_ms(lambda body: check_image_bytes(body, DEFAULT_MAX_PIXELS, decode)),
+        "decode_cpu_ms": cpu_ms(decode),
+    }
+
+
 def run_scale(url: str, images, scale: int, work: Path, batch: int) -> dict:
     stream = f"bench-ingest-{scale}x-{os.getpid()}"
     count, size, publish_s = asyncio.run(_publish(url, stream, images, scale))
-    raw_s = asyncio.run(_raw_consume(url, stream, count, batch))
+    raw_s, raw_cpu_s = asyncio.run(_raw_consume(url, stream, count, batch))
     out = work / f"data-{scale}x"
     hoh = str(Path(sys.executable).with_name("hoh"))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -166,7 +197,9 @@ def run_scale(url: str, images, scale: int, work: Path, batch: int) -> dict:
         "mb": size / 1e6,
         "publish_per_s": count / publish_s,
         "raw_per_s": count / raw_s,
+        "raw_cpu_ms_per_message": raw_cpu_s / count * 1e3,
         "ingest_per_s": count / busy_s,
+        "ingest_cpu_ms_per_message": float(summary.group(5)),
         "ingest_mb_per_s": size / 1e6 / busy_s,
         "ratio": raw_s / busy_s,
         "ingest_wall_s": ingest.seconds,
@@ -178,14 +211,17 @@ def run_scale(url: str, images, scale: int, work: Path, batch: int) -> dict:
 def table(rows: list[dict]) -> str:
     lines = [
         "| stream | messages (MB) | publish /s | raw consume /s | `hoh ingest` /s (MB/s) | "
-        "ingest / raw | ingest wall s (incl. start-up) | ingest peak RSS | seal s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "ingest / raw | CPU ms/message raw, ingest | ingest wall s (incl. start-up) | "
+        "ingest peak RSS | seal s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         lines.append(
             f"| {r['scale']}x | {r['messages']} ({r['mb']:.0f}) | {r['publish_per_s']:.0f} | "
             f"{r['raw_per_s']:.0f} | {r['ingest_per_s']:.0f} ({r['ingest_mb_per_s']:.1f}) | "
-            f"{r['ratio']:.2f} | {r['ingest_wall_s']:.1f} | {r['ingest_peak_rss_mb']:.0f} MB | "
+            f"{r['ratio']:.2f} | {r['raw_cpu_ms_per_message']:.2f}, "
+            f"{r['ingest_cpu_ms_per_message']:.2f} | "
+            f"{r['ingest_wall_s']:.1f} | {r['ingest_peak_rss_mb']:.0f} MB | "
             f"{r['seal_s']:.1f} |"
         )
     return "\n".join(lines)
@@ -227,6 +263,7 @@ def main(argv=None) -> int:
         rows = [
             run_scale(url, images, int(s), work, args.batch_size) for s in args.scales.split(",")
         ]
+        cost = check_cost(images)
     finally:
         server.terminate()
         server.wait(30)
@@ -234,11 +271,18 @@ def main(argv=None) -> int:
     load = (load_before, os.getloadavg()[0])
     print(table(rows))
     print(
+        f"\nShared image checks (hoh.data.images.check_image_bytes), in this process: "
+        f"{cost['check_cpu_ms']:.2f} ms CPU per image, of which the TensorFlow decode "
+        f"{cost['decode_cpu_ms']:.2f} ms"
+    )
+    print(
         f"\n1-minute load average: {load[0]:.1f} at start, {load[1]:.1f} at end "
         f"({os.cpu_count()} CPUs)"
     )
     if args.json_out:
-        args.json_out.write_text(json.dumps({"load_average": load, "rows": rows}, indent=2) + "\n")
+        args.json_out.write_text(
+            json.dumps({"load_average": load, "check_cost": cost, "rows": rows}, indent=2) + "\n"
+        )
     return 0
 
 

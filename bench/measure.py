@@ -22,6 +22,9 @@ class Measured:
     peak_rss_mb: float
     returncode: int
     stdout: str
+    # user + system CPU of the child and the children it waited for (a worker process's too):
+    # what the work costs, which a busy shared machine inflates far less than the wall time
+    cpu_s: float = 0.0
 
     def check(self) -> "Measured":
         if self.returncode != 0:
@@ -46,4 +49,5 @@ def run_measured(command: Sequence[str], log: Path, env: dict | None = None) -> 
         usage.ru_maxrss / 1024.0,
         proc.returncode,
         log.read_text(encoding="utf-8", errors="replace"),
+        usage.ru_utime + usage.ru_stime,
     )

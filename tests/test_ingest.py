@@ -400,9 +400,10 @@ def _pause_and_observe(target: Target, tmp_path: Path) -> None:
         wait_for(span.entered.is_set, "the first micro-batch")
         ingestor = running["ingestor"]
         wait_for(lambda: ingestor._queue.full(), "the queue to fill while the disk stalls")
-        # The broker holds the rest: at most the queue plus the batch being written is out.
-        wait_for(lambda: target.pending(config.consumer)[0] == 15, "15 unacknowledged")
-        assert target.pending(config.consumer) == (15, total - 15)
+        # The broker holds the rest: at most the queue, the batch being checked and the batch
+        # being written are out.
+        wait_for(lambda: target.pending(config.consumer)[0] == 20, "20 unacknowledged")
+        assert target.pending(config.consumer) == (20, total - 20)
         wait_for(lambda: ingestor.health is not None, "the health server")
         base = f"http://127.0.0.1:{ingestor.health.port}"
         status, body = _get(base + "/healthz")
@@ -545,3 +546,57 @@ def test_a_message_whose_dead_letter_is_not_stored_is_not_acknowledged(nats_url,
         assert [h[contract.REJECT_KIND] for h, _ in target.dead_letters(2)] == ["not_an_image"] * 2
     finally:
         target.cleanup()
+
+
+@pytest.mark.e2e  # a whole pipeline run (tiny profile)
+def test_hoh_run_trains_on_a_span_sealed_from_the_stream(nats_url, tmp_path):
+    """README's streaming path: `hoh publish`, `hoh ingest` seals a span, `hoh run` trains on it."""
+    import subprocess
+
+    from tests_support.ingest import HOH, REPO, cli_env
+
+    from hoh.config import builtin_config_path, load_config
+    from hoh.data.demo import make_demo_dataset
+    from hoh.pipeline.runners.local import run_local
+
+    images, data = tmp_path / "images", tmp_path / "data"
+    make_demo_dataset(images, per_class=24, size=64, classes=("horses", "humans"))
+    target = Target("nats", nats_url, unique_name("hoh-test-train"))
+
+    def hoh(*args: str) -> str:
+        done = subprocess.run(
+            [*HOH, *args], cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    try:
+        assert "published 48 messages" in hoh("publish", str(images), *target.cli_args())
+        hoh(
+            "ingest",
+            *target.cli_args(),
+            "--out",
+            str(data),
+            "--consumer",
+            unique_name("hoh-test"),
+            "--exit-when-idle",
+            "3",
+            "--seal-on-exit",
+        )
+    finally:
+        target.cleanup()
+    report = json.loads((data / "span-1" / "import_report.json").read_text())
+    assert report["written"] == 48 and report["stream"]["dead_lettered"] == 0
+    cfg = load_config(
+        builtin_config_path("tiny"),
+        [],
+        **{"data.root": str(data), "output_dir": str(tmp_path / "out")},
+    )
+    lines: list[str] = []
+    summary = run_local(cfg, echo=lines.append)
+    assert all(c.status == "done" for c in summary.components), summary.failures
+    assert {"ImportExampleGen", "Transform", "Trainer", "Evaluator"} <= {
+        c.component_id for c in summary.components
+    }
+    assert summary.example_counts == report["split_counts"]  # exactly the sealed span's images
+    assert any(line.strip().startswith("epoch 1:") for line in lines)

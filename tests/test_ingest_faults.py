@@ -1,4 +1,5 @@
-"""`hoh ingest` under faults, on a real NATS JetStream: kills, a broker that goes away, a full disk.
+"""`hoh ingest` under faults, on a real NATS JetStream: kills, a broker that goes away, a full disk,
+two consumers racing on one data root.
 
 The consumer runs as the real command in a subprocess (it is what gets killed); publishing goes
 on from this process meanwhile. Every test ends by sealing and reading every span back: each
@@ -204,6 +205,74 @@ def test_sigkill_at_random_points_loses_nothing_and_stores_nothing_twice(target,
     assert len(features.list_spans(out)) >= 3  # seals happened between (and during) the kills
     assert_exactly_once(out, sent)
     assert target.pending("hoh-test") == (0, 0)
+
+
+def test_two_consumers_share_one_data_root_and_store_each_image_once(target, tmp_path):
+    """Scale-out as docs/INGESTION.md describes it: consumers on one durable consumer, one root.
+
+    Both commit batches into the same open span while seals run from a consumer (by count) and
+    from `hoh ingest seal` beside them; every image must still land in exactly one span.
+    """
+    out = tmp_path / "data"
+    logs = [tmp_path / "ingest-a.log", tmp_path / "ingest-b.log"]
+    publisher = Publisher(target, range(150), pause=0.03)
+    consumers = [
+        start(ingest_command(target, out, "--seal-count", "50"), logs[0]),
+        start(ingest_command(target, out), logs[1]),
+    ]
+    try:
+        # Both loops turn (their first progress line) before the first message is sent.
+        wait_for(
+            lambda: all(p.exists() and "ingest: " in p.read_text() for p in logs),
+            lambda: "both consumers to start\n" + "".join(p.read_text()[-1500:] for p in logs),
+            timeout=120,
+        )
+        publisher.start()
+        wait_for(
+            lambda: out.is_dir() and journal_images(out) >= 20,
+            lambda: "the consumers to write\n" + "".join(p.read_text()[-1500:] for p in logs),
+            timeout=120,
+        )
+        seal = subprocess.run(
+            [*HOH, "ingest", "seal", "--out", str(out)],
+            cwd=REPO,
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert seal.returncode == 0, seal.stdout + seal.stderr
+        sent = publisher.finish()
+        wait_for(
+            lambda: target.pending("hoh-test") == (0, 0),
+            "every message acknowledged",
+            timeout=120,
+        )
+        for proc in consumers:
+            proc.send_signal(signal.SIGTERM)
+        assert [proc.wait(60) for proc in consumers] == [0, 0], "".join(
+            p.read_text()[-3000:] for p in logs
+        )
+    finally:
+        for proc in consumers:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    consumed = [
+        int(line.split()[1])
+        for p in logs
+        for line in p.read_text().splitlines()
+        if line.startswith("consumed ")
+    ]
+    assert len(consumed) == 2 and min(consumed) > 0, consumed  # both took a share
+    assert sum(consumed) >= len(sent)
+    last = Publisher(target, range(150, 180))  # a sealable remainder for the final seal
+    last.start()
+    last.finish()
+    drain_and_seal(target, out, logs[1])
+    assert len(features.list_spans(out)) >= 3  # `hoh ingest seal`, a count seal, the drain
+    assert_exactly_once(out, sent + last.sent)
+    assert not list((out / ".open-span" / "shards").iterdir())  # no shard left behind
 
 
 def _status(url: str) -> int:

@@ -97,7 +97,8 @@ def _run_ingest(args: argparse.Namespace) -> int:
         f"consumed {stats.consumed} in {stats.busy_seconds:.1f} s ({stats.rate:.0f}/s): "
         f"written {stats.written}, rejected {stats.rejected} "
         f"(dead-lettered), duplicates {stats.duplicates}, redelivered {stats.redelivered}; "
-        f"sealed spans {stats.sealed or 'none'}; open span {span.images} images"
+        f"sealed spans {stats.sealed or 'none'}; open span {span.images} images; "
+        f"{stats.cpu_ms_per_message:.2f} ms CPU per message"
     )
     if args.seal_on_exit:
         _seal(span)

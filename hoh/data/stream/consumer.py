@@ -6,8 +6,9 @@ keeps the rest). The writer takes micro-batches from the queue: every message is
 `hoh data import`'s own image checks (`check_message`, a pure function, on a few threads since
 TensorFlow's decoder releases the GIL), refused ones are dead-lettered with the reason, and the
 batch is committed to the open span (hoh.data.stream.openspan) before any of its messages is
-acknowledged. A message the broker delivers again after a crash is recognised by its broker key
-(or its content hash) and only acknowledged.
+acknowledged; the next batch is checked while one is being committed. A message the broker
+delivers again after a crash is recognised by its broker key (or its content hash) and only
+acknowledged.
 
 SIGTERM/SIGINT stop the fetcher; the writer drains what was fetched, commits, acknowledges and
 returns. A failure to write (disk full, permissions) stops the consumer with one error naming
@@ -84,11 +85,17 @@ class Stats:
     lag: Optional[int] = None
     broker_down: bool = False
     busy_seconds: float = 0.0  # first message fetched to last batch acknowledged
+    busy_cpu_seconds: float = 0.0  # CPU time of this process (all threads) over busy_seconds
 
     @property
     def rate(self) -> float:
         """Messages per second while there was work: what one consumer sustains."""
         return self.consumed / self.busy_seconds if self.busy_seconds else 0.0
+
+    @property
+    def cpu_ms_per_message(self) -> float:
+        """What a message costs in CPU: on a shared machine, steadier than the rate."""
+        return self.busy_cpu_seconds / self.consumed * 1e3 if self.consumed else 0.0
 
 
 class Metrics:
@@ -186,6 +193,8 @@ class Ingestor:
         self._first_message: Optional[float] = None
         self._queue: asyncio.Queue[Delivery] = asyncio.Queue(maxsize=config.queue_size)
         self._seal_refused: Optional[str] = None
+        self._fetcher: Optional[asyncio.Task] = None
+        self._first_cpu = 0.0
 
     def stop(self) -> None:
         self._stop.set()
@@ -204,7 +213,7 @@ class Ingestor:
             self.health = HealthServer(self.health_port, self.stats, self.metrics)
             self._say(f"health on http://127.0.0.1:{self.health.port}/healthz and /metrics")
         decode = TfDecodeCheck()
-        fetcher = asyncio.create_task(self._fetch())
+        fetcher = self._fetcher = asyncio.create_task(self._fetch())
         progress = asyncio.create_task(self._progress())
         try:
             with ThreadPoolExecutor(_THREADS) as pool:
@@ -257,6 +266,7 @@ class Ingestor:
                 self._last_message = time.monotonic()
                 if self._first_message is None:
                     self._first_message = self._last_message
+                    self._first_cpu = time.process_time()
                 self.stats.lag = await self.broker.lag()
 
     async def _next_batch(self) -> list[Delivery]:
@@ -280,29 +290,58 @@ class Ingestor:
         )
 
     async def _write(self, pool: ThreadPoolExecutor, decode: TfDecodeCheck) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            if self.health is not None:
-                self.health.beat = time.monotonic()
-            if self._stop.is_set():
-                if self._queue.empty():
-                    return
-                batch = [
-                    self._queue.get_nowait()
-                    for _ in range(min(self._queue.qsize(), self.config.batch_size))
-                ]
-            else:
-                batch = await self._next_batch()
-            if batch:
-                await self._process(batch, pool, loop, decode)
-            await self._maybe_seal()
-            if not batch and self._idle():
-                self._stop.set()
+        """Check batch N+1 while batch N is written, fsynced and acknowledged.
 
-    async def _process(self, deliveries: list[Delivery], pool, loop, decode) -> None:
-        stats, metrics, span = self.stats, self.metrics, self.span
-        fresh = [d for d in deliveries if not span.known_key(d.key)]
-        redelivered = [d for d in deliveries if span.known_key(d.key)]
+        The checks (mostly TensorFlow decoding, off the GIL) and the commit (serializing,
+        writing, fsync) use different resources, so overlapping them is most of what one
+        consumer can gain on a few cores. Batches are still stored one at a time and in order:
+        a batch is classified against the open span only after the previous one is committed,
+        so duplicates across neighbouring batches are caught as before.
+        """
+        loop = asyncio.get_running_loop()
+        storing: Optional[asyncio.Task] = None
+        try:
+            while True:
+                if self.health is not None:
+                    self.health.beat = time.monotonic()
+                if self._fetcher is not None and self._fetcher.done() and not self._stop.is_set():
+                    self._fetcher.result()  # what killed it, rather than idling on an empty queue
+                if self._stop.is_set():
+                    if self._queue.empty():
+                        if storing is not None:
+                            previous, storing = storing, None
+                            await previous
+                        await self._maybe_seal()
+                        break
+                    batch = [
+                        self._queue.get_nowait()
+                        for _ in range(min(self._queue.qsize(), self.config.batch_size))
+                    ]
+                else:
+                    batch = await self._next_batch()
+                if batch:
+                    checked = await self._check(batch, pool, loop, decode)
+                    if storing is not None:
+                        previous, storing = storing, None
+                        try:
+                            await previous
+                        except BaseException:
+                            await self.broker.release(batch)  # checked, never stored
+                            raise
+                    storing = asyncio.create_task(self._store(batch, checked))
+                if storing is not None and (not batch or self._seal_due()):
+                    previous, storing = storing, None
+                    await previous  # a seal takes committed batches only
+                if storing is None:
+                    await self._maybe_seal()
+                if not batch and self._idle():
+                    self._stop.set()
+        finally:
+            if storing is not None:
+                await storing  # its own failure releases its batch and propagates
+
+    async def _check(self, deliveries: list[Delivery], pool, loop, decode) -> list:
+        """Verdicts of the messages not already in the open span (None for those)."""
 
         def check(d: Delivery):
             return check_message(
@@ -313,12 +352,31 @@ class Ingestor:
                 decode=decode,
             )
 
-        verdicts = await asyncio.gather(*(loop.run_in_executor(pool, check, d) for d in fresh))
+        async def none() -> None:
+            return None
+
+        return await asyncio.gather(
+            *(
+                none() if self.span.known_key(d.key) else loop.run_in_executor(pool, check, d)
+                for d in deliveries
+            )
+        )
+
+    async def _store(self, deliveries: list[Delivery], verdicts: list) -> None:
+        stats, metrics, span = self.stats, self.metrics, self.span
+        # Known keys are looked up again: the previous batch may have committed a redelivery.
+        fresh: list[tuple[Delivery, Union[Accepted, Rejected]]] = []
+        redelivered: list[Delivery] = []
+        for delivery, verdict in zip(deliveries, verdicts):
+            if verdict is None or span.known_key(delivery.key):
+                redelivered.append(delivery)
+            else:
+                fresh.append((delivery, verdict))
         batch = Batch(redelivered=len(redelivered))
         acks = list(redelivered)
         unsent: list[Delivery] = []
         held: dict[str, Accepted] = {}
-        for delivery, verdict in zip(fresh, verdicts):
+        for delivery, verdict in fresh:
             stats.consumed += 1
             stats.bytes += len(delivery.body)
             if isinstance(verdict, Rejected):
@@ -362,7 +420,7 @@ class Ingestor:
         stats.duplicates += len(batch.duplicates)
         stats.redelivered += len(redelivered)
         metrics.consumed.inc(len(fresh))
-        metrics.consumed_bytes.inc(sum(len(d.body) for d in fresh))
+        metrics.consumed_bytes.inc(sum(len(d.body) for d, _ in fresh))
         metrics.written.inc(len(batch.images))
         metrics.rejected.inc(len(batch.rejected))
         metrics.duplicates.inc(len(batch.duplicates))
@@ -378,14 +436,18 @@ class Ingestor:
             await self.broker.release(unsent, self.config.retry_seconds)
         if self._first_message is not None:
             stats.busy_seconds = time.monotonic() - self._first_message
+            stats.busy_cpu_seconds = time.process_time() - self._first_cpu
 
-    async def _maybe_seal(self) -> None:
+    def _seal_due(self) -> bool:
         span, config = self.span, self.config
-        due = span.images >= config.seal_count or (
+        return span.images >= config.seal_count or (
             span.images > 0 and span.age_seconds() >= config.seal_age_seconds
         )
-        if not due:
+
+    async def _maybe_seal(self) -> None:
+        if not self._seal_due():
             return
+        span = self.span
         from hoh.errors import HohError
 
         try:

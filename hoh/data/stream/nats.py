@@ -84,7 +84,8 @@ class JetStreamBroker(Broker):
         await self._ensure_stream(self.dead_stream, self.dead_subject)
         config = ConsumerConfig(
             ack_wait=self._config.ack_wait_seconds,
-            max_ack_pending=self._config.queue_size + self._config.batch_size,
+            # The queue, the batch being checked and the batch being written (consumer.py).
+            max_ack_pending=self._config.queue_size + 2 * self._config.batch_size,
         )
         self._sub = await self._js.pull_subscribe(
             self.subject, durable=self._config.consumer, stream=self.stream, config=config
@@ -98,7 +99,7 @@ class JetStreamBroker(Broker):
             await self.subscribe()
         try:
             msgs = await self._sub.fetch(max_messages, timeout=timeout)
-        except nats.errors.TimeoutError:
+        except asyncio.TimeoutError:  # nats-py raises this base class, not only its own subclass
             if not self._nc.is_connected:
                 raise BrokerUnavailable(f"disconnected from {self.url}, reconnecting") from None
             return []

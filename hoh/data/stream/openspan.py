@@ -185,7 +185,8 @@ class OpenSpan:
         """Seconds since the open span's first committed batch (0 when it is empty)."""
         if not self._journals:
             return 0.0
-        first = min(j["committed_unix"] for j in self._journals.values())
+        # list(): a copy taken at once, as a commit on another thread may add a journal.
+        first = min(j["committed_unix"] for j in list(self._journals.values()))
         return max(0.0, (now or time.time()) - first)
 
     def known_key(self, key: str) -> bool:

@@ -12,8 +12,10 @@ slow minute on the shared machine hits both sides alike:
 - a second run in each directory with another setting (`training.epochs=2`: cache hits up to
   the Trainer), off vs on (an existing store: the steady state).
 
-Wall time is the process's (`wait4`); the post-run step's own time is what `hoh run` prints in
-its `tracked: ... (N s)` line. Nothing is downloaded.
+Wall time is the process's (`wait4`), and so is its CPU time (user + system, the tracking
+worker process included): on a shared machine the wall time swings by tens of seconds with
+the other load, the CPU time far less. The post-run step's own time is what `hoh run` prints
+in its `tracked: ... (N s)` line. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -73,10 +75,11 @@ def measure(workdir: Path, repeat: int) -> dict:
                 step = _TRACKED.search(m.stdout)
                 runs[name] = {
                     "run_s": round(m.seconds, 2),
+                    "cpu_s": round(m.cpu_s, 2),
                     "post_run_step_s": float(step.group(1)) if step else None,
                 }
                 print(
-                    f"{name}: {m.seconds:.1f} s"
+                    f"{name}: {m.seconds:.1f} s, CPU {m.cpu_s:.1f} s"
                     + (f" (post-run step {step.group(1)} s)" if step else ""),
                     flush=True,
                 )
@@ -92,10 +95,17 @@ def measure(workdir: Path, repeat: int) -> dict:
             / runs[f"{kind} run, tracking off #{i}"]["run_s"]
             for i in range(repeat)
         ]
+        added_cpu = [
+            runs[f"{kind} run, tracking on #{i}"]["cpu_s"]
+            - runs[f"{kind} run, tracking off #{i}"]["cpu_s"]
+            for i in range(repeat)
+        ]
         summary[kind] = {
             "added_s_median": round(statistics.median(added), 2),
             "added_s": [round(a, 2) for a in added],
             "ratio_on_off_median": round(statistics.median(ratios), 3),
+            "added_cpu_s_median": round(statistics.median(added_cpu), 2),
+            "added_cpu_s": [round(a, 2) for a in added_cpu],
         }
     return {"runs": runs, "summary": summary}
 

@@ -499,6 +499,28 @@ class MonitorConfig(_Section):
         description="Arguments of the retraining run: appended to `hoh run` (local) or to "
         "`hoh kfp submit` (kubeflow), e.g. ['--data', 'data', '--profile', 'real'].",
     )
+    workspace: Optional[str] = Field(
+        "evidently",
+        description="Evidently workspace folder each run adds its snapshots to (the dashboard "
+        "`hoh dashboard` serves), relative to the parent of --out unless absolute (beside the "
+        "runs, like trigger_state); null = none.",
+    )
+    workspace_url: Optional[str] = Field(
+        None,
+        description="A remote Evidently UI (http://host:port) to send the snapshots to instead "
+        "of the workspace folder.",
+    )
+    project: str = Field(
+        "hoh monitoring",
+        min_length=1,
+        description="Evidently project of the runs (created with its panels on first use).",
+    )
+    dashboard_host: str = Field(
+        "127.0.0.1",
+        description="Address `hoh dashboard` binds; loopback unless the UI is meant to be "
+        "reachable from other machines (it has no login).",
+    )
+    dashboard_port: int = Field(8000, ge=1, le=65535, description="Port of `hoh dashboard`.")
 
 
 class IngestConfig(_Section):
@@ -641,6 +663,16 @@ class KubeflowConfig(_Section):
         description="Kubeflow caching: a run with no new span reuses every step (no retrain, "
         "no push).",
     )
+    wait_timeout_s: float = Field(
+        6 * 3600.0,
+        gt=0,
+        description="`hoh kfp submit --wait`: give up waiting for the run after this long "
+        "(the run itself goes on).",
+    )
+    wait_poll_s: float = Field(
+        15.0, gt=0, description="`hoh kfp submit --wait`: how often the run's state is read."
+    )
+    runs_limit: int = Field(20, ge=1, le=1000, description="`hoh kfp runs`: newest runs shown.")
 
     @field_validator("pipeline_root", "data_root", "model_repository")
     @classmethod
@@ -845,6 +877,13 @@ class TrackingConfig(_Section):
     )
     max_retries: int = Field(
         1, ge=0, le=10, description="Retries of a failed request to a tracking server."
+    )
+    bytecode_cache: Optional[str] = Field(
+        "~/.cache/hoh/pycache",
+        description="Where the tracking worker process keeps the bytecode of what it imports "
+        "(MLflow, SQLAlchemy, alembic) when PYTHONDONTWRITEBYTECODE keeps Python from writing it "
+        "beside the sources: without it every run compiles them again (~1.7 s of CPU). "
+        "null = as the environment says.",
     )
 
 

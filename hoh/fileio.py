@@ -67,3 +67,12 @@ def listdir(path: str) -> list[str]:
         return os.listdir(path)
     except (FileNotFoundError, NotADirectoryError):
         return []
+
+
+def exists(path: str) -> bool:
+    """Whether a local path or a tf.io.gfile URI exists."""
+    if is_remote(path):
+        import tensorflow as tf
+
+        return bool(tf.io.gfile.exists(path))
+    return os.path.exists(path)

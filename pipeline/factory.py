@@ -280,12 +280,13 @@ def triton_pusher_factory(cfg: HohConfig, model_repository: str) -> Optional[Cal
     # Imported unguarded: a broken pusher install must fail the run, not silently skip the push.
     from hoh.components.triton_pusher.component import TritonPusher
 
-    def make(model, model_blessing):
+    def make(model, model_blessing, examples=None):
         return TritonPusher(
             model=model,
             model_blessing=model_blessing,
             model_repository=model_repository,
             push_config=cfg.push,
+            examples=examples,  # its eval split's predictions: the monitor's baseline
         )
 
     return make

@@ -116,7 +116,8 @@ def create_components(
     embedding_store: Optional[str] = None,
 ) -> Dict[str, Any]:
     """The components by id, in DAG order; `pusher`, when given, is a callable
-    `(model, model_blessing) -> component` so pushers stay pluggable (Triton, filesystem...).
+    `(model, model_blessing, examples) -> component` so pushers stay pluggable (Triton,
+    filesystem...); TritonPusher records the model's predictions on the examples' eval split.
 
     `classes`: class names in id order (`factory.resolve_classes`). `compare_with_baseline`
     False: the Evaluator gates on values only (`factory.compare_with_baseline`).
@@ -238,11 +239,16 @@ def create_components(
         )
         components.insert(components.index(model_resolver) + 1, drift_check)
     if pusher is not None:
+        push_inputs = (
+            trainer.outputs["model"],
+            evaluator.outputs["blessing"],
+            example_gen.outputs["examples"],
+        )
         if drift_check is not None and drift_blocks_push:
             with Cond(push_allowed(drift_check)):
-                components.append(pusher(trainer.outputs["model"], evaluator.outputs["blessing"]))
+                components.append(pusher(*push_inputs))
         else:
-            components.append(pusher(trainer.outputs["model"], evaluator.outputs["blessing"]))
+            components.append(pusher(*push_inputs))
     if pool_root:
         pool_gen = pool_example_gen(pool_root)
         components += [

@@ -1,10 +1,10 @@
 """A small stand-in for the Kubeflow Pipelines v2beta1 REST API, on 127.0.0.1 and a free port.
 
 It implements what the kfp SDK calls to upload a pipeline (or a new version), get or create an
-experiment, create a run and create a recurring run, answers like the real API server (enough
-for the SDK's response models), and records every request so tests can check what arrived:
-the uploaded file, the cron, the parameters, the auth header. There is no KFP cluster on the
-machines this project is tested on; this is what `hoh kfp submit/schedule` is tested against.
+experiment, create a run and create a recurring run, list runs and read one; answers like the
+real API server (enough for the SDK's response models), and records every request so tests can
+check what arrived: the uploaded file, the cron, the parameters, the auth header. There is no
+KFP cluster on the machines this project is tested on; this is what `hoh kfp` is tested against.
 
     with FakeKfpServer() as kfp:
         ... kfp.url ...
@@ -70,6 +70,10 @@ class FakeKfpServer:
         self.experiments: dict[str, dict] = {}
         self.runs: dict[str, dict] = {}
         self.recurring_runs: dict[str, dict] = {}
+        # How a run goes on as it is read: PENDING -> RUNNING -> final_state (with final_error);
+        # a final_state that is not final (RUNNING) never ends, for timeouts.
+        self.final_state = "SUCCEEDED"
+        self.final_error: Optional[str] = None
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._server: Optional[ThreadingHTTPServer] = None
@@ -160,11 +164,14 @@ class FakeKfpServer:
             ("GET", "/experiments"): self._list_experiments,
             ("POST", "/experiments"): self._create_experiment,
             ("POST", "/runs"): self._create_run,
+            ("GET", "/runs"): self._list_runs,
             ("POST", "/recurringruns"): self._create_recurring_run,
         }
         if (method, path) in routes:
             return routes[(method, path)]
         segments = path.strip("/").split("/")
+        if method == "GET" and len(segments) == 2 and segments[0] == "runs":
+            return lambda r: self._get_run(segments[1])
         if (
             method == "GET"
             and len(segments) == 3
@@ -226,6 +233,28 @@ class FakeKfpServer:
     def _create_run(self, r: Recorded) -> tuple[int, Any]:
         run = {**r.json, "run_id": self._id("run"), "created_at": _now(), "state": "PENDING"}
         self.runs[run["run_id"]] = run
+        return 200, run
+
+    def _list_runs(self, r: Recorded) -> tuple[int, Any]:
+        experiment = r.query.get("experiment_id")
+        found = [
+            run for run in self.runs.values() if experiment in (None, run.get("experiment_id"))
+        ]
+        if r.query.get("sort_by") == "created_at desc":
+            found.sort(key=lambda run: run["created_at"], reverse=True)
+        found = found[: int(r.query.get("page_size") or 10)]
+        return 200, {"runs": found, "total_size": len(found)} if found else {}
+
+    def _get_run(self, run_id: str) -> tuple[int, Any]:
+        run = self.runs.get(run_id)
+        if run is None:
+            return 404, {"error": f"no run {run_id}"}
+        if run["state"] == "PENDING":
+            run["state"] = "RUNNING"
+        elif run["state"] == "RUNNING" and self.final_state != "RUNNING":
+            run.update(state=self.final_state, finished_at=_now())
+            if self.final_error:
+                run["error"] = {"code": 2, "message": self.final_error}
         return 200, run
 
     def _create_recurring_run(self, r: Recorded) -> tuple[int, Any]:

@@ -138,7 +138,7 @@ def test_the_gated_dag_compiles_for_kubeflow(tmp_path):
 
     cfg = load_config(overrides=["drift.block_push=true"])
 
-    def pusher(model, model_blessing):
+    def pusher(model, model_blessing, examples):
         destination = tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory="gs://bucket/serving")
         )

@@ -340,3 +340,57 @@ def test_secrets_stay_out_of_repr(tmp_path):
     auth, warnings = read_auth(token=TOKEN, cookie_file=str(tmp_path / "cookie"), environ={})
     assert auth.token == TOKEN and auth.cookie == f"session={SECRET}" and len(warnings) == 1
     assert TOKEN not in repr(auth) and SECRET not in repr(auth)
+
+
+# ------------------------------------------------------------------ runs: wait, list
+
+FAST = ["--set", "kubeflow.wait_poll_s=0.01"]
+
+
+def test_submit_wait_follows_the_run_to_its_end(kfp, package, capsys):
+    assert _run("submit", "--host", kfp.url, "--package", str(package), "--wait", *FAST) == 0
+    run_id = next(iter(kfp.runs))
+    out = capsys.readouterr().out.splitlines()
+    assert out[-3:-1] == [f"run {run_id}: RUNNING", f"run {run_id}: SUCCEEDED"]
+    assert out[-1].split()[2:5] == ["SUCCEEDED", "0m00s", run_id]
+    assert len(kfp.calls("GET", f"/runs/{run_id}")) == 2
+
+
+def test_submit_wait_fails_with_the_runs_error(kfp, package, capsys):
+    kfp.final_state, kfp.final_error = "FAILED", "Trainer: OOMKilled"
+    assert _run("submit", "--host", kfp.url, "--package", str(package), "--wait", *FAST) == 1
+    run_id = next(iter(kfp.runs))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"hoh: error: run {run_id} ended FAILED: Trainer: OOMKilled (")
+    assert f"/#/runs/details/{run_id})" in err[-1]
+
+
+def test_submit_wait_gives_up_after_the_timeout_and_says_the_run_goes_on(kfp, package, capsys):
+    kfp.final_state = "RUNNING"
+    limits = ["--set", "kubeflow.wait_timeout_s=0.2", *FAST]
+    assert _run("submit", "--host", kfp.url, "--package", str(package), "--wait", *limits) == 1
+    err = capsys.readouterr().err
+    assert "still RUNNING after 0.2 s (kubeflow.wait_timeout_s); it goes on in Kubeflow" in err
+
+
+def test_kfp_runs_lists_the_newest_runs_of_an_experiment(kfp, package, capsys):
+    for experiment in ("nightly", "nightly", "adhoc"):
+        args = ("--package", str(package), "--experiment", experiment)
+        assert _run("submit", "--host", kfp.url, *args) == 0
+    capsys.readouterr()
+    first, second, third = kfp.runs
+    kfp.runs[first]["created_at"] = "2026-12-01T10:00:00Z"
+    kfp.runs[second].update(created_at="2026-12-02T10:00:00Z", state="FAILED")
+    kfp.runs[second].update(finished_at="2026-12-02T10:30:00Z", error={"message": "Evaluator"})
+    assert _run("runs", "--host", kfp.url, "--experiment", "nightly") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[4] for line in lines] == [second, first]  # newest first
+    assert lines[0].split()[:4] == ["2026-12-02", "10:00", "FAILED", "30m00s"]
+    assert lines[0].endswith("Evaluator") and lines[1].split()[2:4] == ["PENDING", "-"]
+    assert _run("runs", "--host", kfp.url, "--limit", "1") == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1
+    assert _run("runs", "--host", kfp.url, "--experiment", "nope") == 1
+    assert "has no experiment 'nope'" in capsys.readouterr().err
+    assert _run("runs", "--host", kfp.url, "--limit", "0") == 2
+    assert "--limit 0: give a number of runs, at least 1" in capsys.readouterr().err
+    assert third  # the adhoc run is listed only without --experiment

@@ -3,6 +3,7 @@ every class it names imports from the package the image installs."""
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import os
@@ -135,7 +136,72 @@ def test_same_dag_as_the_local_runner_but_for_the_baseline(compiled, tiny_span, 
     expected["LatestPushedModel"] |= {
         "Trainer"
     }  # the candidate is its fallback before the first push
-    assert compiled_tasks(spec) == expected
+    tasks = compiled_tasks(spec)
+    # Kubeflow has no post-run step: TrackRun, after everything, logs the run instead.
+    assert tasks.pop("TrackRun") == {
+        "ImportExampleGen",
+        "StatisticsGen",
+        "ExampleValidator",
+        "Trainer",
+        "Evaluator",
+        "DriftCheck",
+        "TritonPusher",
+    }
+    assert tasks == expected
+
+
+def test_track_run_leaves_the_kubeflow_ui_reports_and_metrics(compiled):
+    """The last node reads the facts' artifacts and outputs what the Kubeflow UI renders:
+    Kubeflow names an artifact's type by its schema title (system.HTML, .Markdown, .Metrics)."""
+    _, spec, _ = compiled
+    task = spec["root"]["dag"]["tasks"]["TrackRun"]
+    producers = {
+        name: value["taskOutputArtifact"]["producerTask"]
+        for name, value in task["inputs"]["artifacts"].items()
+    }
+    assert producers == {
+        "examples": "ImportExampleGen",
+        "statistics": "StatisticsGen",
+        "anomalies": "ExampleValidator",
+        "model_run": "Trainer",
+        "model": "Trainer",
+        "evaluation": "Evaluator",
+        "blessing": "Evaluator",
+        "drift": "DriftCheck",
+        "pushed_model": "TritonPusher",
+    }
+    outputs = spec["components"][task["componentRef"]["name"]]["outputDefinitions"]["artifacts"]
+    titles = {
+        name: yaml.safe_load(out["artifactType"]["instanceSchema"])["title"]
+        for name, out in outputs.items()
+    }
+    assert titles == {
+        "summary": "system.Markdown",
+        "drift_report": "system.HTML",
+        "metrics": "system.Metrics",
+    }
+    executor = spec["deploymentSpec"]["executors"][task["componentRef"]["name"] + "_executor"]
+    assert "hoh.pipeline.tracking.component.Executor" in executor["container"]["args"]
+    params = task["inputs"]["parameters"]
+    reason = params["untracked_reason"]["runtimeValue"]["constant"]
+    assert reason.startswith("tracking.uri is not set")  # SETTINGS name no tracking server
+    pods = json.loads(params["config"]["runtimeValue"]["constant"])
+    assert pods["data"]["root"] == DATA and pods["push"]["model_repository"] == MODELS
+
+
+def test_a_tracking_server_is_carried_and_passwords_are_refused(tmp_path, capsys):
+    server = "http://mlflow.kubeflow.svc:5000"
+    pipeline = kfp_pipeline_object(f"tracking.uri={server}")
+    node = next(n for n in pipeline.components if n.id == "TrackRun")
+    assert node.exec_properties["untracked_reason"] == ""
+    assert json.loads(node.exec_properties["config"])["tracking"]["uri"] == server
+    gated = kfp_pipeline_object("drift.block_push=true")
+    node = next(n for n in gated.components if n.id == "TrackRun")
+    assert "pushed_model" not in node.inputs  # a skipped branch's output cannot be consumed
+    secret = "postgresql://hoh:s3cret@db:5432/mlflow"
+    code = main(compile_args(tmp_path / "p.yaml", settings=[*SETTINGS, f"tracking.uri={secret}"]))
+    err = capsys.readouterr().err
+    assert code != 0 and "tracking.uri holds a password" in err and "s3cret" not in err
 
 
 def test_every_container_runs_the_image_through_the_tfx_launcher(compiled):
@@ -201,11 +267,16 @@ def test_no_local_path_leaks(compiled, tmp_path):
     text = output.read_text()
     for local in {str(REPO), os.getcwd(), str(Path.home()), str(tmp_path.parent.parent), "/tmp/"}:
         assert local not in text, local
+    tasks = spec["root"]["dag"]["tasks"]
+    # TrackRun's config is the whole resolved config, URL defaults such as Label Studio's
+    # `/data/local-files/?d=` included: its paths are the pods' (test_track_run_leaves_...).
+    without = copy.deepcopy(spec)
+    del without["root"]["dag"]["tasks"]["TrackRun"]["inputs"]["parameters"]["config"]
+    text = yaml.safe_dump(without, width=10**6)
     paths = set(re.findall(r"(?<![\w:/.])/[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)+", text))
     from hoh.pipeline.runners.kubeflow import IMAGE_SITE_PACKAGES
 
     assert {p for p in paths if not p.startswith(IMAGE_SITE_PACKAGES)} == set(), "only image paths"
-    tasks = spec["root"]["dag"]["tasks"]
     for task in ("TritonPusher", "LatestPushedModel"):
         repository = tasks[task]["inputs"]["parameters"]["model_repository"]["runtimeValue"][
             "constant"

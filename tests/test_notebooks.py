@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import io
 import os
+import re
 import subprocess
 import sys
 import time
@@ -189,6 +190,8 @@ def test_pipeline_notebook_runs_every_step_under_the_output_dir(executed):
     assert "pushed (blessed)" in text
     assert "8 images picked" in text
     assert "drift:" in text
+    assert re.search(r"tracked: MLflow run \w+ in experiment 'hoh'", text), "step 11"
+    assert "registered hoh version 1 as champion" in text
     assert _drift_reference_span(output) == 1, "the demo's span 2 is compared with span 1"
     # statistics/schema/anomalies/drift render as HTML; transformed images, curves, picks as PNG
     assert _count(nb, "text/html") >= 5

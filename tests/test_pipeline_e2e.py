@@ -171,6 +171,12 @@ def test_a_class_added_in_a_new_span_retrains_and_serves_beside_the_old_version(
     model_dir = out / "model_repository" / "hoh"
     assert (model_dir / "1" / "labels.txt").read_text().split() == ["horses", "humans"]
     assert (model_dir / "2" / "labels.txt").read_text().split() == ["horses", "humans", "birds"]
+    # The pusher recorded each version's predictions on its span's eval split (hoh monitor's
+    # prediction-drift baseline), in that version's classes.
+    for version, classes in (("1", {"horses", "humans"}), ("2", {"horses", "humans", "birds"})):
+        record = json.loads((model_dir / version / "eval_predictions.json").read_text())
+        assert record["summary"]["images"] == len(record["predictions"]) > 0
+        assert {p["predicted"] for p in record["predictions"]} <= classes
     # Both served by one config, each version named (docs/MULTICLASS.md).
     from hoh.components.triton_pusher.repository import parse_model_config
 

@@ -509,3 +509,65 @@ def test_a_failed_run_is_listed_with_its_error_and_registers_nothing(tmp_path, c
     assert code == 0 and "FAILED: Trainer failed: out of memory" in text
     code, text = cli(capsys, "runs", "show", result.mlflow_run_id, "--output", cfg.output_dir)
     assert code == 0 and "FAILED: Trainer failed: out of memory" in text and "epochs: 4" in text
+
+
+# ---------------------------------------------------------------------------- worker process
+
+
+def test_the_worker_process_logs_what_the_in_process_step_logs(tmp_path):
+    """What the local runner does: MLflow opened in a second process while the DAG runs."""
+    from hoh.pipeline.tracking.log import Preparation, track_failure
+
+    cfg = make_cfg(tmp_path / "out", "training.epochs=3")
+    lines: list[str] = []
+    result = track_run(
+        cfg, summary("w-1", auc=0.91), lines.append, started=1.7e9, prepared=Preparation(cfg)
+    )
+    assert result.ok, lines
+    assert lines[0].startswith(f"tracked: MLflow run {result.mlflow_run_id} in experiment 'hoh'")
+    assert result.facts is not None and result.facts.run_id == "w-1"
+    run = store.client(cfg).get_run(result.mlflow_run_id)
+    assert run.data.params["training.epochs"] == "3"
+    assert run.data.metrics["eval.auc"] == pytest.approx(0.91)
+    assert run.data.tags["hoh.mlmd.pipeline_run"] == "w-1"
+    assert run.info.start_time == 1.7e12 and run.info.status == "FINISHED"
+    failed = track_failure(cfg, "Trainer failed: boom", lines.append, prepared=Preparation(cfg))
+    assert failed.ok and lines[-1] == f"tracked the failed run: MLflow run {failed.mlflow_run_id}"
+    assert store.client(cfg).get_run(failed.mlflow_run_id).data.tags["hoh.error"] == (
+        "Trainer failed: boom"
+    )
+    idle = Preparation(cfg)  # an interrupted run: the worker stops without logging anything
+    idle.close()
+    assert idle._process.returncode == 0
+
+
+def test_the_worker_reports_a_store_that_is_down(tmp_path):
+    from hoh.pipeline.tracking.log import Preparation
+
+    cfg = make_cfg(
+        tmp_path,
+        f"tracking.uri=postgresql://hoh@127.0.0.1:{free_port()}/none",
+        "tracking.timeout_s=2",
+    )
+    lines: list[str] = []
+    result = track_run(cfg, summary("down"), lines.append, prepared=Preparation(cfg))
+    assert not result.ok
+    assert lines[0].startswith("tracking FAILED (postgresql")
+    assert "TrackingUnavailable: MLflow store postgresql" in lines[0]
+    assert "cannot connect to 127.0.0.1" in lines[0]
+    assert "the pipeline run itself completed" in lines[0]
+
+
+def test_the_worker_keeps_bytecode_apart_when_the_environment_forbids_writing_it(tmp_path):
+    from hoh.pipeline.tracking.log import worker_environment
+
+    cfg = make_cfg(tmp_path, f"tracking.bytecode_cache={tmp_path / 'pyc'}")
+    env = worker_environment(cfg, {"PYTHONDONTWRITEBYTECODE": "1", "PATH": "/bin"})
+    assert env == {"PYTHONPYCACHEPREFIX": str(tmp_path / "pyc"), "PATH": "/bin"}
+    mine = {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONPYCACHEPREFIX": "/elsewhere"}
+    assert worker_environment(cfg, mine) == mine  # a place the user chose wins
+    assert worker_environment(cfg, {"PATH": "/bin"}) == {"PATH": "/bin"}  # Python writes it
+    off = make_cfg(tmp_path, "tracking.bytecode_cache=null")
+    assert worker_environment(off, {"PYTHONDONTWRITEBYTECODE": "1"}) == {
+        "PYTHONDONTWRITEBYTECODE": "1"
+    }

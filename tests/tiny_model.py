@@ -149,12 +149,14 @@ def run_pusher_executor(
     repository: str | Path,
     pushed_uri: str | Path,
     blessed: int | None = 1,
+    examples_uri: str | Path | None = None,
     **push_config,
 ):
     """Run TritonPusher's executor `Do` on real TFX artifacts; returns the PushedModel artifact.
 
     `push_config`: settings of the `push:` section (they travel as the one JSON exec property).
     `blessed=None` runs without a ModelBlessing input (pushes unconditionally, as TFX does).
+    `examples_uri`: an Examples artifact (`Split-train/`, `Split-eval/`) given to the pusher.
     """
     import json
 
@@ -165,6 +167,11 @@ def run_pusher_executor(
     model = standard_artifacts.Model()
     model.uri = str(model_uri)
     inputs = {"model": [model]}
+    if examples_uri is not None:
+        examples = standard_artifacts.Examples()
+        examples.uri = str(examples_uri)
+        examples.split_names = '["train", "eval"]'
+        inputs["examples"] = [examples]
     if blessed is not None:
         blessing = standard_artifacts.ModelBlessing()
         blessing.uri = str(Path(pushed_uri).parent / f"blessing-{Path(pushed_uri).name}")

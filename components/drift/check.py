@@ -77,11 +77,14 @@ def check_drift(
     echo: Echo = lambda line: None,
     context: Optional[dict] = None,
     embedding_store: Optional[str] = None,
+    snapshots: Optional[dict] = None,
 ) -> dict:
     """Compare `current` with `reference`; writes report.html (+ embeddings.html) and
     summary.json into `out_dir` and returns the summary. `context`: facts about the caller to
     record in summary.json (the pipeline notes whether the verdict holds the push).
-    `embedding_store`: reuse and keep the model's backbone embeddings there."""
+    `embedding_store`: reuse and keep the model's backbone embeddings there. `snapshots`: a
+    dict that receives the descriptor tests' Evidently snapshot (key "descriptors"), for a
+    caller that keeps them (the monitor adds them to its Evidently workspace)."""
     settings = settings or DriftConfig()
     if reference is None:
         return no_reference(
@@ -114,6 +117,8 @@ def check_drift(
 
     echo("running the Evidently tests")
     snapshot, results = descriptor_report(ref, cur, settings)
+    if snapshots is not None:
+        snapshots["descriptors"] = snapshot
     report.save_snapshot_html(snapshot, os.path.join(out_dir, report.REPORT_FILE))
     files = [report.REPORT_FILE]
     emb_snapshot, embeddings = embedding_report(ref, cur, settings)

@@ -90,19 +90,30 @@ def scores(pairs: Iterable[tuple[str, str]], classes: Iterable[str] = ()) -> dic
     }
 
 
+def true_classes(window, labels: Optional[dict] = None) -> list[Optional[str]]:
+    """The fed-back class of each served image of the window (None: no label came back);
+    `labels` as `read_feedback` returns them, read from the window's capture dir if None."""
+    labels = read_feedback(window.root)[0] if labels is None else labels
+    out: list[Optional[str]] = []
+    for served in window.served:
+        index = image_index(served.path, served.request_id)
+        out.append(labels.get((served.request_id, index)) if index is not None else None)
+    return out
+
+
 def online_accuracy(window, min_accuracy: float, min_labels: int) -> Optional[dict]:
     """Scores of the window's captures that have feedback, and whether accuracy is below
     `min_accuracy` on at least `min_labels` labels; None when no feedback exists at all."""
     labels, bad = read_feedback(window.root)
     if not labels and not bad:
         return None
-    pairs, matched = [], set()
-    for served in window.served:
-        index = image_index(served.path, served.request_id)
-        key = (served.request_id, index)
-        if index is not None and key in labels:
-            pairs.append((labels[key], served.predicted))
-            matched.add(key)
+    truths = true_classes(window, labels)
+    pairs = [(t, s.predicted) for t, s in zip(truths, window.served) if t is not None]
+    matched = {
+        (s.request_id, image_index(s.path, s.request_id))
+        for t, s in zip(truths, window.served)
+        if t is not None
+    }
     classes = {c for s in window.served for c in s.probabilities}
     result = scores(pairs, classes)
     low = (

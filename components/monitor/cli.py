@@ -29,6 +29,10 @@ def _run(args: argparse.Namespace) -> int:
         config.label_k = args.k
     if args.no_label_batch:
         config.label_batch = False
+    if args.workspace:
+        config.workspace = str(Path(args.workspace).resolve())
+    if args.no_workspace:
+        config.workspace, config.workspace_url = None, None
     if args.on_alert is not None:
         config.on_alert = args.on_alert
     if args.cooldown_hours is not None:
@@ -69,17 +73,68 @@ def _run(args: argparse.Namespace) -> int:
     return ExitCode.DRIFT_DETECTED if drifted else ExitCode.OK
 
 
+def _dashboard(args: argparse.Namespace) -> int:
+    """Replace this process with `evidently ui` (so its PID is the server's: a service manager
+    or a test stops the UI itself, never an orphaned child)."""
+    import os
+    import sys
+    from pathlib import Path
+
+    from hoh.config import MonitorConfig
+    from hoh.errors import UsageError
+
+    config = MonitorConfig()
+    if config.workspace_url and not args.workspace:
+        print(f"the monitoring dashboard is the Evidently UI at {config.workspace_url}")
+        return 0
+    folder = Path(args.workspace or config.workspace or "")
+    if not args.workspace and not config.workspace:
+        raise UsageError("no workspace: give --workspace DIR (monitor.workspace is null)")
+    if not folder.is_dir():
+        raise UsageError(
+            f"workspace {folder}: no such directory; `hoh monitor` creates it beside its --out "
+            "directories (monitor.workspace), give that path with --workspace"
+        )
+    host = args.host or config.dashboard_host
+    port = args.port if args.port is not None else config.dashboard_port
+    if not 0 < port < 65536:
+        raise UsageError(f"--port must be 1..65535, got {port}")
+    print(f"Evidently UI on http://{host}:{port} (workspace {folder}); Ctrl-C stops it", flush=True)
+    argv = [sys.executable, "-m", "evidently.cli", "ui", "--workspace", str(folder)]
+    os.execv(sys.executable, [*argv, "--host", host, "--port", str(port)])
+    return 1  # not reached
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
+    dashboard = subparsers.add_parser(
+        "dashboard",
+        help="serve the monitoring dashboard: the Evidently UI on hoh monitor's workspace",
+        description="Start the Evidently UI (shipped with the installed package, works offline) "
+        "on the workspace every `hoh monitor` run adds its snapshots to: drift share, drifted "
+        "descriptors, class mix, mean confidence, online accuracy and sample counts over time "
+        "(docs/MONITORING.md). Binds loopback unless --host says otherwise: the UI has no login.",
+    )
+    dashboard.add_argument(
+        "--workspace",
+        metavar="DIR",
+        help="the workspace folder (default: monitor.workspace, from the working directory)",
+    )
+    dashboard.add_argument("--host", help="address to bind (default: monitor.dashboard_host)")
+    dashboard.add_argument("--port", type=int, help="default: monitor.dashboard_port")
+    dashboard.set_defaults(handler=_dashboard)
+
     monitor = subparsers.add_parser(
         "monitor",
         help="check captured gateway traffic: drift, online accuracy, service health, verdict",
         description="Read the images and results `hoh gateway --capture-dir` kept for the days "
         "SINCE..UNTIL (UTC), keep those served by MODEL's version, and test them against "
         "REFERENCE: input drift with the drift check's descriptors and embeddings, prediction "
-        "drift of the served classes and confidences against the model's predictions on the "
-        "reference eval split. Writes summary.json, Evidently HTML reports and a Prometheus "
-        "textfile; when the verdict is not ok, the least certain captures become a Label Studio "
-        "batch (as `hoh sample` makes). With --audit, the window's request rate, error rate and "
+        "drift of the served classes and confidences against the model's predictions on its eval "
+        "split (recorded in the version directory by the push; computed from REFERENCE for a "
+        "version pushed without one). Writes summary.json, Evidently HTML reports, a Prometheus "
+        "textfile and two snapshots in the Evidently workspace `hoh dashboard` serves; when "
+        "the verdict is not ok, the least certain captures become a Label Studio batch (as "
+        "`hoh sample` makes). With --audit, the window's request rate, error rate and "
         "latency percentiles against the objective; with labels fed back (POST /v1/feedback), "
         "online accuracy; with --on-alert, a retraining run (docs/MONITORING.md).",
     )
@@ -157,6 +212,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="'ARGS'",
         help="arguments of the retraining command, one shell-quoted string, e.g. "
         "'--data data --profile real' (default: monitor.trigger_args)",
+    )
+    monitor.add_argument(
+        "--workspace",
+        metavar="DIR",
+        help="Evidently workspace the run adds its snapshots to (default: monitor.workspace, "
+        "beside --out); `hoh dashboard` shows it",
+    )
+    monitor.add_argument(
+        "--no-workspace", action="store_true", help="add nothing to an Evidently workspace"
     )
     monitor.add_argument(
         "--fail-on-drift", action="store_true", help="exit with status 5 when the verdict is drift"

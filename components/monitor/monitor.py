@@ -3,7 +3,8 @@
 The one entry point of `hoh monitor` (and of any scheduler that calls it as a job). Each part is
 delegated to the code that owns it, so traffic is judged exactly as a new span is:
 - input drift: `check_drift` of the drift component, the window standing in for the current span;
-- prediction drift: `predictions.py`, against the model's predictions on its eval split;
+- prediction drift: `predictions.py`, against the model's predictions on its eval split (the
+  pusher's record in the version directory; computed here for a version pushed without one);
 - the labelling batch: `sample_pool` of the sampler, the window standing in for the pool;
 - service health: `service.py`, from the gateway's audit log over the same days;
 - online accuracy: `accuracy.py`, the captures joined with the labels fed back to the gateway.
@@ -14,7 +15,8 @@ insufficient_data when too few images were served, else ok.
 
 Files in `out_dir`: summary.json (written last: a directory with one is complete),
 input_drift/ (the drift check's own report.html, embeddings.html, summary.json),
-prediction_drift.html, reference_predictions.json, the Prometheus textfile, label_batch/.
+prediction_drift.html, reference_predictions.json (no push-time record), the Prometheus textfile,
+label_batch/; and two snapshots in the Evidently workspace (`workspace.py`, `hoh dashboard`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from datetime import time as clock
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from hoh import features
 from hoh.components.monitor import predictions as preds
@@ -35,6 +37,7 @@ from hoh.components.monitor.service import health, read_requests
 from hoh.components.monitor.window import Window
 from hoh.config import DriftConfig, MonitorConfig, SamplingConfig
 from hoh.errors import UsageError
+from hoh.trainer import eval_predictions
 
 SUMMARY_FILE = "summary.json"
 INPUT_DRIFT_DIR = "input_drift"
@@ -92,18 +95,41 @@ def _input_drift(summary: dict) -> dict:
     }
 
 
+def pushed_record(model_path: str | Path) -> Optional[Path]:
+    """The pusher's record of the model's eval predictions, inside its version directory."""
+    path = Path(model_path)
+    path = path.parent if path.name == TRITON_SAVEDMODEL else path
+    candidate = path / eval_predictions.RECORD_FILE
+    return candidate if candidate.is_file() else None
+
+
 def _reference_predictions(
-    reference: str, path: Optional[str], predictor, config: MonitorConfig, out_dir: Path, echo: Echo
+    reference: str,
+    path: Optional[str],
+    model_path: str,
+    predictor: Callable[[], Any],
+    config: MonitorConfig,
+    out_dir: Path,
+    echo: Echo,
 ) -> tuple[list, dict]:
+    """The baseline rows and where they came from; `predictor` loads the model only when the
+    rows must be computed (or a recorded file's version checked)."""
     from hoh.data.sources import resolve_path
 
     if path:
-        rows, data = preds.read_record(path, predictor.model_version)
+        rows, data = preds.read_record(path, predictor().model_version)
         return rows, {"source": data.get("source"), "recorded": str(path), "skipped": []}
+    pushed = pushed_record(model_path)
+    if pushed:  # inside the version directory: whose it is needs no check
+        rows, data = preds.read_record(pushed, None)
+        return rows, {"source": data.get("source"), "recorded": str(pushed), "skipped": []}
     source = resolve_path(reference, tuple(config.reference_splits), "reference")
-    echo(f"predicting {source.description} (no push-time record of the model's predictions)")
-    rows, skipped = preds.predict_records(source, predictor)
-    record = preds.record(predictor.model_version, source.description, rows, skipped)
+    echo(
+        f"predicting {source.description}: {model_path} holds no {eval_predictions.RECORD_FILE} "
+        "(pushed before the pusher recorded it)"
+    )
+    rows, skipped = preds.predict_records(source, predictor())
+    record = preds.record(predictor().model_version, source.description, rows, skipped)
     (out_dir / REFERENCE_PREDICTIONS).write_text(json.dumps(record) + "\n", encoding="utf-8")
     return rows, {"source": source.description, "recorded": None, "skipped": skipped}
 
@@ -150,7 +176,16 @@ def run_monitor(
             f"({', '.join(f'{k}: {n}' for k, n in sorted(window.other_versions.items()))}); "
             "monitor them with their own model"
         )
-    predictor = None
+    loaded: list = []
+
+    def predictor():
+        """The model, loaded once and only when needed: with the push-time record an `ok`
+        window never needs it (the drift check loads its own for embeddings)."""
+        if not loaded:
+            loaded.append(Predictor(model_path, embeddings=sampling.diversity))
+        return loaded[0]
+
+    snapshots: dict = {}  # the drift check's Evidently snapshot, for the workspace
     start = datetime.combine(window.since, clock(), tzinfo=timezone.utc).timestamp()
     end = datetime.combine(window.until + timedelta(days=1), clock(), tzinfo=timezone.utc)
     service = None
@@ -170,22 +205,34 @@ def run_monitor(
         echo(f"input drift: {window.description} against {reference_source.description}")
         input_drift = _input_drift(
             check_drift(
-                window, reference_source, str(out / INPUT_DRIFT_DIR), settings, model_path, echo
+                window,
+                reference_source,
+                str(out / INPUT_DRIFT_DIR),
+                settings,
+                model_path,
+                echo,
+                snapshots=snapshots,
             )
         )
         counts["undecodable"] = len(input_drift["skipped"])
         drift_reasons = list(input_drift["reasons"])
         files.append(f"{INPUT_DRIFT_DIR}/")
-        predictor = Predictor(model_path, embeddings=sampling.diversity)
         if config.prediction_drift:
             prediction_drift = _prediction_drift(
-                window, reference, reference_predictions, predictor, config, drift, out, echo
+                window,
+                reference,
+                reference_predictions,
+                model_path,
+                predictor,
+                config,
+                drift,
+                out,
+                echo,
             )
             notes += prediction_drift.pop("notes")
             drift_reasons += preds.reasons(prediction_drift)
-            files += [PREDICTION_REPORT] + (
-                [] if reference_predictions else [REFERENCE_PREDICTIONS]
-            )
+            computed = prediction_drift["reference_origin"]["recorded"] is None
+            files += [PREDICTION_REPORT] + ([REFERENCE_PREDICTIONS] if computed else [])
         drifted = bool(drift_reasons)
         reasons += drift_reasons
     reasons += service["reasons"] if service else []
@@ -204,12 +251,11 @@ def run_monitor(
     if needs_labels and config.label_batch and window.served:
         from hoh.components.sampling.sample import read_ids, sample_pool
 
-        predictor = predictor or Predictor(model_path, embeddings=sampling.diversity)
         exclude = read_ids(reference_source) if sampling.exclude_labeled else frozenset()
         echo(f"verdict {verdict}: writing the least certain captures as a labelling batch")
         batch = sample_pool(
             window,
-            predictor,
+            predictor(),
             str(out / LABEL_BATCH_DIR),
             _sampling_settings(sampling, config.label_k or sampling.k),
             exclude,
@@ -258,6 +304,7 @@ def run_monitor(
         "notes": notes,
         "files": files,
     }
+    summary["workspace"] = _to_workspace(window, summary, snapshots, config, out, now, echo)
     text = prom.render(prom.samples(summary, time.time()))
     prom.write_textfile(out / config.textfile, text)
     if textfile_dir:
@@ -268,11 +315,60 @@ def run_monitor(
     return summary
 
 
+def workspace_path(config: MonitorConfig, out_dir: str | Path) -> Optional[Path]:
+    """`monitor.workspace`, relative to the parent of the run's output directory."""
+    if not config.workspace:
+        return None
+    path = Path(config.workspace)
+    return path if path.is_absolute() else Path(out_dir).resolve().parent / path
+
+
+def _to_workspace(
+    window: Window,
+    summary: dict,
+    snapshots: dict,
+    config: MonitorConfig,
+    out: Path,
+    now: float,
+    echo: Echo,
+) -> Optional[dict]:
+    """Add the run to the Evidently workspace (`workspace.py`); a workspace that cannot be
+    written is said in the summary and on the terminal, and costs the run nothing else."""
+    if not (config.workspace or config.workspace_url):
+        return None
+    from hoh.components.monitor import workspace as ws
+    from hoh.components.monitor.accuracy import true_classes
+    from hoh.errors import HohError
+
+    folder = workspace_path(config, out)
+    where = config.workspace_url or str(folder)
+    when = datetime.fromtimestamp(min(summary["window"]["end_ts"], now), timezone.utc)
+    metadata = {
+        "model": window.model or "",
+        "version": window.version,
+        "verdict": summary["verdict"],
+        "window": f"{window.since}..{window.until}",
+    }
+    runs = {ws.INPUT_DRIFT: snapshots["descriptors"]} if "descriptors" in snapshots else {}
+    served = [(s.predicted, s.confidence) for s in window.served]
+    try:
+        if served:
+            runs[ws.SERVED] = ws.served_snapshot(served, true_classes(window))
+        opened = ws.open_workspace(str(folder) if folder else None, config.workspace_url)
+        added = ws.add_run(opened, config.project, runs, when.replace(tzinfo=None), metadata)
+    except (HohError, OSError, ValueError) as exc:
+        echo(f"Evidently workspace {where}: not updated ({exc})")
+        return {"where": where, "error": str(exc)}
+    echo(f"Evidently workspace {where}: {len(runs)} snapshot(s) added to {config.project!r}")
+    return {"where": where, **added}
+
+
 def _prediction_drift(
     window: Window,
     reference: str,
     recorded: Optional[str],
-    predictor,
+    model_path: str,
+    predictor: Callable[[], Any],
     config: MonitorConfig,
     drift: DriftConfig,
     out: Path,
@@ -280,7 +376,9 @@ def _prediction_drift(
 ) -> dict:
     from hoh.components.drift.report import save_snapshot_html
 
-    ref_rows, origin = _reference_predictions(reference, recorded, predictor, config, out, echo)
+    ref_rows, origin = _reference_predictions(
+        reference, recorded, model_path, predictor, config, out, echo
+    )
     if not ref_rows:
         raise UsageError(f"reference {origin['source']}: no image the model could predict")
     served = [(s.predicted, s.confidence) for s in window.served]
@@ -288,22 +386,22 @@ def _prediction_drift(
     if origin["recorded"] is None:
         notes.append(
             "reference predictions computed now with the model on "
-            f"{origin['source']} (no push-time record); saved as {REFERENCE_PREDICTIONS}"
+            f"{origin['source']}: the version holds no push-time record "
+            f"({eval_predictions.RECORD_FILE}, written by pushes since it existed); "
+            f"saved as {REFERENCE_PREDICTIONS}"
         )
-    unknown = sorted({c for c, _ in served} - set(predictor.class_names))
+    from hoh.trainer.predictor import read_class_names
+
+    unknown = sorted({c for c, _ in served} - set(read_class_names(model_path)))
     if unknown:
         notes.append(
-            f"served classes {unknown} are not classes of model {model_name(predictor)}: "
+            f"served classes {unknown} are not classes of model {model_path}: "
             "is --model the model that served the window?"
         )
     echo("prediction drift: served classes and confidences against the reference predictions")
     snapshot, result = preds.prediction_report(ref_rows, served, drift)
     save_snapshot_html(snapshot, str(out / PREDICTION_REPORT))
     return {**result, "reference_origin": origin, "notes": notes}
-
-
-def model_name(predictor) -> str:
-    return str(getattr(predictor, "serving_dir", predictor.model_version))
 
 
 def summary_lines(summary: dict) -> list[str]:

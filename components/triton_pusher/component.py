@@ -40,6 +40,10 @@ class TritonPusherSpec(types.ComponentSpec):
         standard_component_specs.INFRA_BLESSING_KEY: ChannelParameter(
             type=standard_artifacts.InfraBlessing, optional=True
         ),
+        # Not in the stock Pusher: the eval split whose predictions the pusher records.
+        standard_component_specs.EXAMPLES_KEY: ChannelParameter(
+            type=standard_artifacts.Examples, optional=True
+        ),
     }
     OUTPUTS = {
         standard_component_specs.PUSHED_MODEL_KEY: ChannelParameter(
@@ -55,6 +59,7 @@ class TritonPusher(base_component.BaseComponent):
     Outputs `pushed_model` (PushedModel) with custom properties `pushed` (1/0),
     `pushed_destination` (the version directory), `pushed_version`, `triton_model_name` and
     `triton_model_repository`. Nothing is written to the repository when a blessing says no.
+    With `examples`, the version directory also holds `eval_predictions.json`.
     """
 
     SPEC_CLASS = TritonPusherSpec
@@ -67,8 +72,11 @@ class TritonPusher(base_component.BaseComponent):
         model_blessing: Optional[types.BaseChannel] = None,
         infra_blessing: Optional[types.BaseChannel] = None,
         push_config: Union[PushConfig, dict, str, None] = None,
+        examples: Optional[types.BaseChannel] = None,
     ):
-        """`push_config`: the `push:` section (PushConfig, dict or JSON); None = defaults."""
+        """`push_config`: the `push:` section (PushConfig, dict or JSON); None = defaults.
+        `examples`: ExampleGen's; the model's predictions on their eval split are recorded in
+        the version directory for `hoh monitor`."""
         if model is None and infra_blessing is None:
             raise ValueError("TritonPusher needs `model` (or an `infra_blessing` holding a model)")
         if not isinstance(push_config, PushConfig):
@@ -79,6 +87,7 @@ class TritonPusher(base_component.BaseComponent):
             model=model,
             model_blessing=model_blessing,
             infra_blessing=infra_blessing,
+            examples=examples,
             model_repository=model_repository,
             push_config=section_json(push_config, exclude={"enabled", "model_repository"}),
             pushed_model=types.Channel(type=standard_artifacts.PushedModel),

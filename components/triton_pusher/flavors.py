@@ -17,7 +17,10 @@ def push_model(
     model_repository: str,
     settings: repository.TritonPushSettings,
     source: Optional[str] = None,
+    extra_files: Optional[dict[str, bytes]] = None,
 ) -> repository.PushResult:
     if settings.validate().flavor == onnx_repository.FLAVOR:
-        return onnx_repository.push_onnx_model(saved_model_dir, model_repository, settings, source)
-    return repository.push_model(saved_model_dir, model_repository, settings, source)
+        return onnx_repository.push_onnx_model(
+            saved_model_dir, model_repository, settings, source, extra_files
+        )
+    return repository.push_model(saved_model_dir, model_repository, settings, source, extra_files)

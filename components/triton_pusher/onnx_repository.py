@@ -132,8 +132,10 @@ def push_onnx_model(
     model_repository: str,
     settings: TritonPushSettings,
     source: Optional[str] = None,
+    extra_files: Optional[dict[str, bytes]] = None,
 ) -> PushResult:
-    """`repository.push_model` for `flavor: onnx` (same arguments, same result, same guarantees)."""
+    """`repository.push_model` for `flavor: onnx` (same arguments, same result, same guarantees;
+    `extra_files` go into the ensemble's version, the one clients and `hoh monitor` name)."""
     info = read_model_info(saved_model_dir)
     if info.sample_image is not None and not sniff_image(info.sample_image):
         info = dataclasses.replace(info, sample_image=None)
@@ -189,7 +191,9 @@ def push_onnx_model(
         ).items():
             push.write(join(cls_dir, rel), data)
 
-        version = push.version(ensemble_dir, {labels_name: labels, PUSH_INFO_FILE: meta}, {})
+        version = push.version(
+            ensemble_dir, {**(extra_files or {}), labels_name: labels, PUSH_INFO_FILE: meta}, {}
+        )
         ensemble = onnx_config.ensemble_config(settings, info, [version], pre_version, cls_version)
         push.write(join(ensemble_dir, CONFIG_FILE), render_model_config(ensemble).encode("utf-8"))
     except BaseException:

@@ -13,6 +13,8 @@ Layout of one model (`REPO/MODEL_NAME/`):
     N/labels.txt            class names in class-id order (`label_filename: "N/labels.txt"`)
     N/model.savedmodel/     the Trainer's serving SavedModel
     N/hoh_push.json         where version N came from (source model, time, classes, pusher)
+    N/eval_predictions.json the model's predictions on its eval split, when the pusher was given
+                            the examples: `hoh monitor`'s prediction-drift baseline
 
 Why it is written this way:
 - A push is published by ONE atomic step, the rename that replaces config.pbtxt. Triton reads a
@@ -315,9 +317,18 @@ def write_sources(fs, directory: str, sources: dict[str, tuple[str, str]]) -> No
             )
 
 
-def _stage_version(fs, staging: str, saved_model_dir: str, info: ServingModelInfo, meta: dict):
+def _stage_version(
+    fs,
+    staging: str,
+    saved_model_dir: str,
+    info: ServingModelInfo,
+    meta: dict,
+    extra_files: Optional[dict[str, bytes]] = None,
+):
     """Everything specific to one version goes inside its directory, which is immutable."""
     write_sources(fs, staging, _VERSION_SOURCES)
+    for name, data in (extra_files or {}).items():
+        fs.write_bytes(join(staging, name), data)
     fs.write_bytes(
         join(staging, LABELS_FILE),
         "".join(f"{name}\n" for name in info.class_names).encode("utf-8"),
@@ -364,11 +375,14 @@ def push_model(
     model_repository: str,
     settings: TritonPushSettings,
     source: Optional[str] = None,
+    extra_files: Optional[dict[str, bytes]] = None,
 ) -> PushResult:
     """Add `saved_model_dir` as the next version of `settings.model_name` in the repository.
 
     `source` identifies the model (the Model artifact uri) for provenance and so that a retried
-    execution that already published this very model does not publish it twice.
+    execution that already published this very model does not publish it twice. `extra_files`
+    (name -> bytes) go into the version directory before it is published: a file added to a
+    served version later would make a polling Triton reload it.
     """
     settings.validate()
     if settings.flavor != "tensorflow":
@@ -403,7 +417,7 @@ def push_model(
     written: list[tuple[str, object]] = []
     version = None
     try:
-        _stage_version(fs, staging, saved_model_dir, info, meta)
+        _stage_version(fs, staging, saved_model_dir, info, meta, extra_files)
         _checkpoint("staged")
         # Nothing Triton serves changes until config.pbtxt is replaced: the old config pins the
         # old versions and reads the labels inside the newest of them.

@@ -1,4 +1,4 @@
-"""`hoh kfp compile | submit | schedule`. Heavy imports (TFX, kfp) happen inside the handlers."""
+"""`hoh kfp compile | submit | schedule | runs`. Heavy imports (TFX, kfp) happen in handlers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 
-def _add_compile_args(parser: argparse.ArgumentParser, output_required: bool) -> None:
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", help="YAML config (the kubeflow: section says where pods find things)"
     )
@@ -20,6 +20,10 @@ def _add_compile_args(parser: argparse.ArgumentParser, output_required: bool) ->
         metavar="SECTION.KEY=VALUE",
         help="override one config value, e.g. --set data.classes=horses,humans (repeatable)",
     )
+
+
+def _add_compile_args(parser: argparse.ArgumentParser, output_required: bool) -> None:
+    _add_config_args(parser)
     parser.add_argument(
         "--image", help="container image built from the Dockerfile (kubeflow.image)"
     )
@@ -38,8 +42,6 @@ def _add_compile_args(parser: argparse.ArgumentParser, output_required: bool) ->
 
 
 def _add_submit_args(parser: argparse.ArgumentParser) -> None:
-    from hoh.pipeline.kfp.client import COOKIE_ENV, TOKEN_ENV
-
     parser.add_argument(
         "--host", required=True, help="Kubeflow Pipelines API, e.g. http://localhost:8080"
     )
@@ -61,6 +63,12 @@ def _add_submit_args(parser: argparse.ArgumentParser) -> None:
         help="force Kubeflow caching on/off for this run (default: as compiled)",
     )
     parser.add_argument("--service-account", help="Kubernetes service account of the run's pods")
+    _add_auth_args(parser)
+
+
+def _add_auth_args(parser: argparse.ArgumentParser) -> None:
+    from hoh.pipeline.kfp.client import COOKIE_ENV, TOKEN_ENV
+
     auth = parser.add_argument_group(
         "authentication (passed to the kfp SDK)",
         f"Keep secrets off the command line, where `ps` and the shell history show them: "
@@ -113,8 +121,20 @@ def _compile_to(args: argparse.Namespace, output: str) -> dict:
     print(f"pipeline root {target.pipeline_root}; parameters and defaults:")
     for line in kfp_params.describe_parameters(defaults):
         print(line)
+    reason = kubeflow.untracked_reason(cfg)
+    print(
+        f"MLflow: runs are NOT tracked ({reason}); the TrackRun node still leaves the UI reports"
+        if reason
+        else f"MLflow: the TrackRun node logs each run to {_redacted(cfg.tracking.uri)}"
+    )
     print(f"wrote {output}")
     return spec
+
+
+def _redacted(uri: str) -> str:
+    from hoh.pipeline.tracking.store import redact
+
+    return redact(uri)
 
 
 def _compile(args: argparse.Namespace) -> int:
@@ -199,9 +219,9 @@ def _check_before_compiling(args: argparse.Namespace) -> None:
         kfp_client.validate_max_concurrency(args.max_concurrency)
 
 
-def _with_package(args: argparse.Namespace, send) -> int:
+def _with_package(args: argparse.Namespace, send, auth=None) -> int:
     _check_before_compiling(args)
-    auth = _auth(args)
+    auth = auth or _auth(args)
     if args.package:
         if not Path(args.package).is_file():
             from hoh.errors import HohError
@@ -221,7 +241,46 @@ def _with_package(args: argparse.Namespace, send) -> int:
 def _submit(args: argparse.Namespace) -> int:
     from hoh.pipeline.kfp import client as kfp_client
 
-    return _with_package(args, kfp_client.submit)
+    if not args.wait:
+        return _with_package(args, kfp_client.submit)
+    cfg = _load(args)  # the wait settings; a bad config is refused before anything is sent
+    auth = _auth(args)
+    submitted: list = []
+
+    def submit_and_keep(request):
+        submitted.append(kfp_client.submit(request))
+        return submitted[-1]
+
+    _with_package(args, submit_and_keep, auth)
+    k = cfg.kubeflow
+    run = kfp_client.wait_for_run(args.host, auth, submitted[0].id, k.wait_timeout_s, k.wait_poll_s)
+    print(run.line())
+    if run.state != "SUCCEEDED":
+        from hoh.errors import RunFailed
+
+        raise RunFailed(
+            f"run {run.id} ended {run.state}"
+            + (f": {run.error}" if run.error else "")
+            + f" ({submitted[0].url})"
+        )
+    return 0
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from hoh.pipeline.kfp import client as kfp_client
+
+    if args.limit is not None and args.limit < 1:
+        from hoh.errors import UsageError
+
+        raise UsageError(f"--limit {args.limit}: give a number of runs, at least 1")
+    cfg = _load(args)
+    limit = args.limit or cfg.kubeflow.runs_limit
+    runs = kfp_client.list_runs(args.host, _auth(args), args.experiment, limit)
+    if not runs:
+        print("no runs" + (f" in experiment {args.experiment}" if args.experiment else ""))
+    for run in runs:
+        print(run.line())
+    return 0
 
 
 def _schedule(args: argparse.Namespace) -> int:
@@ -249,7 +308,25 @@ def register(subparsers) -> None:
     submit = sub.add_parser("submit", help="upload the pipeline as a new version and start a run")
     _add_compile_args(submit, output_required=False)
     _add_submit_args(submit)
+    submit.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for the run to end and print how it ended (exit code 0 only if it succeeded; "
+        "kubeflow.wait_timeout_s, kubeflow.wait_poll_s)",
+    )
     submit.set_defaults(handler=_submit)
+
+    runs = sub.add_parser("runs", help="list the newest Kubeflow runs and how they ended")
+    _add_config_args(runs)
+    runs.add_argument(
+        "--host", required=True, help="Kubeflow Pipelines API, e.g. http://localhost:8080"
+    )
+    runs.add_argument("--experiment", help="only this experiment's runs (default: all)")
+    runs.add_argument(
+        "--limit", type=int, help="how many, newest first (default kubeflow.runs_limit)"
+    )
+    _add_auth_args(runs)
+    runs.set_defaults(handler=_runs)
 
     schedule = sub.add_parser("schedule", help="upload the pipeline and create a recurring run")
     _add_compile_args(schedule, output_required=False)

@@ -16,7 +16,7 @@ import io
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 from hoh.errors import HohError, RunFailed
 
@@ -442,3 +442,103 @@ def schedule(
         version_id,
         experiment_id,
     )
+
+
+# --------------------------------------------------------------------------- runs
+
+FINAL_STATES = ("SUCCEEDED", "FAILED", "SKIPPED", "CANCELED")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunState:
+    """One Kubeflow run as `hoh kfp runs` and `submit --wait` show it."""
+
+    id: str
+    name: str
+    state: str
+    created_at: Optional[datetime.datetime]
+    finished_at: Optional[datetime.datetime]
+    error: str = ""
+
+    @classmethod
+    def of(cls, run) -> "RunState":
+        """From the SDK's V2beta1Run (a run not finished yet has the zero time as its end)."""
+        finished = run.finished_at
+        if finished is not None and finished.year < 1971:
+            finished = None
+        error = getattr(run.error, "message", None) or "" if run.error else ""
+        return cls(
+            run.run_id,
+            run.display_name or "",
+            str(run.state or "UNKNOWN"),
+            run.created_at,
+            finished,
+            error,
+        )
+
+    @property
+    def seconds(self) -> Optional[float]:
+        if self.created_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.created_at).total_seconds()
+
+    def line(self) -> str:
+        when = self.created_at.strftime("%Y-%m-%d %H:%M") if self.created_at else "?"
+        took = (
+            "-"
+            if self.seconds is None
+            else f"{int(self.seconds // 60)}m{int(self.seconds % 60):02d}s"
+        )
+        tail = f"  {self.error}" if self.error else ""
+        return f"{when}  {self.state:<10} {took:>9}  {self.id}  {self.name}{tail}"
+
+
+def list_runs(host: str, auth: Auth, experiment: Optional[str], limit: int) -> list[RunState]:
+    """The newest `limit` runs, of one experiment (by name) or all."""
+    client = make_client(host, auth)
+    with _api_errors(host):
+        experiment_id = None
+        if experiment:
+            try:
+                experiment_id = client.get_experiment(
+                    experiment_name=experiment, namespace=auth.namespace
+                ).experiment_id
+            except ValueError:
+                raise RunFailed(f"Kubeflow Pipelines at {host} has no experiment {experiment!r}")
+        response = client.list_runs(
+            page_size=limit,
+            sort_by="created_at desc",
+            experiment_id=experiment_id,
+            namespace=auth.namespace,
+        )
+    return [RunState.of(run) for run in response.runs or []]
+
+
+def wait_for_run(
+    host: str,
+    auth: Auth,
+    run_id: str,
+    timeout_s: float,
+    poll_s: float,
+    echo: Callable[[str], None] = print,
+) -> RunState:
+    """Poll the run until it ends (a line per change of state); its final state."""
+    import time
+
+    client = make_client(host, auth)
+    deadline = time.monotonic() + timeout_s
+    seen = None
+    while True:
+        with _api_errors(host):
+            run = RunState.of(client.get_run(run_id))
+        if run.state != seen:
+            echo(f"run {run_id}: {run.state}")
+            seen = run.state
+        if run.state in FINAL_STATES:
+            return run
+        if time.monotonic() + poll_s > deadline:
+            raise RunFailed(
+                f"run {run_id} still {run.state} after {timeout_s:g} s "
+                "(kubeflow.wait_timeout_s); it goes on in Kubeflow"
+            )
+        time.sleep(poll_s)

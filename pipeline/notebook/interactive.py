@@ -312,3 +312,38 @@ def ensure_pushed_model(cfg: HohConfig, echo: Callable[[str], None] = print) -> 
                 "thresholds or run 01_pipeline_interactive.ipynb to see why"
             )
     return str(Path(cfg.model_repository).resolve())
+
+
+def track(cfg: HohConfig, components: dict, echo: Callable[[str], None] = print):
+    """Log what the notebook's components produced as one MLflow run, as `hoh run` logs a run.
+
+    InteractiveContext gives every `context.run` its own MLMD run, so nothing in MLMD gathers
+    the notebook's steps: the facts are read from the components' output artifacts instead (the
+    same reader as a Kubeflow run's TrackRun node). The Resolver's outputs are the baseline, not
+    this run's. Returns the TrackingResult (its message is printed; a tracking problem is
+    reported there, never raised).
+    """
+    import time
+
+    from tfx.dsl.components.common.resolver import Resolver
+
+    from hoh.pipeline.tracking.facts import from_artifacts
+    from hoh.pipeline.tracking.log import TrackingResult, save_run_config, track_facts
+
+    run_id = time.strftime("notebook-%Y%m%dT%H%M%S")
+    config_path = save_run_config(cfg, run_id)
+    if not cfg.tracking.enabled:
+        result = TrackingResult(True, "tracking: off (tracking.enabled: false)")
+        echo(result.message)
+        return result
+    artifacts = [
+        a
+        for component in components.values()
+        if not isinstance(component, Resolver)
+        for channel in component.outputs.values()
+        for a in channel.get()
+        if a.id  # the steps this kernel ran
+    ]
+    if not artifacts:
+        raise HohError("no step of this notebook has run yet: nothing to track")
+    return track_facts(cfg, from_artifacts(cfg, run_id, artifacts), echo, config_path)

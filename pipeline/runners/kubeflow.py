@@ -156,6 +156,48 @@ def _apply_resources(components: Mapping[str, Any], cfg: HohConfig) -> None:
         components[component_id].with_platform_config(spec)
 
 
+TRACK_RUN = "TrackRun"
+
+
+def untracked_reason(cfg: HohConfig) -> str:
+    """Why a Kubeflow run will not log to MLflow ("" = it will)."""
+    if not cfg.tracking.enabled:
+        return "tracking.enabled: false"
+    if not cfg.tracking.uri:
+        return (
+            "tracking.uri is not set; a pod's embedded store would vanish with the pod: set a "
+            "tracking server or database URL the pods reach"
+        )
+    return ""
+
+
+def tracking_node(cfg: HohConfig, target: Target, components: Dict[str, Any], options: dict):
+    """The run's last node: MLflow logging from the artifacts, and the Kubeflow UI's reports.
+
+    It gets the config as the pods see it (their data root and Triton repository).
+    """
+    import json
+    from urllib.parse import urlsplit
+
+    from hoh.pipeline.tracking.component import track_run_node
+
+    for key in ("uri", "registry_uri"):
+        value = getattr(cfg.tracking, key)
+        if value and urlsplit(value).password:
+            raise HohError(
+                f"tracking.{key} holds a password, which the compiled pipeline would carry in "
+                "clear: give the pods the credentials through their environment instead "
+                "(MLFLOW_TRACKING_PASSWORD, PGPASSWORD)"
+            )
+    pods = cfg.model_dump(by_alias=True, mode="json")
+    pods["data"]["root"] = target.data_root
+    pods["push"]["model_repository"] = target.model_repository
+    gated = options.get("drift") is not None and bool(options.get("drift_blocks_push"))
+    return track_run_node(
+        components, json.dumps(pods, sort_keys=True), untracked_reason(cfg), push=not gated
+    )
+
+
 def build_pipeline(cfg: HohConfig, target: Target, beam_args: Optional[list[str]] = None):
     """The TFX pipeline object that `compile_pipeline` compiles (also runnable locally).
 
@@ -180,6 +222,7 @@ def build_pipeline(cfg: HohConfig, target: Target, beam_args: Optional[list[str]
         runtime_parameters=True,
     )
     components = create_components(**options)
+    components[TRACK_RUN] = tracking_node(cfg, target, components, options)
     _apply_resources(components, cfg)
     k = cfg.kubeflow
     return tfx.dsl.Pipeline(

@@ -7,7 +7,7 @@ import dataclasses
 import os
 from typing import Dict, List, Optional
 
-from hoh.fileio import read_json
+from hoh.fileio import exists, read_json
 from hoh.pipeline.telemetry.mlmd import open_readonly
 from hoh.pipeline.telemetry.progress import ComponentRun
 
@@ -98,7 +98,7 @@ def _example_counts(uri: str) -> Dict[str, int]:
     counts = {}
     for split in ("train", "eval"):
         path = os.path.join(uri, f"Split-{split}", "FeatureStats.pb")
-        if os.path.exists(path):
+        if exists(path):
             stats = tfdv.load_stats_binary(path)
             counts[split] = int(sum(d.num_examples for d in stats.datasets))
     return counts
@@ -157,33 +157,34 @@ def summarize(metadata_path: str, components: List[ComponentRun]) -> RunSummary:
     summary.run_id = run.name
     types = {t.id: t.name for t in store.get_artifact_types()}
     for artifact in store.get_artifacts_by_context(run.id):
-        kind = types.get(artifact.type_id)
-        summary.artifacts[kind] = artifact.uri
-        if kind == "ExampleStatistics":
-            summary.example_counts = _example_counts(artifact.uri)
-        elif kind == "ModelRun":
-            facts = _training_facts(artifact.uri)
-            summary.class_weights = facts.get("class_weights")
-            summary.embedding_store = facts.get("embedding_store")
-        elif kind == "ModelBlessing":
-            summary.blessed = artifact.custom_properties["blessed"].int_value == 1
-        elif kind == "ModelEvaluation":
-            _evaluation(artifact.uri, summary)
-        elif kind in ("hoh.DriftReport", "hoh.SampledImages"):
-            from hoh.components.drift.report import SUMMARY_FILE as DRIFT_SUMMARY
-            from hoh.components.sampling.sample import SUMMARY_FILE as SAMPLING_SUMMARY
-
-            drift = kind == "hoh.DriftReport"
-            name = DRIFT_SUMMARY if drift else SAMPLING_SUMMARY
-            setattr(
-                summary,
-                "drift" if drift else "sampling",
-                read_json(os.path.join(artifact.uri, name)),
-            )
-        elif kind == "PushedModel":
-            props = artifact.custom_properties
-            summary.pushed = props["pushed"].int_value == 1 if "pushed" in props else None
-            if summary.pushed:
-                summary.pushed_destination = props["pushed_destination"].string_value
-                summary.pushed_version = props["pushed_version"].string_value
+        add_artifact(summary, types.get(artifact.type_id), artifact.uri, artifact.custom_properties)
     return summary
+
+
+def add_artifact(summary: RunSummary, kind: Optional[str], uri: str, props) -> None:
+    """Put what one artifact says into `summary`. `props`: its MLMD custom properties, as MLMD
+    returns them or as a TFX executor holds them (`artifact.mlmd_artifact.custom_properties`),
+    so a run read back from MLMD and a component given the artifacts see the same facts."""
+    summary.artifacts[kind] = uri
+    if kind == "ExampleStatistics":
+        summary.example_counts = _example_counts(uri)
+    elif kind == "ModelRun":
+        facts = _training_facts(uri)
+        summary.class_weights = facts.get("class_weights")
+        summary.embedding_store = facts.get("embedding_store")
+    elif kind == "ModelBlessing":
+        summary.blessed = props["blessed"].int_value == 1
+    elif kind == "ModelEvaluation":
+        _evaluation(uri, summary)
+    elif kind in ("hoh.DriftReport", "hoh.SampledImages"):
+        from hoh.components.drift.report import SUMMARY_FILE as DRIFT_SUMMARY
+        from hoh.components.sampling.sample import SUMMARY_FILE as SAMPLING_SUMMARY
+
+        drift = kind == "hoh.DriftReport"
+        name = DRIFT_SUMMARY if drift else SAMPLING_SUMMARY
+        setattr(summary, "drift" if drift else "sampling", read_json(os.path.join(uri, name)))
+    elif kind == "PushedModel":
+        summary.pushed = props["pushed"].int_value == 1 if "pushed" in props else None
+        if summary.pushed:
+            summary.pushed_destination = props["pushed_destination"].string_value
+            summary.pushed_version = props["pushed_version"].string_value

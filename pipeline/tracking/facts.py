@@ -1,8 +1,8 @@
 """The facts of one finished pipeline run, read from MLMD and the artifacts it names.
 
 Runner-independent by design: it needs only MLMD and the artifacts, not the runner's state (the
-local runner calls it after the DAG; reading a Kubeflow cluster's MLMD is not wired yet, see
-docs/LIFECYCLE.md). Each fact is read
+local runner calls `collect` after the DAG; a Kubeflow run's TrackRun node and a step-by-step
+notebook, where no MLMD run gathers the artifacts, call `from_artifacts`). Each fact is read
 on its own; one that cannot be read becomes a note in the run's record (and a line on the
 terminal), never a failed run and never a silently missing value.
 """
@@ -16,7 +16,7 @@ import re
 from typing import Any, Callable, Dict, List, Optional
 
 from hoh.config import HohConfig
-from hoh.fileio import read_json
+from hoh.fileio import exists, listdir, read_json
 from hoh.pipeline.telemetry.summary import RunSummary
 
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /]")
@@ -117,7 +117,7 @@ def _label_counts(stats_uri: str, split: str) -> Dict[str, int]:
     from hoh.features import LABEL_KEY
 
     path = os.path.join(stats_uri, f"Split-{split}", "FeatureStats.pb")
-    if not os.path.exists(path):
+    if not exists(path):
         return {}
     counts: Dict[str, int] = {}
     for dataset in tfdv.load_stats_binary(path).datasets:
@@ -129,14 +129,15 @@ def _label_counts(stats_uri: str, split: str) -> Dict[str, int]:
 
 
 def _anomalies(uri: str) -> Dict[str, List[str]]:
+    import tensorflow as tf
     from tensorflow_metadata.proto.v0 import anomalies_pb2
 
     out = {}
-    for name in sorted(os.listdir(uri)) if os.path.isdir(uri) else []:
+    for name in sorted(listdir(uri)):
         path = os.path.join(uri, name, "SchemaDiff.pb")
-        if name.startswith("Split-") and os.path.exists(path):
+        if name.startswith("Split-") and exists(path):
             anomalies = anomalies_pb2.Anomalies()
-            with open(path, "rb") as f:
+            with tf.io.gfile.GFile(path, "rb") as f:
                 anomalies.ParseFromString(f.read())
             out[name[len("Split-") :]] = sorted(
                 f"{feature}: {info.short_description}"
@@ -294,6 +295,31 @@ def collect(cfg: HohConfig, summary: RunSummary, metadata_path: Optional[str] = 
     if facts.span is not None:
         from hoh.features import span_dir
 
-        report = read_json(os.path.join(str(span_dir(root, facts.span)), "import_report.json"))
-        facts.data_source = (report or {}).get("src")
+        def source() -> None:
+            path = os.path.join(str(span_dir(root, facts.span)), "import_report.json")
+            facts.data_source = (read_json(path) or {}).get("src")
+
+        _attempt(facts, "the data source (import_report.json)", source)
+    return facts
+
+
+def from_artifacts(cfg: HohConfig, run_id: str, artifacts) -> RunFacts:
+    """The facts of a run known only by its artifacts (TFX `Artifact`s with their MLMD ids):
+    a Kubeflow run's TrackRun node and a notebook's InteractiveContext, where no MLMD run context
+    gathers them. The first artifact of each type counts (a notebook's pool Examples come after
+    the training Examples); the durations and memory of components are not known here."""
+    from hoh.pipeline.telemetry.summary import add_artifact
+
+    summary = RunSummary(components=[], run_id=run_id)
+    first = {}
+    for a in artifacts:
+        first.setdefault(a.type_name, a)
+    for kind, a in first.items():
+        add_artifact(summary, kind, a.uri, a.mlmd_artifact.custom_properties)
+    facts = collect(cfg, summary, metadata_path="")  # the ids come from the artifacts
+    for kind, a in first.items():
+        if a.id:
+            facts.artifact_ids[kind] = a.id
+        if kind == "Examples" and a.has_custom_property("span"):
+            facts.span = int(a.get_int_custom_property("span"))
     return facts

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import threading
 import time
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -45,42 +44,116 @@ class TrackingResult:
         return [self.message] + [f"  note: {n}" for n in self.notes]
 
 
-class Preparation:
-    """MLflow imported and its store opened (an embedded one created) while the DAG runs.
-
-    Both cost seconds (the import ~3-5 s, creating the SQLite schema ~5 s on 2 cores) and need
-    nothing from the run, so the post-run step only logs. Started once the pipeline is built:
-    TensorFlow and TFX are imported by then, so the two threads do not import the same
-    modules at the same time. An unreachable store is found here too, and reported at the end.
-    """
+class Opened:
+    """The store opened in this process (the worker's, or a caller's without a worker)."""
 
     def __init__(self, cfg: HohConfig):
         self.client = None
         self.error: Optional[BaseException] = None
-        self._thread = threading.Thread(
-            target=self._open, args=(cfg,), name="hoh-tracking-prepare", daemon=True
-        )
-        self._thread.start()
-        self._wait_s = cfg.tracking.timeout_s * (cfg.tracking.max_retries + 1) + 60
-
-    def _open(self, cfg: HohConfig) -> None:
         try:
-            mlflow_client = store.client(cfg)
-            store.experiment_id(mlflow_client, cfg)
-            self.client = mlflow_client
-        except BaseException as exc:  # reported by track_run, never raised in this thread
+            self.client = store.client(cfg)
+            store.experiment_id(self.client, cfg)
+        except Exception as exc:  # reported when there is something to log
             self.error = exc
 
     def get(self):
-        """The client, or what opening the store raised."""
-        self._thread.join(self._wait_s)
         if self.error is not None:
             raise self.error
-        if self.client is None:
-            raise store.TrackingUnavailable(
-                f"the MLflow store did not answer within {self._wait_s:.0f} s"
-            )
         return self.client
+
+
+class _Relayed(Exception):
+    """A tracking problem the worker already put in words."""
+
+
+class Preparation:
+    """The worker process (`worker.py`: why a process) importing MLflow and opening the store
+    while the DAG runs; `track` and `failure` hand it the run and read back its result.
+
+    Started once the pipeline is built. An unreachable store is found there too, and reported
+    when the run is logged. A worker that does not answer within the tracking timeouts is
+    stopped and the run reported as not tracked, so tracking never holds up a run.
+    """
+
+    def __init__(self, cfg: HohConfig):
+        import subprocess
+        import sys
+
+        self._wait_s = cfg.tracking.timeout_s * (cfg.tracking.max_retries + 1) + 60
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "hoh.pipeline.tracking.worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            env=worker_environment(cfg, os.environ),
+        )
+        self._process.stdin.write(json.dumps(cfg.model_dump(by_alias=True, mode="json")) + "\n")
+        self._process.stdin.flush()
+
+    def _ask(self, request: dict) -> TrackingResult:
+        import subprocess
+
+        try:
+            out, _ = self._process.communicate(json.dumps(request) + "\n", timeout=self._wait_s)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+            raise _Relayed(f"the MLflow store did not answer within {self._wait_s:.0f} s") from None
+        lines = out.strip().splitlines()
+        if self._process.returncode != 0 or not lines:
+            raise _Relayed(
+                f"the tracking worker stopped with exit code {self._process.returncode} "
+                "(its error is in the run's log)"
+            )
+        reply = json.loads(lines[-1])
+        if not reply.get("ok"):
+            raise _Relayed(reply.get("error") or "the tracking worker gave no reason")
+        reply.pop("error", None)
+        return TrackingResult(**reply)
+
+    def track(self, facts: RunFacts, config_path, started: Optional[float]) -> TrackingResult:
+        result = self._ask(
+            {
+                "kind": "run",
+                "facts": facts.to_json(),
+                "config_path": str(config_path) if config_path else None,
+                "started": started,
+            }
+        )
+        result.facts = facts
+        return result
+
+    def failure(self, error: str, started: Optional[float]) -> TrackingResult:
+        return self._ask({"kind": "failure", "error": error, "started": started})
+
+    def close(self) -> None:
+        """Stop a worker that was given nothing to log (the run was interrupted)."""
+        if self._process.poll() is None:
+            self._process.communicate("", timeout=self._wait_s)
+
+
+def worker_environment(cfg: HohConfig, environ) -> dict:
+    """The worker's environment: bytecode kept in `tracking.bytecode_cache` when the environment
+    forbids writing it beside the sources (and names no other place), so MLflow is compiled once,
+    not on every run. The sources stay untouched, which is what PYTHONDONTWRITEBYTECODE is for."""
+    env = dict(environ)
+    cache = cfg.tracking.bytecode_cache
+    if cache and env.get("PYTHONDONTWRITEBYTECODE") and not env.get("PYTHONPYCACHEPREFIX"):
+        del env["PYTHONDONTWRITEBYTECODE"]
+        env["PYTHONPYCACHEPREFIX"] = os.path.expanduser(cache)
+    return env
+
+
+def result_json(result: TrackingResult) -> dict:
+    """What the worker sends back: the result without the facts the parent already has."""
+    reply = dataclasses.asdict(result)
+    reply.pop("facts")
+    return reply
+
+
+def _why(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, _Relayed) else store.short(exc)
 
 
 def prepare_tracking(cfg: HohConfig) -> Optional[Preparation]:
@@ -203,27 +276,47 @@ def track_run(
     if not cfg.tracking.enabled:
         return TrackingResult(True, "tracking: off (tracking.enabled: false)")
     t0 = time.monotonic()
-    uri = store.tracking_uris(cfg)[0]
     try:
         facts = collect(cfg, summary)
     except Exception as exc:
-        facts = None
-        result = TrackingResult(
-            False, f"tracking FAILED: could not read the run's facts: {store.short(exc)}"
-        )
+        failed = f"tracking FAILED: could not read the run's facts: {store.short(exc)}"
+        return _report(cfg, TrackingResult(False, failed), echo)
+    return track_facts(cfg, facts, echo, config_path, started, prepared, t0)
+
+
+def track_facts(
+    cfg: HohConfig,
+    facts: RunFacts,
+    echo: Callable[[str], None] = print,
+    config_path=None,
+    started: Optional[float] = None,
+    prepared: Optional[Preparation] = None,
+    t0: Optional[float] = None,
+) -> TrackingResult:
+    """Log facts already read (from MLMD, or by the TrackRun node from its input artifacts);
+    never raises for a tracking problem (the result says it)."""
+    t0 = time.monotonic() if t0 is None else t0
+    uri = store.tracking_uris(cfg)[0]
     try:
-        if facts is not None:
-            result = _track(cfg, facts, config_path, started, prepared)
+        if prepared is not None:
+            result = prepared.track(facts, config_path, started)
+        else:
+            result = log_facts(cfg, facts, config_path, started)
     except Exception as exc:
+        mlmd = f" (MLMD: {cfg.metadata_path})" if os.path.exists(cfg.metadata_path) else ""
         result = TrackingResult(
             False,
-            f"tracking FAILED ({store.redact(uri)}): {store.short(exc)}; the pipeline run itself "
-            f"completed (MLMD: {cfg.metadata_path})",
+            f"tracking FAILED ({store.redact(uri)}): {_why(exc)}; the pipeline run itself "
+            f"completed{mlmd}",
             facts=facts,
         )
-    result.notes = (facts.notes if facts else []) + result.notes
+    result.notes = facts.notes + result.notes
     if result.ok:
         result.message += f" ({time.monotonic() - t0:.1f} s)"
+    return _report(cfg, result, echo)
+
+
+def _report(cfg: HohConfig, result: TrackingResult, echo: Callable[[str], None]):
     secrets = (cfg.tracking.uri, cfg.tracking.registry_uri)
     result.message = store.scrub(result.message, *secrets)
     result.notes = [store.scrub(note, *secrets) for note in result.notes]
@@ -232,16 +325,17 @@ def track_run(
     return result
 
 
-def _track(
+def log_facts(
     cfg: HohConfig,
     facts: RunFacts,
-    config_path: Optional[Path],
+    config_path,
     started: Optional[float],
-    prepared: Optional[Preparation],
+    opened: Optional[Opened] = None,
 ) -> TrackingResult:
+    """The MLflow run, the registered version and the MLMD link; raises what goes wrong."""
     from hoh.pipeline.tracking import registry
 
-    mlflow_client = (prepared and prepared.get()) or store.client(cfg)
+    mlflow_client = (opened or Opened(cfg)).get()
     experiment = store.experiment_id(mlflow_client, cfg)
     run_name = f"{cfg.pipeline_name}-{(facts.run_id or 'run').replace(':', '')}"
     run = mlflow_client.create_run(
@@ -300,26 +394,36 @@ def track_failure(
     if not cfg.tracking.enabled:
         return TrackingResult(True, "tracking: off (tracking.enabled: false)")
     try:
-        mlflow_client = (prepared and prepared.get()) or store.client(cfg)
-        run = mlflow_client.create_run(
-            store.experiment_id(mlflow_client, cfg),
-            run_name=f"{cfg.pipeline_name}-failed",
-            start_time=int(started * 1000) if started else None,
-            tags={
-                "hoh.status": "failed",
-                "hoh.error": error[:5000],
-                "hoh.pipeline": cfg.pipeline_name,
-            },
-        )
-        params = {k: v[:_PARAM_MAX] for k, v in flatten(cfg.model_dump(by_alias=True)).items()}
-        _log(mlflow_client, run.info.run_id, params, [], {})
-        mlflow_client.log_text(run.info.run_id, cfg.to_yaml(), CONFIG_ARTIFACT)
-        mlflow_client.set_terminated(run.info.run_id, "FAILED")
-        result = TrackingResult(
-            True, f"tracked the failed run: MLflow run {run.info.run_id}", run.info.run_id
-        )
+        if prepared is not None:
+            result = prepared.failure(error, started)
+        else:
+            result = log_failure(cfg, error, started)
     except Exception as exc:
-        result = TrackingResult(False, f"tracking FAILED: {store.short(exc)}")
+        result = TrackingResult(False, f"tracking FAILED: {_why(exc)}")
     result.message = store.scrub(result.message, cfg.tracking.uri, cfg.tracking.registry_uri)
     echo(result.message)
     return result
+
+
+def log_failure(
+    cfg: HohConfig, error: str, started: Optional[float], opened: Optional[Opened] = None
+) -> TrackingResult:
+    """The MLflow side of `track_failure`; raises what goes wrong."""
+    mlflow_client = (opened or Opened(cfg)).get()
+    run = mlflow_client.create_run(
+        store.experiment_id(mlflow_client, cfg),
+        run_name=f"{cfg.pipeline_name}-failed",
+        start_time=int(started * 1000) if started else None,
+        tags={
+            "hoh.status": "failed",
+            "hoh.error": error[:5000],
+            "hoh.pipeline": cfg.pipeline_name,
+        },
+    )
+    params = {k: v[:_PARAM_MAX] for k, v in flatten(cfg.model_dump(by_alias=True)).items()}
+    _log(mlflow_client, run.info.run_id, params, [], {})
+    mlflow_client.log_text(run.info.run_id, cfg.to_yaml(), CONFIG_ARTIFACT)
+    mlflow_client.set_terminated(run.info.run_id, "FAILED")
+    return TrackingResult(
+        True, f"tracked the failed run: MLflow run {run.info.run_id}", run.info.run_id
+    )

@@ -191,3 +191,36 @@ def test_the_shipped_feast_definition_names_the_store_columns():
     assert ast.literal_eval(keywords["FileSource", "timestamp_field"]) == embeddings.TIME_COLUMN
     [field] = keywords["FeatureView", "schema"].elts
     assert ast.literal_eval(field.keywords[0].value) == embeddings.EMBEDDING_COLUMN
+
+
+def test_batch_by_batch_lookups_read_each_part_once_and_survive_a_compaction_elsewhere(
+    tmp_path, monkeypatch
+):
+    from hoh.data import embeddings
+
+    root = str(tmp_path / "store")
+    reader = EmbeddingStore.open(root, _backbone())
+    vectors = _vectors(60)
+    for start in range(0, 60, 10):  # six parts, as six runs would leave them
+        reader.add([f"id{i}" for i in range(start, start + 10)], vectors[start : start + 10])
+    reader = EmbeddingStore.open(root, _backbone())  # a new process: nothing indexed yet
+    reads = []
+    real_read = embeddings._read_table
+    monkeypatch.setattr(
+        embeddings,
+        "_read_table",
+        lambda path, columns=None: reads.append(columns) or real_read(path, columns),
+    )
+    for start in range(0, 60, 4):  # the drift check's batches
+        batch = [f"id{i}" for i in range(start, start + 4)]
+        assert list(reader.lookup(batch)) and len(reader.lookup(batch)) == 4
+    full_reads = [c for c in reads if c is None]
+    assert len(full_reads) == 6  # each part's vectors read once, not once per batch
+
+    # Another process compacts: the parts this reader indexed are gone (and id7's part is no
+    # longer among the ones it keeps in memory), so it finds the merged part.
+    EmbeddingStore.open(root, _backbone()).compact()
+    before = len(reads)
+    np.testing.assert_array_equal(reader.lookup(["id7"])["id7"], vectors[7])
+    # The vanished part, then the merged part's ids (re-indexing), then its vectors.
+    assert reads[before:] == [None, [embeddings.ID_COLUMN], None]

@@ -27,6 +27,7 @@ alpha 1.0: 100,000 images = 512 MB).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import hashlib
@@ -53,6 +54,7 @@ FORMAT_VERSION = 1
 # Bump when decoding/resizing changes what pixels reach the backbone: old entries then no
 # longer match any key, instead of silently mixing two preprocessings.
 PIXELS_VERSION = 1
+_CACHED_PARTS = 4  # parts whose vectors a store keeps in memory (5 MB each at 1024 x 1280)
 
 
 class EmbeddingStoreError(HohError):
@@ -109,6 +111,14 @@ class EmbeddingStore:
         self.root = str(root)
         self.backbone = backbone
         self.directory = _join(self.root, PARTITION + backbone.key)
+        # Which part holds each id (read from the id column alone), and the vectors of the
+        # parts read last: a caller asking batch by batch (the drift check, the sampler) reads
+        # each part about once instead of every part for every batch.
+        self._where: dict[str, str] = {}
+        self._indexed: set[str] = set()
+        self._cached: collections.OrderedDict[str, dict[str, np.ndarray]] = (
+            collections.OrderedDict()
+        )
 
     # --- opening -----------------------------------------------------------------------------
     @classmethod
@@ -156,14 +166,52 @@ class EmbeddingStore:
     def lookup(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         """The stored embedding of each of `ids` that has one (float32 [dim])."""
         wanted = set(ids)
+        if any(i not in self._where for i in wanted):
+            self._index_new_parts()  # written since, by this process or another
+        try:
+            return self._from_parts(wanted)
+        except FileNotFoundError:  # a part compacted away since it was indexed
+            self._where.clear()
+            self._indexed.clear()
+            self._cached.clear()
+            self._index_new_parts()
+            return self._from_parts(wanted)
+
+    def _from_parts(self, wanted: set[str]) -> dict[str, np.ndarray]:
+        by_part: dict[str, list[str]] = collections.defaultdict(list)
+        for image_id in wanted:
+            if image_id in self._where:
+                by_part[self._where[image_id]].append(image_id)
         found: dict[str, np.ndarray] = {}
-        if not wanted:
-            return found
-        for table in self._tables(wanted):
-            vectors = _vectors(table, self.backbone.dim)
-            for i, image_id in enumerate(table.column(ID_COLUMN).to_pylist()):
-                found[image_id] = vectors[i]
+        for path, part_ids in by_part.items():
+            vectors = self._part(path)
+            found.update((i, vectors[i]) for i in part_ids)
         return found
+
+    def _index_new_parts(self) -> None:
+        for path in self.parts():
+            if path in self._indexed:
+                continue
+            try:
+                ids = _read_table(path, columns=[ID_COLUMN]).column(ID_COLUMN).to_pylist()
+            except FileNotFoundError:
+                continue
+            self._indexed.add(path)
+            for image_id in ids:
+                self._where.setdefault(image_id, path)
+
+    def _part(self, path: str) -> dict[str, np.ndarray]:
+        if path in self._cached:
+            self._cached.move_to_end(path)
+            return self._cached[path]
+        table = _read_table(path)
+        _check_columns(path, table)
+        vectors = _vectors(table, self.backbone.dim)
+        by_id = dict(zip(table.column(ID_COLUMN).to_pylist(), vectors))
+        self._cached[path] = by_id
+        while len(self._cached) > _CACHED_PARTS:
+            self._cached.popitem(last=False)
+        return by_id
 
     def _tables(self, wanted: Optional[set[str]] = None):
         import pyarrow as pa
@@ -175,11 +223,7 @@ class EmbeddingStore:
                 table = _read_table(path)
             except FileNotFoundError:
                 continue  # compacted away since it was listed: its rows are in a newer part
-            if set(table.column_names) < {ID_COLUMN, TIME_COLUMN, EMBEDDING_COLUMN}:
-                raise EmbeddingStoreError(
-                    f"embedding store part {path} lacks the columns {ID_COLUMN}, {TIME_COLUMN}, "
-                    f"{EMBEDDING_COLUMN} (found {table.column_names}); not written by hoh"
-                )
+            _check_columns(path, table)
             if value_set is not None:
                 table = table.filter(pc.is_in(table.column(ID_COLUMN), value_set=value_set))
             if table.num_rows:
@@ -201,7 +245,11 @@ class EmbeddingStore:
                 f"embedding store {self.root}: embeddings of shape {vectors.shape} do not match "
                 f"the backbone's {self.backbone.dim} dimensions ({self.backbone.describe()})"
             )
-        return self._write_part(_table(list(ids), vectors, self.backbone.dim))
+        path = self._write_part(_table(list(ids), vectors, self.backbone.dim))
+        self._indexed.add(path)
+        for image_id in ids:
+            self._where.setdefault(image_id, path)
+        return path
 
     def _write_part(self, table) -> str:
         import pyarrow.parquet as pq
@@ -245,6 +293,9 @@ class EmbeddingStore:
             self._write_part(kept)
         for path in parts:
             _remove(path)
+        self._where.clear()
+        self._indexed.clear()
+        self._cached.clear()
         return kept.num_rows, merged.num_rows - kept.num_rows
 
 
@@ -326,6 +377,14 @@ def _table(ids: list[str], vectors: np.ndarray, dim: int):
     )
 
 
+def _check_columns(path: str, table) -> None:
+    if not {ID_COLUMN, TIME_COLUMN, EMBEDDING_COLUMN} <= set(table.column_names):
+        raise EmbeddingStoreError(
+            f"embedding store part {path} lacks the columns {ID_COLUMN}, {TIME_COLUMN}, "
+            f"{EMBEDDING_COLUMN} (found {table.column_names}); not written by hoh"
+        )
+
+
 def _vectors(table, dim: int) -> np.ndarray:
     column = table.column(EMBEDDING_COLUMN).combine_chunks()
     flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
@@ -336,7 +395,7 @@ def _vectors(table, dim: int) -> np.ndarray:
     return flat.reshape(table.num_rows, dim)
 
 
-def _read_table(path: str):
+def _read_table(path: str, columns: Optional[list[str]] = None):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -345,8 +404,8 @@ def _read_table(path: str):
             import tensorflow as tf
 
             with tf.io.gfile.GFile(path, "rb") as f:
-                return pq.read_table(io.BytesIO(f.read()))
-        return pq.read_table(path)
+                return pq.read_table(io.BytesIO(f.read()), columns=columns)
+        return pq.read_table(path, columns=columns)
     except FileNotFoundError:
         raise
     except (OSError, pa.ArrowException) as exc:

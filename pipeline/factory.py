@@ -6,12 +6,12 @@ Shared by the local, notebook and Kubeflow runners.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
 
 from hoh import features
 from hoh.config import HohConfig, section_json
+from hoh.data.report import read_import_report
 from hoh.errors import HohError
 from hoh.fileio import is_remote
 
@@ -49,20 +49,6 @@ def resolve_span(data_root: str, span: Optional[int]) -> int:
     if span not in spans:
         raise HohError(f"data.span={span} does not exist under {data_root}; spans there: {spans}")
     return span
-
-
-def read_import_report(data_root: str, span: int) -> dict:
-    """The import report `hoh data import` (or `hoh ingest`) wrote beside a span."""
-    report = features.span_dir(data_root, span) / features.IMPORT_REPORT
-    try:
-        content = json.loads(report.read_text(encoding="utf-8"))
-        list(content["classes"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise HohError(
-            f"cannot tell the classes: {report} is missing or unreadable ({exc}); "
-            "set data.classes in the config (class names in id order)"
-        ) from None
-    return content
 
 
 def detect_classes(data_root: str, span: int) -> list[str]:

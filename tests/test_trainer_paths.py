@@ -213,7 +213,7 @@ def test_an_unwritable_store_is_reported_and_the_run_computes_every_feature(tmp_
     )
     lines = []
     store = features_cache.open_store(
-        str(blocker / "embeddings"), model_lib.build_model(spec), spec, lines.append
+        str(blocker / "embeddings"), model_lib.build_model(spec), IMAGE_SIZE, ALPHA, lines.append
     )
     assert store is None
     assert (

@@ -228,21 +228,24 @@ class StoredFeatures:
 
 
 def open_store(
-    root: Optional[str], model: keras.Model, spec: ModelSpec, log: Callable[[str], None]
+    root: Optional[str],
+    model: keras.Model,
+    image_size: int,
+    alpha: float,
+    log: Callable[[str], None],
 ) -> Optional[EmbeddingStore]:
-    """The store for this model's backbone, or None (with the reason logged) when unusable."""
+    """The store for this model's backbone, or None (the reason given to `log`) when it cannot
+    be opened; the Trainer and the Predictor (drift, sampling) both open it here."""
     if not root:
         return None
     try:
-        store = EmbeddingStore.open(root, backbone_id(model, spec.image_size, spec.alpha))
+        return EmbeddingStore.open(root, backbone_id(model, image_size, alpha))
     except OSError as exc:  # e.g. a read-only data lake under embeddings.store=auto
         log(
             f"embedding store {root} cannot be opened ({exc}); computing every feature this run "
             "(set embeddings.store to a writable path, or null)"
         )
         return None
-    log(f"embedding store {root}: backbone {store.backbone.describe()} (key {store.backbone.key})")
-    return store
 
 
 @contextlib.contextmanager

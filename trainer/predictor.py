@@ -113,13 +113,13 @@ class Predictor:
 
         self.serving_dir = find_serving_dir(model_path)
         self.class_names = [c for c in _read_extra(self.serving_dir, LABELS_FILE).splitlines() if c]
-        info = json.loads(_read_extra(self.serving_dir, MODEL_INFO_FILE))
-        self.image_size = int(info["image_size"])
+        self._info = json.loads(_read_extra(self.serving_dir, MODEL_INFO_FILE))
+        self.image_size = int(self._info["image_size"])
         self.note = ""
         self._run = None
         self._store = None
         self._head = None
-        self._pending: tuple[list[str], list[np.ndarray]] = ([], [])
+        self._pending: dict[str, np.ndarray] = {}  # computed, not yet in the store, by id
         self.store_counts = {"reused": 0, "computed": 0}
         if embeddings:
             self._run = self._keras_runner(tf, embedding_store)
@@ -164,27 +164,21 @@ class Predictor:
 
     def _open_store(self, tf: Any, model: Any, root: str, dim: int) -> None:
         """The store for this model's backbone, and the head alone to run on stored vectors."""
-        from hoh.data.embeddings import BackboneId, EmbeddingStore, weights_sha256
         from hoh.trainer.export import to_probabilities
+        from hoh.trainer.features_cache import open_store
         from hoh.trainer.model import HEAD_NAME, backbone_of
 
         try:
             head = model.get_layer(HEAD_NAME)
-            backbone = backbone_of(model)
+            backbone_of(model)
         except (ValueError, StopIteration):
             self.note = "no embedding store: the model has no separate head and backbone"
             return
-        info = json.loads(_read_extra(self.serving_dir, MODEL_INFO_FILE))
-        backbone_id = BackboneId(
-            weights_sha256=weights_sha256(backbone.get_weights()),
-            image_size=self.image_size,
-            alpha=float(info.get("alpha", 1.0)),
-            dim=int(dim),
+        alpha = float(self._info.get("alpha", 1.0))
+        self._store = open_store(
+            root, model, self.image_size, alpha, lambda why: setattr(self, "note", why)
         )
-        try:
-            self._store = EmbeddingStore.open(root, backbone_id)
-        except OSError as exc:  # e.g. a read-only data lake under embeddings.store=auto
-            self.note = f"embedding store {root} not used: cannot open it ({exc})"
+        if self._store is None:
             return
         num_classes = len(self.class_names)
 
@@ -248,23 +242,18 @@ class Predictor:
     def _remember(self, ids: list[str], vectors: Optional[np.ndarray]) -> None:
         if not ids or vectors is None:
             return
-        seen = set(self._pending[0])
         for image_id, vector in zip(ids, vectors):
-            if image_id not in seen:
-                seen.add(image_id)
-                self._pending[0].append(image_id)
-                self._pending[1].append(vector)
-        if len(self._pending[0]) >= STORE_PART_ROWS:
+            self._pending.setdefault(image_id, vector)
+        if len(self._pending) >= STORE_PART_ROWS:
             self.flush_store()
 
     def flush_store(self) -> None:
         """Write the embeddings computed since the last flush to the store (one part)."""
-        ids, vectors = self._pending
-        if self._store is None or not ids:
+        if self._store is None or not self._pending:
             return
-        self._store.add(ids, np.stack(vectors))
-        self.store_counts["computed"] += len(ids)
-        self._pending = ([], [])
+        self._store.add(list(self._pending), np.stack(list(self._pending.values())))
+        self.store_counts["computed"] += len(self._pending)
+        self._pending = {}
 
     def _predict(self, images: Sequence[bytes]) -> Prediction:
         import tensorflow as tf

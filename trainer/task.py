@@ -188,7 +188,16 @@ def run_fn(fn_args) -> None:
                 "keyed by"
             )
         else:
-            store = features_cache.open_store(embeddings_cfg.store, model, spec, logging.info)
+            store = features_cache.open_store(
+                embeddings_cfg.store, model, spec.image_size, spec.alpha, logging.info
+            )
+            if store is not None:
+                logging.info(
+                    "Embedding store %s: backbone %s (key %s)",
+                    store.root,
+                    store.backbone.describe(),
+                    store.backbone.key,
+                )
     if cached:
         logging.info("Frozen backbone, no augmentation: fitting the head on cached features")
         head = model.get_layer(model_lib.HEAD_NAME)

@@ -171,9 +171,7 @@ class EmbeddingStore:
         try:
             return self._from_parts(wanted)
         except FileNotFoundError:  # a part compacted away since it was indexed
-            self._where.clear()
-            self._indexed.clear()
-            self._cached.clear()
+            self._forget()
             self._index_new_parts()
             return self._from_parts(wanted)
 
@@ -187,6 +185,11 @@ class EmbeddingStore:
             vectors = self._part(path)
             found.update((i, vectors[i]) for i in part_ids)
         return found
+
+    def _forget(self) -> None:
+        self._where.clear()
+        self._indexed.clear()
+        self._cached.clear()
 
     def _index_new_parts(self) -> None:
         for path in self.parts():
@@ -213,24 +216,21 @@ class EmbeddingStore:
             self._cached.popitem(last=False)
         return by_id
 
-    def _tables(self, wanted: Optional[set[str]] = None):
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        value_set = pa.array(sorted(wanted), pa.string()) if wanted is not None else None
-        for path in self.parts():
+    def _tables(self, parts: Sequence[str]):
+        """The tables of `parts` that still exist (a part compacted away since it was listed
+        has its rows in a newer part), each checked to be a store part."""
+        for path in parts:
             try:
                 table = _read_table(path)
             except FileNotFoundError:
-                continue  # compacted away since it was listed: its rows are in a newer part
+                continue
             _check_columns(path, table)
-            if value_set is not None:
-                table = table.filter(pc.is_in(table.column(ID_COLUMN), value_set=value_set))
             if table.num_rows:
                 yield table
 
     def count(self) -> int:
-        return len({i for t in self._tables() for i in t.column(ID_COLUMN).to_pylist()})
+        parts = self.parts()
+        return len({i for t in self._tables(parts) for i in t.column(ID_COLUMN).to_pylist()})
 
     # --- writing -----------------------------------------------------------------------------
     def add(self, ids: Sequence[str], vectors: np.ndarray) -> Optional[str]:
@@ -271,13 +271,8 @@ class EmbeddingStore:
         returns (rows kept, rows dropped). New parts written meanwhile are left alone."""
         import pyarrow as pa
 
-        parts = self.parts()
-        tables = []
-        for path in parts:
-            try:
-                tables.append(_read_table(path))
-            except FileNotFoundError:
-                continue
+        parts = self.parts()  # exactly these are deleted below, once their rows are merged
+        tables = list(self._tables(parts))
         if not tables:
             return 0, 0
         merged = pa.concat_tables(tables)
@@ -293,9 +288,7 @@ class EmbeddingStore:
             self._write_part(kept)
         for path in parts:
             _remove(path)
-        self._where.clear()
-        self._indexed.clear()
-        self._cached.clear()
+        self._forget()
         return kept.num_rows, merged.num_rows - kept.num_rows
 
 

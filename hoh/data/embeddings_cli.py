@@ -17,11 +17,7 @@ def _store_root(args: argparse.Namespace) -> str:
     from hoh.config import load_config
 
     cfg = load_config(args.config, args.set)
-    if cfg.data.root is None and cfg.embeddings.store == "auto":
-        root = cfg.demo_data_dir
-    else:
-        root = cfg.data.root or ""
-    store = cfg.embeddings.resolve(str(root))
+    store = cfg.embeddings.resolve(cfg.data.root or cfg.demo_data_dir)
     if not store:
         raise UsageError("embeddings.store is null (off) in this config; give --store DIR")
     return store

@@ -30,7 +30,6 @@ An existing span is never overwritten: a span is immutable once the pipeline may
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import secrets
 import shutil
@@ -50,7 +49,7 @@ from hoh.data.images import (
     read_header,
 )
 from hoh.data.layout import SourceFile, scan_source
-from hoh.data.report import Duplicate, ImportReport, Rejected
+from hoh.data.report import Duplicate, ImportReport, Rejected, read_import_report
 from hoh.data.split import EVAL, POOL, TRAIN, assign_splits
 from hoh.data.tfrecords import DEFAULT_SHARD_BYTES, ShardedWriter, serialize_example
 from hoh.durable import sync_path, sync_tree, write_hidden_temp
@@ -396,12 +395,9 @@ def _check_against_earlier_spans(out_dir: Path, span: int, class_dirs: list[str]
     if not earlier:
         return
     try:
-        report = json.loads(
-            (features.span_dir(out_dir, earlier[-1]) / REPORT_NAME).read_text(encoding="utf-8")
-        )
-        known = [str(c) for c in report.get("classes") or []]
-    except (OSError, ValueError, AttributeError):
-        return  # an unlabeled or foreign span: nothing to compare with
+        known = [str(c) for c in read_import_report(out_dir, earlier[-1])["classes"]]
+    except HohError:
+        return  # a foreign span without a readable report: nothing to compare with
     new = [c for c in class_dirs if c not in known]
     for message in features.class_name_collisions(known + new):
         raise HohError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 
@@ -93,3 +94,20 @@ class ImportReport:
         for path in report_paths:
             lines.append(f"report: {path}")
         return lines
+
+
+def read_import_report(data_root: str | Path, span: int) -> dict[str, Any]:
+    """The import report `hoh data import` (or `hoh ingest`) wrote beside a span."""
+    from hoh import features
+    from hoh.errors import HohError
+
+    report = features.span_dir(data_root, span) / features.IMPORT_REPORT
+    try:
+        content = json.loads(report.read_text(encoding="utf-8"))
+        list(content["classes"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise HohError(
+            f"cannot tell the classes: {report} is missing or unreadable ({exc}); "
+            "set data.classes in the config (class names in id order)"
+        ) from None
+    return content

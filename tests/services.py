@@ -146,6 +146,20 @@ def service(name: str):
     return find_or_start(*SERVICES[name])
 
 
+TOOLS = Path(__file__).resolve().parents[1] / ".tools"
+
+
+def tool(name: str, make_target: str) -> str:
+    """Path of the executable `name`: from PATH, else from .tools/*/bin/ (where `make
+    <make_target>` unpacks it), else `unavailable(...)`."""
+    found = shutil.which(name) or next(
+        (str(p) for p in sorted(TOOLS.glob(f"*/bin/{name}")) if os.access(p, os.X_OK)), None
+    )
+    if found is None:
+        unavailable(f"{name} is not on PATH nor in {TOOLS}/*/bin (make {make_target})")
+    return found
+
+
 def postgres_url() -> str:
     """A PostgreSQL URL: POSTGRES_URL, else the local server on 5432 (trust auth), else skip.
 

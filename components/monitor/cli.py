@@ -33,6 +33,13 @@ def _run(args: argparse.Namespace) -> int:
         config.workspace = str(Path(args.workspace).resolve())
     if args.no_workspace:
         config.workspace, config.workspace_url = None, None
+    if args.prometheus is not None:
+        try:
+            config.prometheus_url = args.prometheus
+        except ValueError:
+            raise UsageError(
+                f"--prometheus {args.prometheus!r} is not an http(s):// URL of Prometheus"
+            ) from None
     if args.on_alert is not None:
         config.on_alert = args.on_alert
     if args.cooldown_hours is not None:
@@ -187,6 +194,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the gateway's audit log directory (--audit-dir; repeat for each replica): "
         "request rate, error rate and p50/p95/p99 latency of the window against "
         "monitor.latency_p95_objective_ms; verdict slo_breached when broken",
+    )
+    monitor.add_argument(
+        "--prometheus",
+        metavar="URL",
+        help="Prometheus scraping the gateway and Triton (monitor.prometheus_url): the "
+        "window's service health from their metrics; --audit is then the fallback",
     )
     monitor.add_argument(
         "--k", type=int, help="images in the labelling batch (default: sampling.k)"

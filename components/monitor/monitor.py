@@ -6,7 +6,8 @@ delegated to the code that owns it, so traffic is judged exactly as a new span i
 - prediction drift: `predictions.py`, against the model's predictions on its eval split (the
   pusher's record in the version directory; computed here for a version pushed without one);
 - the labelling batch: `sample_pool` of the sampler, the window standing in for the pool;
-- service health: `service.py`, from the gateway's audit log over the same days;
+- service health: `prometheus.py`, from the gateway's and Triton's metrics in Prometheus
+  (`monitor.prometheus_url`), else `service.py`, from the gateway's audit log over the same days;
 - online accuracy: `accuracy.py`, the captures joined with the labels fed back to the gateway.
 
 The verdict names the first problem of drift, accuracy_low, slo_breached (each one is also a
@@ -31,7 +32,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from hoh import features
 from hoh.components.monitor import predictions as preds
-from hoh.components.monitor import prom, trigger
+from hoh.components.monitor import prom, prometheus, trigger
 from hoh.components.monitor.accuracy import online_accuracy
 from hoh.components.monitor.service import health, read_requests
 from hoh.components.monitor.window import Window
@@ -188,11 +189,11 @@ def run_monitor(
     snapshots: dict = {}  # the drift check's Evidently snapshot, for the workspace
     start = datetime.combine(window.since, clock(), tzinfo=timezone.utc).timestamp()
     end = datetime.combine(window.until + timedelta(days=1), clock(), tzinfo=timezone.utc)
-    service = None
-    if audit_dirs:
-        requests = read_requests(audit_dirs, start, end.timestamp(), window.model)
-        seconds = min(end.timestamp(), now) - start
-        service = health(requests, seconds, config.latency_p95_objective_ms, config.max_error_rate)
+    service = _service_health(window.model, start, min(end.timestamp(), now), config, audit_dirs)
+    if service and service.get("fallback_from"):
+        notes.append(f"service health from the audit log: {service['fallback_from']}")
+    elif service and service.get("error"):
+        notes.append(f"service health unknown: {service['error']}")
     insufficient = len(window.served) < config.min_images
     drifted = False
     if insufficient:
@@ -404,12 +405,35 @@ def _prediction_drift(
     return {**result, "reference_origin": origin, "notes": notes}
 
 
+def _service_health(
+    model: Optional[str],
+    start: float,
+    end: float,
+    config: MonitorConfig,
+    audit_dirs: Sequence[str | Path],
+) -> Optional[dict]:
+    """From Prometheus when configured; from the audit log when not, or when Prometheus could
+    not answer and there is an audit log (the result says so: `fallback_from`)."""
+    objectives = (config.latency_p95_objective_ms, config.max_error_rate)
+    scraped = None
+    if config.prometheus_url:
+        scraped = prometheus.health(config.prometheus_url, start, end, model, *objectives)
+        if not scraped.get("error") or not audit_dirs:
+            return scraped
+    if not audit_dirs:
+        return None
+    logged = health(read_requests(audit_dirs, start, end, model), end - start, *objectives)
+    return {**logged, "fallback_from": scraped["error"]} if scraped else logged
+
+
 def summary_lines(summary: dict) -> list[str]:
     """A few lines for a terminal: the verdict, why, and what was left out."""
     c = summary["counts"]
+    unknown = (summary.get("service") or {}).get("error")  # no silent "ok" about the service
     lines = [
         f"monitor: {summary['verdict'].upper()} ({c['served_images']} served images of version "
         f"{summary['model']['version']}, {len(summary['window']['days'])} day(s))"
+        + (", service health UNKNOWN" if unknown else "")
     ]
     lines += [f"  - {reason}" for reason in summary["reasons"]]
     left_out = {
@@ -444,15 +468,18 @@ def service_line(service: dict) -> str:
     def ms(value: Optional[float]) -> str:
         return "-" if value is None else f"{value:.0f}"
 
+    if service.get("error"):
+        return f"service: UNKNOWN, {service['error']}"
+    source = "Prometheus" if service.get("source") == "prometheus" else "the gateway's audit log"
     if not service["requests"]:
-        return "service: no predict request in the gateway's audit log for the window"
+        return f"service: no predict request in {source} for the window"
     latency = "/".join(ms(service["latency_ms"][k]) for k in ("p50", "p95", "p99"))
     rate = service["request_rate"]
     per_second = "-" if rate is None else f"{rate:.3g}"  # None: a window not begun yet
     return (
         f"service: {service['requests']} predict requests ({per_second}/s), "
         f"5xx {service['error_ratio']:.1%}, p50/p95/p99 {latency} ms "
-        f"(objective p95 <= {service['objective_p95_ms']:.0f} ms)"
+        f"(objective p95 <= {service['objective_p95_ms']:.0f} ms; from {source})"
     )
 
 

@@ -4,7 +4,9 @@ Read from the gateway's audit log, not from the capture folder: the audit log ha
 request, allowed or refused, with its status and latency, while captures are a sample of the
 successful ones only (an error rate cannot be computed from them). The live figures are in
 Prometheus (deploy/prometheus/); these are the same figures for exactly the monitored window,
-so a monitor run can say whether that window met the objective.
+so a monitor run can say whether that window met the objective. With `monitor.prometheus_url`
+set, `prometheus.py` reads the window's figures from there instead, and this is the fallback
+when Prometheus cannot answer (`source` in the result says which one it was).
 
 Percentiles are nearest-rank (the smallest observed latency at or above which p % of requests
 finished): an observed value, reproducible by hand, unlike a histogram's interpolation. Latency
@@ -108,30 +110,39 @@ def health(
     client_errors = sum(1 for status, _ in calls if 400 <= status < 500)
     ok = sorted(ms for status, ms in calls if status < 400)
     latency = {f"p{q}": nearest_rank(ok, q) for q in QUANTILES}
-    error_ratio = server_errors / total if total else None
-    reasons = []
-    if latency["p95"] is not None and latency["p95"] > objective_p95_ms:
-        reasons.append(
-            f"p95 latency {latency['p95']:.0f} ms is above the {objective_p95_ms:.0f} ms objective "
-            f"({len(ok)} successful requests)"
-        )
-    if error_ratio is not None and error_ratio > max_error_rate:
-        reasons.append(
-            f"{error_ratio:.1%} of {total} predict requests failed with 5xx "
-            f"(objective: at most {max_error_rate:.1%})"
-        )
-    return {
+    result = {
         "requests": total,
         "successful": len(ok),
         "server_errors": server_errors,
         "client_errors": client_errors,
         "request_rate": total / seconds if seconds > 0 else None,
-        "error_ratio": error_ratio,
+        "error_ratio": server_errors / total if total else None,
         "latency_ms": latency,
+        "bad_lines": requests.bad_lines,
+        "files": requests.files,
+    }
+    result = judge(result, objective_p95_ms, max_error_rate, f"{len(ok)} successful requests")
+    return {**result, "source": "audit_log"}
+
+
+def judge(figures: dict, objective_p95_ms: float, max_error_rate: float, basis: str) -> dict:
+    """`figures` with the objectives and whether they were broken (no figure: not judged);
+    `basis` names what the p95 rests on. One judgement for every source of the figures."""
+    p95, error_ratio = figures["latency_ms"]["p95"], figures["error_ratio"]
+    reasons = []
+    if p95 is not None and p95 > objective_p95_ms:
+        reasons.append(
+            f"p95 latency {p95:.0f} ms is above the {objective_p95_ms:.0f} ms objective ({basis})"
+        )
+    if error_ratio is not None and error_ratio > max_error_rate:
+        reasons.append(
+            f"{error_ratio:.1%} of {figures['requests']} predict requests failed with 5xx "
+            f"(objective: at most {max_error_rate:.1%})"
+        )
+    return {
+        **figures,
         "objective_p95_ms": objective_p95_ms,
         "max_error_rate": max_error_rate,
         "slo_breached": bool(reasons),
         "reasons": reasons,
-        "bad_lines": requests.bad_lines,
-        "files": requests.files,
     }

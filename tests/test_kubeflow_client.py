@@ -103,6 +103,26 @@ def test_a_second_submit_adds_a_version_of_the_same_pipeline(kfp, package):
     assert all(r["runtime_config"].get("parameters", {}) == {} for r in runs)  # compiled defaults
 
 
+def test_cache_flags_reach_the_uploaded_spec_and_never_cache_track_run(kfp, package):
+    """The kfp client drops `enable_caching` for a run of an uploaded version, so --cache and
+    --no-cache are written into the uploaded spec; TrackRun stays uncached either way."""
+
+    def uploaded_caching(index: int) -> dict:
+        text = kfp.versions[upload_pipeline_id(kfp)][index]["package"]
+        assert text.startswith("# hoh pipeline hoh for Kubeflow Pipelines v2")
+        tasks = yaml.safe_load(text)["root"]["dag"]["tasks"]
+        return {name: task["cachingOptions"]["enableCache"] for name, task in tasks.items()}
+
+    compiled = package.read_bytes()
+    assert _run("submit", "--host", kfp.url, "--package", str(package), "--no-cache") == 0
+    assert not any(uploaded_caching(0).values())
+    cron = ["--cron", "0 0 3 * * *"]
+    assert _run("schedule", "--host", kfp.url, "--package", str(package), *cron, "--cache") == 0
+    caching = uploaded_caching(1)
+    assert caching.pop("TrackRun") is False and all(caching.values())
+    assert package.read_bytes() == compiled  # the user's file is left as compiled
+
+
 def test_schedule_sends_the_cron_and_parameters_as_given(kfp, package, capsys):
     assert (
         _run(

@@ -142,6 +142,7 @@ def test_same_dag_as_the_local_runner_but_for_the_baseline(compiled, tiny_span, 
         "ImportExampleGen",
         "StatisticsGen",
         "ExampleValidator",
+        "Transform",
         "Trainer",
         "Evaluator",
         "DriftCheck",
@@ -165,6 +166,7 @@ def test_track_run_leaves_the_kubeflow_ui_reports_and_metrics(compiled):
         "anomalies": "ExampleValidator",
         "model_run": "Trainer",
         "model": "Trainer",
+        "transform_graph": "Transform",
         "evaluation": "Evaluator",
         "blessing": "Evaluator",
         "drift": "DriftCheck",
@@ -187,6 +189,23 @@ def test_track_run_leaves_the_kubeflow_ui_reports_and_metrics(compiled):
     assert reason.startswith("tracking.uri is not set")  # SETTINGS name no tracking server
     pods = json.loads(params["config"]["runtimeValue"]["constant"])
     assert pods["data"]["root"] == DATA and pods["push"]["model_repository"] == MODELS
+
+
+def test_track_run_is_never_cached_so_a_fully_cached_run_is_still_logged(compiled):
+    """Every other task keeps the pipeline's cache setting; TrackRun's inputs are the same when
+    all of them are cache hits, and a cached TrackRun would log nothing."""
+    from kfp import components
+
+    output, spec, _ = compiled
+    caching = {
+        name: task.get("cachingOptions", {}).get("enableCache", False)
+        for name, task in spec["root"]["dag"]["tasks"].items()
+    }
+    assert caching.pop("TrackRun") is False
+    assert caching and all(caching.values())
+    tasks = components.load_component_from_file(str(output)).pipeline_spec.root.dag.tasks
+    assert not tasks["TrackRun"].caching_options.enable_cache  # as the KFP SDK reads it
+    assert tasks["Trainer"].caching_options.enable_cache
 
 
 def test_a_tracking_server_is_carried_and_passwords_are_refused(tmp_path, capsys):
@@ -298,10 +317,14 @@ def test_beam_args_and_resources_are_carried(compiled):
 
 
 def _class_paths(spec: dict) -> set[str]:
+    """Every executor class the pods import: the measuring wrappers and what they wrap."""
+    from hoh.pipeline.kfp.measured import unwrap
+
     paths = set()
     for executor in spec["deploymentSpec"]["executors"].values():
         args = executor["container"]["args"]
-        paths.add(args[args.index("--executor_class_path") + 1])
+        path = args[args.index("--executor_class_path") + 1]
+        paths |= {path, unwrap(path)}
     return paths
 
 
@@ -338,6 +361,30 @@ def test_every_class_path_imports_from_the_installed_package(compiled):
         assert module.rsplit(".", 1)[0] in packages, dotted
     for command in (LAUNCHER[2], "tfx.orchestration.kubeflow.v2.file_based_example_gen.driver"):
         assert importlib.util.find_spec(command) is not None, command
+
+
+def test_every_executor_but_track_runs_measures_itself(compiled):
+    """Durations and peak memory per component on Kubeflow: each task's executor class is the
+    measuring subclass of the one TFX compiled (hoh.pipeline.kfp.measured); TrackRun reads the
+    measurements and keeps its own class."""
+    from tfx.utils import import_utils
+
+    from hoh.pipeline.kfp import measured
+
+    _, spec, pipeline = compiled
+    executors = spec["deploymentSpec"]["executors"]
+    originals = {n.id: n.executor_spec.executor_class for n in pipeline.components}
+    for name, task in spec["root"]["dag"]["tasks"].items():
+        args = executors[spec["components"][task["componentRef"]["name"]]["executorLabel"]]
+        args = args["container"]["args"]
+        path = args[args.index("--executor_class_path") + 1]
+        cls = import_utils.import_class_by_path(path)
+        if name == "TrackRun":
+            assert path == "hoh.pipeline.tracking.component.Executor"
+            continue
+        assert path.startswith(f"{measured.__name__}.{name}__"), path
+        assert cls.__bases__ == (originals[name],), path
+        assert cls.Do is not originals[name].Do
 
 
 def test_dockerfile_copies_every_package_the_pipeline_references(compiled):

@@ -26,6 +26,18 @@ from hoh.pipeline.tracking import facts as facts_mod
 from hoh.pipeline.tracking import model_card, registry, store
 from hoh.pipeline.tracking.log import track_run
 
+# A drift check's summary.json when drift held a blessed model back (drift.block_push).
+HELD_DRIFT = {
+    "drift_detected": True,
+    "reasons": ["label share drifted"],
+    "blocks_push": True,
+    "drifted_share": 0.5,
+    "features": [],
+    "notes": [],
+    "reference": {"images": 50, "skipped": []},
+    "current": {"images": 50, "skipped": []},
+}
+
 
 def make_cfg(output: Path, *overrides: str):
     return load_config(None, list(overrides), output_dir=str(output))
@@ -161,17 +173,9 @@ def lifecycle(tmp_path_factory):
     r3 = track_run(cfg2, summary("run-3", blessed=False, auc=0.5), lines.append)
     model3 = root / "model-3"
     fake_saved_model(model3 / "Format-Serving", pb=b"graph-3")
-    held = {
-        "drift_detected": True,
-        "reasons": ["label share drifted"],
-        "blocks_push": True,
-        "drifted_share": 0.5,
-        "features": [],
-        "notes": [],
-        "reference": {"images": 50, "skipped": []},
-        "current": {"images": 50, "skipped": []},
-    }
-    r4 = track_run(cfg2, summary("run-4", model_uri=model3, auc=0.95, drift=held), lines.append)
+    r4 = track_run(
+        cfg2, summary("run-4", model_uri=model3, auc=0.95, drift=HELD_DRIFT), lines.append
+    )
     return cfg2, (r1, r2, r3, r4), lines, (v1, v2)
 
 

@@ -64,13 +64,7 @@ def version_model(model_dir: str, version: int) -> tuple[str, str]:
             f"version {version} of {model_dir} was never published (a push killed before it "
             "replaced config.pbtxt left it); it cannot be served"
         )
-    info_path = join(version_dir, repository.PUSH_INFO_FILE)
-    source = None
-    if fs.exists(info_path):
-        try:
-            source = json.loads(fs.read_bytes(info_path)).get("source")
-        except ValueError:
-            pass
+    source = push_source(version_dir)
     # A TensorFlow-flavour version holds the SavedModel; other flavours hold what was exported
     # from it, so the model they came from (hoh_push.json `source`) is pushed again instead.
     for candidate in (join(version_dir, repository.SAVED_MODEL_DIR), source):
@@ -80,6 +74,37 @@ def version_model(model_dir: str, version: int) -> tuple[str, str]:
         f"version {version} of {model_dir} is incomplete: neither it nor its source model "
         f"({source or 'not recorded'}) holds a saved_model.pb"
     )
+
+
+def push_source(version_dir: str) -> Optional[str]:
+    """The model a version was pushed from (its hoh_push.json `source`: the Trainer's serving
+    model path), or None when the version does not record it."""
+    fs = fs_for(version_dir)
+    info_path = join(version_dir, repository.PUSH_INFO_FILE)
+    if not fs.exists(info_path):
+        return None
+    try:
+        return json.loads(fs.read_bytes(info_path)).get("source")
+    except ValueError:
+        return None
+
+
+def pushed_version_of(model_repository: str, model_name: str, model_uri: str) -> Optional[int]:
+    """The newest published version of `model_name` pushed from `model_uri`, or None.
+
+    How a node that cannot consume the pusher's PushedModel (it sits under the drift gate's
+    `Cond`) learns what the pusher published: the pusher records the model it pushed in each
+    version's hoh_push.json, and a rollback re-publishes a version with its original source, so
+    the newest match is what serves this model now. Versions a killed push left unpublished are
+    not versions (`list_versions`).
+    """
+    model_dir = model_dir_of(model_repository, model_name)
+    wanted = model_uri.rstrip("/")
+    for version in reversed(repository.list_versions(model_dir)):
+        source = push_source(join(model_dir, str(version)))
+        if source and source.rstrip("/") == wanted:
+            return version
+    return None
 
 
 def republish(model_repository: str, settings: TritonPushSettings, version: int) -> PushResult:

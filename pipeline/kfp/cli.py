@@ -60,7 +60,8 @@ def _add_submit_args(parser: argparse.ArgumentParser) -> None:
         "--cache",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="force Kubeflow caching on/off for this run (default: as compiled)",
+        help="force Kubeflow caching on/off for this run's tasks (default: as compiled); "
+        "TrackRun, which logs the run, is never cached",
     )
     parser.add_argument("--service-account", help="Kubernetes service account of the run's pods")
     _add_auth_args(parser)

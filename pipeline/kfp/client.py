@@ -13,6 +13,7 @@ import dataclasses
 import datetime
 import hashlib
 import io
+import itertools
 import os
 import re
 from pathlib import Path
@@ -380,10 +381,41 @@ class Request:
         return self.run_name or f"{self.pipeline_name} {stamp}"
 
 
+def with_caching(package: str, enable: bool, never_cached: Sequence[str], directory: str) -> str:
+    """A copy of `package` in `directory` whose tasks use Kubeflow's cache as `enable` says,
+    but for `never_cached` ones.
+
+    What `--cache/--no-cache` needs: the kfp client applies `enable_caching` only to a run
+    created from a package file, while hoh runs an uploaded pipeline version, where the setting
+    would be dropped without a word. The caching options live in the uploaded spec instead."""
+    import yaml
+
+    text = Path(package).read_text(encoding="utf-8")
+    try:
+        spec = yaml.safe_load(text)
+        tasks = spec["root"]["dag"]["tasks"]
+    except (yaml.YAMLError, KeyError, TypeError) as exc:
+        raise HohError(f"--cache: {package} is not a compiled pipeline spec YAML ({exc})") from None
+    for name, task in tasks.items():
+        task["cachingOptions"] = {"enableCache": enable and name not in never_cached}
+    lines = text.splitlines()
+    header = "".join(f"{line}\n" for line in itertools.takewhile(lambda x: x[:1] == "#", lines))
+    copy = Path(directory) / Path(package).name
+    copy.write_text(header + yaml.safe_dump(spec, sort_keys=True), encoding="utf-8")
+    return str(copy)
+
+
 def _prepare(request: Request):
+    import tempfile
+
     client = make_client(request.host, request.auth)
-    with _api_errors(request.host):
-        pipeline_id, version_id = upload(client, request.package, request.pipeline_name)
+    with tempfile.TemporaryDirectory(prefix="hoh-kfp-") as tmp, _api_errors(request.host):
+        package = request.package
+        if request.enable_caching is not None:
+            from hoh.pipeline.runners.kubeflow import NEVER_CACHED
+
+            package = with_caching(package, request.enable_caching, NEVER_CACHED, tmp)
+        pipeline_id, version_id = upload(client, package, request.pipeline_name)
         experiment = client.create_experiment(request.experiment, namespace=request.auth.namespace)
     return client, pipeline_id, version_id, experiment.experiment_id
 

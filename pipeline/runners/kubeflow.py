@@ -250,6 +250,40 @@ def runtime_parameter_defaults(pipeline) -> Dict[str, str]:
     }
 
 
+# Tasks whose execution must happen in every run: the run's record is what they produce.
+NEVER_CACHED = (TRACK_RUN,)
+
+
+def never_cache(spec: Dict[str, Any], task_names) -> None:
+    """Turn Kubeflow's cache off for these tasks of a compiled spec.
+
+    TFX sets one `cachingOptions` for every task (the pipeline's `enable_cache`); Kubeflow reads
+    it per task, so the spec is the place to make an exception."""
+    tasks = spec["root"]["dag"]["tasks"]
+    for name in task_names:
+        if name in tasks:
+            tasks[name]["cachingOptions"] = {"enableCache": False}
+
+
+def measure_executors(spec: Dict[str, Any], skip=()) -> None:
+    """Point each task's `--executor_class_path` at its measuring wrapper (durations and peak
+    memory per component on Kubeflow: hoh.pipeline.kfp.measured). TrackRun is skipped: it
+    reads the measurements and cannot record its own."""
+    from hoh.pipeline.kfp import measured
+
+    executors = spec["deploymentSpec"]["executors"]
+    for name, task in spec["root"]["dag"]["tasks"].items():
+        component = spec["components"][task["componentRef"]["name"]]
+        args = executors.get(component.get("executorLabel"), {}).get("container", {}).get("args")
+        if name in skip or not args or "--executor_class_path" not in args:
+            continue  # a resolver or importer runs no executor of ours
+        at = args.index("--executor_class_path") + 1
+        try:
+            args[at] = measured.class_path(name, args[at])
+        except ValueError as exc:
+            raise HohError(str(exc)) from None
+
+
 def compile_pipeline(pipeline, image: str, output: str) -> Dict[str, Any]:
     """Write the KFP v2 pipeline spec YAML to `output`; returns the spec as a dict.
 
@@ -257,6 +291,10 @@ def compile_pipeline(pipeline, image: str, output: str) -> Dict[str, Any]:
     where the pipeline spec keeps them: the pipeline root as `defaultPipelineRoot` (a run
     submitted without one still writes where it was compiled for) and each parameter's default
     as its `defaultValue` (else Kubeflow asks for every parameter on every run).
+
+    TrackRun is never cached (`never_cache`): its inputs are the same when every other node is
+    a cache hit, and a cached TrackRun would log nothing for the run. Every other node's
+    executor measures itself for TrackRun to record (`measure_executors`).
     """
     from tfx import v1 as tfx
 
@@ -268,6 +306,8 @@ def compile_pipeline(pipeline, image: str, output: str) -> Dict[str, Any]:
     )
     spec = runner.run(pipeline, write_out=False)["pipelineSpec"]
     spec["defaultPipelineRoot"] = pipeline.pipeline_info.pipeline_root
+    never_cache(spec, NEVER_CACHED)
+    measure_executors(spec, skip=(TRACK_RUN,))
     declared = spec["root"].get("inputDefinitions", {}).get("parameters", {})
     for name, default in runtime_parameter_defaults(pipeline).items():
         declared[name].update(defaultValue=default, isOptional=True)

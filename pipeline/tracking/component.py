@@ -32,6 +32,11 @@ from hoh.components.drift.component import DriftReport
 COMPONENT_ID = "TrackRun"
 SUMMARY_KEY, DRIFT_KEY, METRICS_KEY = "summary", "drift_report", "metrics"
 SUMMARY_FILE_NAME = "summary.md"  # MLflow artifact name of the same text
+# How long TrackRun waits for a gated pusher's version to appear in the Triton repository: on
+# Kubeflow it runs beside the pusher, not after it (facts.push_from_repository). LocalDagRunner
+# runs one node at a time, TrackRun first (its layer is ordered by node id): waiting there would
+# only hold up the pusher, so it looks once.
+PUSH_WAIT_S = 30 * 60
 
 
 class KfpMarkdown(artifact.Artifact):
@@ -53,6 +58,7 @@ _INPUTS = {
     "anomalies": (standard_artifacts.ExampleAnomalies, "ExampleValidator", "anomalies"),
     "model_run": (standard_artifacts.ModelRun, "Trainer", "model_run"),
     "model": (standard_artifacts.Model, "Trainer", "model"),
+    "transform_graph": (standard_artifacts.TransformGraph, "Transform", "transform_graph"),
     "evaluation": (standard_artifacts.ModelEvaluation, "Evaluator", "evaluation"),
     "blessing": (standard_artifacts.ModelBlessing, "Evaluator", "blessing"),
     "drift": (DriftReport, "DriftCheck", "drift_report"),
@@ -85,6 +91,21 @@ def run_id_of(context_run_id: Optional[str], output_uri: str) -> str:
     return parts[-3] if len(parts) >= 3 else output_uri
 
 
+def cached_inputs(run_id: str, artifacts) -> Dict[str, str]:
+    """Artifact type -> the earlier run it was written by, for inputs Kubeflow's cache reused.
+
+    A cache hit hands on the earlier execution's artifacts, whose URIs keep that run's folder
+    in Kubeflow's output layout; every input of TrackRun is produced by a node of this DAG, so
+    an input outside this run's folder is a cached execution's. Only meaningful on Kubeflow
+    (LocalDagRunner lays its outputs out by node and execution, not by run)."""
+    found: Dict[str, str] = {}
+    for a in artifacts:
+        producer = run_id_of(None, a.uri)
+        if a.type_name not in found and producer != run_id:
+            found[a.type_name] = producer
+    return found
+
+
 def metric_scalars(facts) -> Dict[str, float]:
     """What Kubeflow shows as the run's scalar metrics (and compares runs on)."""
     from hoh.pipeline.tracking.facts import metric_key
@@ -115,6 +136,15 @@ def summary_markdown(facts, tracking_lines: List[str]) -> str:
         for cls, per in sorted(facts.per_class.items()):
             cells = [f"{per[n]:.4f}" if n in per else "" for n in names]
             lines.append(f"| {cls} | " + " | ".join(cells) + " |")
+    if facts.components:
+        lines += ["", "## Components", "", "| component | seconds | peak RSS MB | cached |"]
+        lines += ["| --- | --- | --- | --- |"]
+        lines += [
+            f"| {c['component']} | {c['seconds']:.1f} | {c['peak_rss_mb']:.0f} | "
+            + ("yes" if c["cached"] else "no")
+            + " |"
+            for c in facts.components
+        ]
     lines += ["", "## MLflow", ""] + [f"- {line}" for line in tracking_lines]
     if facts.notes:
         lines += ["", "## Notes", ""] + [f"- {note}" for note in facts.notes]
@@ -164,9 +194,17 @@ class Executor(base_executor.BaseExecutor):
         [summary_artifact] = output_dict[SUMMARY_KEY]
         [drift_artifact] = output_dict[DRIFT_KEY]
         [metrics_artifact] = output_dict[METRICS_KEY]
+        on_kubeflow = not self._context.pipeline_run_id
         run_id = run_id_of(self._context.pipeline_run_id, summary_artifact.uri)
         inputs = [a for key in _INPUTS for a in input_dict.get(key, [])]
-        facts = from_artifacts(cfg, run_id, inputs)
+        gated = cfg.push.enabled and not input_dict.get("pushed_model")
+        facts = from_artifacts(
+            cfg,
+            run_id,
+            inputs,
+            cached_from=cached_inputs(run_id, inputs) if on_kubeflow else None,
+            push_wait_s=(PUSH_WAIT_S if on_kubeflow else 0) if gated else None,
+        )
         reason = exec_properties.get("untracked_reason") or ""
         if reason:
             result = log.TrackingResult(True, f"tracking: off ({reason})", facts=facts)
@@ -205,7 +243,8 @@ def track_run_node(components: Dict[str, Any], config: str, untracked_reason: st
 
     `push`: whether to read the pusher's PushedModel; False when the pusher sits under the drift
     gate's `Cond`, since a node outside the condition cannot consume what a skipped branch never
-    produced (the run's pushed version is then not recorded by this node)."""
+    produced. The node then finds the version pushed from this run's model in the Triton
+    repository (`facts.push_from_repository`), waiting for the pusher it runs beside."""
     inputs = {}
     for key, (_, node_id, output_key) in _INPUTS.items():
         if node_id is None:

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import re
+import time
 from typing import Any, Callable, Dict, List, Optional
 
 from hoh.config import HohConfig
@@ -69,6 +70,8 @@ class RunFacts:
     model_name: Optional[str] = None
     classes: List[str] = dataclasses.field(default_factory=list)
     components: List[dict] = dataclasses.field(default_factory=list)
+    # artifact type -> the earlier run whose execution Kubeflow's cache reused for it
+    cached_from: Dict[str, str] = dataclasses.field(default_factory=dict)
     summary_lines: List[str] = dataclasses.field(default_factory=list)
     notes: List[str] = dataclasses.field(default_factory=list)
 
@@ -303,11 +306,62 @@ def collect(cfg: HohConfig, summary: RunSummary, metadata_path: Optional[str] = 
     return facts
 
 
-def from_artifacts(cfg: HohConfig, run_id: str, artifacts) -> RunFacts:
+def push_from_repository(
+    cfg: HohConfig,
+    summary: RunSummary,
+    wait_s: float,
+    poll_s: float = 10.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Optional[str]:
+    """Fill `summary`'s push facts from the Triton repository, for a run whose pusher sits
+    under the drift gate's `Cond`: the reading node cannot consume that PushedModel, and as it
+    does not depend on the pusher it may run while the pusher still works, so it waits up to
+    `wait_s` for the version pushed from this run's model. Only when the gate lets the pusher
+    run and the model is blessed; otherwise nothing was pushed. A note when it was not found."""
+    from hoh.components.triton_pusher.filesystem import join
+    from hoh.components.triton_pusher.rollback import model_dir_of, pushed_version_of
+
+    if summary.blessed is False:
+        summary.pushed = False  # the pusher ran and refused it, as a consumed PushedModel says
+        return None
+    model = summary.artifacts.get("Model")
+    if not summary.blessed or (summary.drift or {}).get("drift_detected") or not model:
+        return None  # not evaluated, or held by the gate: no push to look for
+    model_uri = os.path.join(model, "Format-Serving")
+    deadline = time.monotonic() + wait_s
+    while (
+        version := pushed_version_of(cfg.model_repository, cfg.push.model_name, model_uri)
+    ) is None:
+        if time.monotonic() >= deadline:
+            return (
+                f"no version of {cfg.push.model_name} in {cfg.model_repository} was pushed from "
+                f"{model_uri} within {wait_s:g} s: the pushed version is not recorded"
+            )
+        sleep(poll_s)
+    summary.pushed = True
+    summary.pushed_version = str(version)
+    summary.pushed_destination = join(
+        model_dir_of(cfg.model_repository, cfg.push.model_name), str(version)
+    )
+    return None
+
+
+def from_artifacts(
+    cfg: HohConfig,
+    run_id: str,
+    artifacts,
+    cached_from: Optional[Dict[str, str]] = None,
+    push_wait_s: Optional[float] = None,
+) -> RunFacts:
     """The facts of a run known only by its artifacts (TFX `Artifact`s with their MLMD ids):
     a Kubeflow run's TrackRun node and a notebook's InteractiveContext, where no MLMD run context
     gathers them. The first artifact of each type counts (a notebook's pool Examples come after
-    the training Examples); the durations and memory of components are not known here."""
+    the training Examples). Durations and peak memory are those the executors stamped on their
+    outputs (`measured_components`), for the nodes whose artifacts are given.
+
+    `cached_from`: artifact type -> the earlier run it came from (Kubeflow cache hits).
+    `push_wait_s`: without a PushedModel among `artifacts`, how long to wait for the push in the
+    Triton repository (`push_from_repository`); None = do not look."""
     from hoh.pipeline.telemetry.summary import add_artifact
 
     summary = RunSummary(components=[], run_id=run_id)
@@ -316,10 +370,57 @@ def from_artifacts(cfg: HohConfig, run_id: str, artifacts) -> RunFacts:
         first.setdefault(a.type_name, a)
     for kind, a in first.items():
         add_artifact(summary, kind, a.uri, a.mlmd_artifact.custom_properties)
+    push_note = None
+    if push_wait_s is not None and "PushedModel" not in first:
+        push_note = push_from_repository(cfg, summary, push_wait_s)
     facts = collect(cfg, summary, metadata_path="")  # the ids come from the artifacts
+    if push_note:
+        facts.notes.append(push_note)
+    facts.components = measured_components(artifacts, cached_from or {})
+    if cached_from:
+        facts.cached_from = dict(cached_from)
+        facts.summary_lines.append(cached_line(cached_from, len(first)))
     for kind, a in first.items():
         if a.id:
             facts.artifact_ids[kind] = a.id
         if kind == "Examples" and a.has_custom_property("span"):
             facts.span = int(a.get_int_custom_property("span"))
     return facts
+
+
+def cached_line(cached_from: Dict[str, str], inputs: int) -> str:
+    """Says that (and which of) the facts are an earlier run's, reused by Kubeflow's cache."""
+    runs = ", ".join(sorted(set(cached_from.values())))
+    if len(cached_from) >= inputs:
+        return (
+            f"cache: every input of this record came from cached executions (run {runs}); "
+            "nothing was recomputed, the facts are those of that run"
+        )
+    kinds = ", ".join(sorted(cached_from))
+    return (
+        f"cache: {len(cached_from)} of {inputs} inputs came from cached executions "
+        f"({kinds}; run {runs})"
+    )
+
+
+def measured_components(artifacts, cached_from: Dict[str, str]) -> List[dict]:
+    """The `components` entries of the nodes whose measuring executors (hoh.pipeline.kfp.measured:
+    a Kubeflow run) stamped the artifacts; a node whose outputs came from the cache is `cached`,
+    with the measurements of the execution reused."""
+    from hoh.pipeline.kfp.measured import COMPONENT, PEAK_RSS_MB, SECONDS
+
+    found: Dict[str, dict] = {}
+    for a in artifacts:
+        if not a.has_custom_property(COMPONENT):
+            continue
+        node = str(a.get_custom_property(COMPONENT))
+        if node not in found:
+            cached = a.type_name in cached_from
+            found[node] = {
+                "component": node,
+                "seconds": float(a.get_custom_property(SECONDS)),
+                "peak_rss_mb": float(a.get_custom_property(PEAK_RSS_MB)),
+                "cached": cached,
+                "status": "cached" if cached else "done",
+            }
+    return list(found.values())

@@ -224,6 +224,8 @@ def mlflow_record(facts: RunFacts, cfg: HohConfig):
         "hoh.anomalies": json.dumps(facts.anomalies)[:5000],
         TRAINER_LOGS_TAG: facts.artifact_uris.get("ModelRun", ""),
     }
+    if facts.cached_from:  # Kubeflow reused earlier executions: the facts are not all new
+        tags["hoh.cached_from"] = json.dumps(facts.cached_from, sort_keys=True)[:5000]
     for kind, artifact_id in facts.artifact_ids.items():
         tags[f"hoh.mlmd.artifact.{metric_key(kind)}"] = str(artifact_id)
     return params, metrics, {k: v for k, v in tags.items() if v != ""}

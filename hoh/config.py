@@ -274,6 +274,15 @@ class PushConfig(_Section):
         description="onnx flavour: CPU instances of the preprocessing model (decoding is the "
         "ensemble's largest CPU cost; 2 won on 2 cores, docs/BENCHMARKS.md).",
     )
+    classifier_instance_count: int = Field(
+        2,
+        ge=1,
+        description="onnx flavour: instances of the classifier served locally through "
+        "onnxruntime in the python backend, one onnxruntime thread each on 2 cores (one "
+        "instance left a core idle behind a single stub process, docs/BENCHMARKS.md). "
+        "configs/stock.pbtxt and configs/gpu.pbtxt keep push.instance_count: the native "
+        "backend spreads one instance over every core itself.",
+    )
     gpu_fp16: bool = Field(
         True, description="onnx flavour: TensorRT precision FP16 (else FP32) in configs/gpu.pbtxt."
     )
@@ -463,6 +472,14 @@ class MonitorConfig(_Section):
         le=1,
         description="Share of predict requests answered 5xx above which the verdict is "
         "'slo_breached' (the Prometheus alert uses the same 1 %).",
+    )
+    prometheus_url: Optional[str] = Field(
+        None,
+        pattern=r"^https?://[^\s/]+",
+        description="Prometheus (http://host:9090) scraping the gateway and Triton "
+        "(deploy/prometheus/): the window's service health comes from their metrics there. "
+        "null = from the gateway's audit log (--audit), which is also the fallback, named in the "
+        "summary, when Prometheus cannot answer.",
     )
     min_accuracy: float = Field(
         0.8,

@@ -93,6 +93,9 @@ def _lossless_variants() -> dict[str, bytes]:
     rgb = rng.integers(0, 256, (21, 34, 3), np.uint8)
     rgba = np.dstack([rgb, rng.integers(0, 256, (21, 34), np.uint8)])
     grey = rng.integers(0, 256, (21, 34), np.uint8)
+    grey_alpha = Image.fromarray(np.dstack([grey, rgb[:, :, 0]]), "LA")
+    buf_la = io.BytesIO()
+    grey_alpha.save(buf_la, format="PNG")
     palette = Image.fromarray(rgb).quantize(16)
     buf = io.BytesIO()
     palette.save(buf, format="PNG")
@@ -100,6 +103,7 @@ def _lossless_variants() -> dict[str, bytes]:
         "png-rgb": encode(rgb),
         "png-rgba": encode(rgba),  # alpha dropped, not composited (tf channels=3)
         "png-grey": encode(grey),
+        "png-grey-alpha": buf_la.getvalue(),  # grey replicated, alpha dropped
         "png-palette": buf.getvalue(),
         "bmp": encode(rgb, "BMP"),
         "gif": make_image(4, size=(26, 19), fmt="GIF"),

@@ -46,6 +46,7 @@ class TritonPushSettings:
     response_cache: bool = _PUSH_DEFAULTS["response_cache"].default
     flavor: str = _PUSH_DEFAULTS["flavor"].default
     preprocess_instance_count: int = _PUSH_DEFAULTS["preprocess_instance_count"].default
+    classifier_instance_count: int = _PUSH_DEFAULTS["classifier_instance_count"].default
     gpu_fp16: bool = _PUSH_DEFAULTS["gpu_fp16"].default
 
     @classmethod
@@ -69,6 +70,8 @@ class TritonPushSettings:
         for name in (
             "max_batch_size",
             "instance_count",
+            "preprocess_instance_count",
+            "classifier_instance_count",
             "versions_to_serve",
             "versions_to_keep",
             "max_image_bytes",

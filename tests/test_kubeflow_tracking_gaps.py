@@ -301,3 +301,26 @@ def test_the_track_run_executor_in_a_kubeflow_pod(tmp_path):
     assert "- cache: 1 of 3 inputs came from cached executions (Model; run run-1)" in text
     assert "- tracking: off (no store in this test)" in text
     assert "| Trainer | 42.0 | 900 | yes |\n| Evaluator | 7.0 | 900 | no |" in text
+
+
+def test_from_artifacts_credits_the_data_source_of_the_span_the_examples_carry(tmp_path):
+    """On Kubeflow the span is known only from the Examples artifact; the model card's source
+    credit is read from that span's import report all the same."""
+    import json
+
+    from tfx.types import standard_artifacts
+
+    from hoh.features import IMPORT_REPORT, span_dir
+
+    data = tmp_path / "data"
+    span_dir(data, 3).mkdir(parents=True)
+    (span_dir(data, 3) / IMPORT_REPORT).write_text(json.dumps({"src": "/images/horse-or-human"}))
+    examples = standard_artifacts.Examples()
+    examples.uri = str(tmp_path / "examples")
+    examples.set_int_custom_property("span", 3)
+    cfg = make_cfg(tmp_path / "out", f"data.root={data}")
+    facts = facts_mod.from_artifacts(cfg, "kfp-run", [examples])
+    assert (facts.span, facts.data_source) == (3, "/images/horse-or-human")
+    examples.set_int_custom_property("span", 4)  # no report there: a note, not a crash
+    facts = facts_mod.from_artifacts(cfg, "kfp-run", [examples])
+    assert facts.data_source is None

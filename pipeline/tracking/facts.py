@@ -294,16 +294,23 @@ def collect(cfg: HohConfig, summary: RunSummary, metadata_path: Optional[str] = 
         _attempt(facts, "class names (model assets)", classes)
     if not facts.classes:
         facts.classes = sorted({c for per in facts.class_counts.values() for c in per})
-    root = cfg.data.root or cfg.demo_data_dir
-    if facts.span is not None:
-        from hoh.features import span_dir
-
-        def source() -> None:
-            path = os.path.join(str(span_dir(root, facts.span)), "import_report.json")
-            facts.data_source = (read_json(path) or {}).get("src")
-
-        _attempt(facts, "the data source (import_report.json)", source)
+    _data_source(cfg, facts)
     return facts
+
+
+def _data_source(cfg: HohConfig, facts: RunFacts) -> None:
+    """Where the span's images came from (the model card credits it), once the span is known."""
+    if facts.span is None or facts.data_source is not None:
+        return
+    from hoh.features import span_dir
+
+    root = cfg.data.root or cfg.demo_data_dir
+
+    def source() -> None:
+        path = os.path.join(str(span_dir(root, facts.span)), "import_report.json")
+        facts.data_source = (read_json(path) or {}).get("src")
+
+    _attempt(facts, "the data source (import_report.json)", source)
 
 
 def push_from_repository(
@@ -385,6 +392,7 @@ def from_artifacts(
             facts.artifact_ids[kind] = a.id
         if kind == "Examples" and a.has_custom_property("span"):
             facts.span = int(a.get_int_custom_property("span"))
+    _data_source(cfg, facts)  # the span is known only now, from the Examples artifact
     return facts
 
 

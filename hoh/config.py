@@ -485,14 +485,20 @@ class MonitorConfig(_Section):
         0.8,
         ge=0,
         le=1,
-        description="Online accuracy (labels fed back through POST /v1/feedback) below which the "
-        "verdict is 'accuracy_low'.",
+        description="Online accuracy (labels fed back through POST /v1/feedback or from "
+        "label_exports) below which the verdict is 'accuracy_low'.",
     )
     min_feedback: int = Field(
         20,
         ge=1,
-        description="Fewer matched feedback labels in the window: accuracy is reported but does "
-        "not decide the verdict (a handful of labels is noise).",
+        description="Fewer matched labels (fed back or from label_exports) in the window: "
+        "accuracy is reported but does not decide the verdict (a handful of labels is noise).",
+    )
+    label_exports: list[str] = Field(
+        default_factory=list,
+        description="Label Studio JSON exports of earlier labelling batches (`--labels`): their "
+        "labelled captures count for online accuracy beside the feedback, which wins where the "
+        "two disagree. Relative paths are from the working directory.",
     )
     on_alert: Literal["none", "local", "kubeflow"] = Field(
         "none",

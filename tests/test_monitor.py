@@ -67,7 +67,7 @@ class CaptureWriter:
         )
         capture = Capture(
             fields.get("request_id", f"req{self.requests:05d}"),
-            0,
+            fields.get("index", 0),
             fields.get("model", self.model),
             fields.get("version", self.version),
             image,

@@ -46,6 +46,8 @@ def _run(args: argparse.Namespace) -> int:
         if args.cooldown_hours < 0:
             raise UsageError(f"--cooldown-hours must be 0 or more, got {args.cooldown_hours}")
         config.cooldown_hours = args.cooldown_hours
+    if args.labels:
+        config.label_exports = args.labels
     if args.trigger_state is not None:
         config.trigger_state = args.trigger_state
     if args.trigger_args is not None:
@@ -142,8 +144,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "textfile and two snapshots in the Evidently workspace `hoh dashboard` serves; when "
         "the verdict is not ok, the least certain captures become a Label Studio batch (as "
         "`hoh sample` makes). With --audit, the window's request rate, error rate and "
-        "latency percentiles against the objective; with labels fed back (POST /v1/feedback), "
-        "online accuracy; with --on-alert, a retraining run (docs/MONITORING.md).",
+        "latency percentiles against the objective; with labels fed back (POST /v1/feedback) or "
+        "--labels, online accuracy; with --on-alert, a retraining run (docs/MONITORING.md).",
     )
     monitor.add_argument(
         "--capture", required=True, metavar="DIR", help="the gateway's capture dir"
@@ -200,6 +202,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="URL",
         help="Prometheus scraping the gateway and Triton (monitor.prometheus_url): the "
         "window's service health from their metrics; --audit is then the fallback",
+    )
+    monitor.add_argument(
+        "--labels",
+        action="append",
+        metavar="EXPORT.json",
+        help="a Label Studio JSON export of an earlier labelling batch (repeat for more): its "
+        "labelled captures of this window count for online accuracy beside the fed-back labels, "
+        "which win where they disagree (default: monitor.label_exports)",
     )
     monitor.add_argument(
         "--k", type=int, help="images in the labelling batch (default: sampling.k)"

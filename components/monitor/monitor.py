@@ -8,7 +8,8 @@ delegated to the code that owns it, so traffic is judged exactly as a new span i
 - the labelling batch: `sample_pool` of the sampler, the window standing in for the pool;
 - service health: `prometheus.py`, from the gateway's and Triton's metrics in Prometheus
   (`monitor.prometheus_url`), else `service.py`, from the gateway's audit log over the same days;
-- online accuracy: `accuracy.py`, the captures joined with the labels fed back to the gateway.
+- online accuracy: `accuracy.py`, the captures joined with the labels fed back to the gateway
+  and those of Label Studio exports of earlier labelling batches (`monitor.label_exports`).
 
 The verdict names the first problem of drift, accuracy_low, slo_breached (each one is also a
 flag in `checks`, and a series in the textfile, since several can hold at once); without any,
@@ -33,7 +34,7 @@ from typing import Any, Callable, Optional, Sequence
 from hoh import features
 from hoh.components.monitor import predictions as preds
 from hoh.components.monitor import prom, prometheus, trigger
-from hoh.components.monitor.accuracy import online_accuracy
+from hoh.components.monitor.accuracy import online_accuracy, read_label_studio, rests_on
 from hoh.components.monitor.service import health, read_requests
 from hoh.components.monitor.window import Window
 from hoh.config import DriftConfig, MonitorConfig, SamplingConfig
@@ -166,6 +167,8 @@ def run_monitor(
     if config.on_alert != "none":  # a bad setting or state file fails before the work
         trigger.command(config.on_alert, config.trigger_args)
         trigger.read_state(state)
+    exports = config.label_exports
+    studio = read_label_studio(exports, sampling.from_name) if exports else None
     out.mkdir(parents=True, exist_ok=True)
     reference_source = resolve_path(reference, features.SPLITS, "reference")
     counts, reasons, notes = window.counts(), [], []
@@ -237,7 +240,7 @@ def run_monitor(
         drifted = bool(drift_reasons)
         reasons += drift_reasons
     reasons += service["reasons"] if service else []
-    accuracy = online_accuracy(window, config.min_accuracy, config.min_feedback)
+    accuracy = online_accuracy(window, config.min_accuracy, config.min_feedback, studio)
     reasons += accuracy["reasons"] if accuracy else []
     checks = {
         "drift": drifted,
@@ -261,6 +264,7 @@ def run_monitor(
             _sampling_settings(sampling, config.label_k or sampling.k),
             exclude,
             echo,
+            task_fields=window.task_fields,
         )
         batch = {
             "dir": LABEL_BATCH_DIR,
@@ -305,7 +309,7 @@ def run_monitor(
         "notes": notes,
         "files": files,
     }
-    summary["workspace"] = _to_workspace(window, summary, snapshots, config, out, now, echo)
+    summary["workspace"] = _to_workspace(window, summary, snapshots, config, out, now, echo, studio)
     text = prom.render(prom.samples(summary, time.time()))
     prom.write_textfile(out / config.textfile, text)
     if textfile_dir:
@@ -332,13 +336,14 @@ def _to_workspace(
     out: Path,
     now: float,
     echo: Echo,
+    studio: Optional[tuple] = None,
 ) -> Optional[dict]:
     """Add the run to the Evidently workspace (`workspace.py`); a workspace that cannot be
     written is said in the summary and on the terminal, and costs the run nothing else."""
     if not (config.workspace or config.workspace_url):
         return None
     from hoh.components.monitor import workspace as ws
-    from hoh.components.monitor.accuracy import true_classes
+    from hoh.components.monitor.accuracy import true_classes, window_labels
     from hoh.errors import HohError
 
     folder = workspace_path(config, out)
@@ -354,7 +359,8 @@ def _to_workspace(
     served = [(s.predicted, s.confidence) for s in window.served]
     try:
         if served:
-            runs[ws.SERVED] = ws.served_snapshot(served, true_classes(window))
+            truths = true_classes(window, window_labels(window, studio)[0])
+            runs[ws.SERVED] = ws.served_snapshot(served, truths)
         opened = ws.open_workspace(str(folder) if folder else None, config.workspace_url)
         added = ws.add_run(opened, config.project, runs, when.replace(tzinfo=None), metadata)
     except (HohError, OSError, ValueError) as exc:
@@ -484,13 +490,24 @@ def service_line(service: dict) -> str:
 
 
 def accuracy_line(result: dict) -> str:
+    studio = result.get("label_studio") or {}
+    left_out = [
+        f"{studio[key]} {what}"
+        for key, what in (
+            ("unmatched", "for captures outside this window"),
+            ("not_captures", "for images that are not captures"),
+            ("bad_task_count", "malformed (named in summary.json)"),
+        )
+        if studio.get(key)
+    ]
+    outside = f"; Label Studio tasks left out: {', '.join(left_out)}" if left_out else ""
     if not result["labels"]:
         return (
-            f"online accuracy: none of {result['labelled_images']} fed-back label(s) is for a "
-            "capture of this window"
+            f"online accuracy: none of {result['labelled_images']} label(s) is for a "
+            f"capture of this window{outside}"
         )
     judged = "" if result["judged"] else f", too few to judge (< {result['min_labels']})"
     return (
-        f"online accuracy: {result['accuracy']:.1%} on {result['labels']} fed-back labels"
-        f"{judged} (threshold {result['min_accuracy']:.0%})"
+        f"online accuracy: {result['accuracy']:.1%} on {rests_on(result)}"
+        f"{judged} (threshold {result['min_accuracy']:.0%}){outside}"
     )

@@ -28,8 +28,21 @@ from hoh.errors import UsageError
 from hoh.serving.gateway.capture import RESULTS_DIR
 
 DAY_PREFIX = "date="
+# Task data fields of a labelling batch made from a window: the captured image each task is, so
+# Label Studio's export maps back to (request id, image index) whatever the image is renamed to.
+TASK_REQUEST_ID = "hoh_request_id"
+TASK_INDEX = "hoh_index"
 _DAY = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
 LISTED = 50  # problems named one by one in the summary; more are counted
+
+
+def image_index(path: Path, request_id: str) -> Optional[int]:
+    """The index in its request of a captured image named `<request_id>-<i>.<ext>`."""
+    stem = path.name.split(".", 1)[0]
+    prefix = f"{request_id}-"
+    if not stem.startswith(prefix) or not stem[len(prefix) :].isdigit():
+        return None
+    return int(stem[len(prefix) :])
 
 
 @dataclass(frozen=True)
@@ -42,6 +55,11 @@ class Served:
     predicted: str
     confidence: float
     probabilities: dict[str, float]
+
+    @property
+    def key(self) -> tuple[str, Optional[int]]:
+        """(request id, image index): how feedback and labels name this image."""
+        return self.request_id, image_index(self.path, self.request_id)
 
 
 @dataclass
@@ -59,6 +77,9 @@ class Window:
     missing_images: list[dict] = field(default_factory=list)  # lines whose image is absent
     missing_results: list[str] = field(default_factory=list)  # images no line speaks of
     other_versions: dict[str, int] = field(default_factory=dict)  # "model:version" -> lines
+    _by_source: Optional[dict[str, Served]] = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @property
     def description(self) -> str:
@@ -74,6 +95,16 @@ class Window:
                 yield ImageRecord("", str(item.path), None, b"", f"cannot read it: {exc}")
                 continue
             yield ImageRecord(hashlib.sha256(data).hexdigest(), str(item.path), None, data)
+
+    def task_fields(self, source: str) -> dict:
+        """Label Studio task data naming the captured image read from `source` (an image of
+        this window as `__iter__` yields it), for `sample_pool`'s batch."""
+        if self._by_source is None:  # built once the window is read
+            self._by_source = {str(s.path): s for s in self.served}
+        served = self._by_source.get(source)
+        if served is None or served.key[1] is None:
+            return {}
+        return {TASK_REQUEST_ID: served.request_id, TASK_INDEX: served.key[1]}
 
     def counts(self) -> dict:
         return {

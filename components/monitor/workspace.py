@@ -8,8 +8,8 @@ snapshots, both real Evidently reports a user can open from the UI:
   not a recomputation), whose DriftedColumnsCount and per-descriptor ValueDrift are the drift
   panels;
 - `served`: a small report over the window's served answers (one row per served image: class,
-  confidence, and whether the fed-back label agreed), whose RowCount, MeanValue and
-  UniqueValueCount are the other panels.
+  confidence, and whether its label, fed back or from Label Studio, agreed), whose RowCount,
+  MeanValue and UniqueValueCount are the other panels.
 Both carry the window's end as their time, so the dashboard's axis is traffic time, not the time
 the monitor happened to run, and the served version and verdict as metadata.
 
@@ -95,15 +95,15 @@ def panels() -> list:
         ),
         line_plot_panel(
             "Online accuracy",
-            [metric("accuracy on fed-back labels", "MeanValue", SERVED, column=CORRECT)],
-            "Share of served answers the fed-back label agrees with (windows with labels only).",
+            [metric("accuracy on labels", "MeanValue", SERVED, column=CORRECT)],
+            "Share of served answers their label agrees with (windows with labels only).",
             size="half",
         ),
         bar_plot_panel(
             "Sample counts",
             [
                 metric("served images", "RowCount", SERVED),
-                metric("fed-back labels", "MeanValue", SERVED, column="labelled_count"),
+                metric("labels", "MeanValue", SERVED, column="labelled_count"),
             ],
             "Images the figures rest on.",
             size="half",

@@ -4,7 +4,9 @@ Out: one task per selected image, `data.image` pointing at the copy the sampler 
 model's guess as a prediction, so the annotator confirms or corrects instead of starting blank.
 `from_name`/`to_name` must match the project's labeling config (`labeling_config()` writes one
 that does). The task also carries `hoh_id` and `hoh_file`, which Label Studio keeps in its
-export, so the labels can be matched back to the exact bytes without parsing URLs.
+export, so the labels can be matched back to the exact bytes without parsing URLs (and, in a
+batch of captured traffic, the request and image index it was served for: `hoh monitor
+--labels` scores the served answers with them).
 
 Back: `labels_from_export` reads Label Studio's JSON export and `write_labeled` copies each
 labeled image into SRC/<class>/, the layout `hoh data import` reads. The export is untrusted
@@ -92,10 +94,10 @@ def _chosen_label(annotation: dict, from_name: Optional[str]) -> Optional[str]:
     return None
 
 
-def labels_from_export(
+def annotated_tasks(
     export: Any, from_name: Optional[str] = DEFAULT_FROM_NAME
-) -> tuple[list[tuple[str, str]], int]:
-    """(hoh_file, label) for every task with a usable annotation (the latest one that was not
+) -> tuple[list[tuple[dict, str]], int]:
+    """(task data, label) for every task with a usable annotation (the latest one that was not
     cancelled), and how many tasks had none (not labeled yet, or skipped by the annotator)."""
     if not isinstance(export, list):
         raise HohError("Label Studio export: expected a JSON list of tasks (export as 'JSON')")
@@ -112,11 +114,29 @@ def labels_from_export(
             label = _chosen_label(annotation, from_name)
             if label:
                 break
-        if not label or "hoh_file" not in data:
+        if label:
+            labeled.append((data, label))
+        else:
             unlabeled += 1
-            continue
-        labeled.append((str(data["hoh_file"]), label))
     return labeled, unlabeled
+
+
+def labels_from_export(
+    export: Any, from_name: Optional[str] = DEFAULT_FROM_NAME
+) -> tuple[list[tuple[str, str]], int]:
+    """(hoh_file, label) of every labeled task; a task without `hoh_file` counts as unlabeled
+    (it did not come from a batch `hoh sample` wrote)."""
+    tasks, unlabeled = annotated_tasks(export, from_name)
+    labeled = [(str(data["hoh_file"]), label) for data, label in tasks if "hoh_file" in data]
+    return labeled, unlabeled + len(tasks) - len(labeled)
+
+
+def read_export(export_path: str | Path) -> Any:
+    """The parsed JSON of an export file; an unreadable one is an error naming the file."""
+    try:
+        return json.loads(Path(export_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise HohError(f"Label Studio export {export_path}: cannot read it ({exc})") from None
 
 
 def _safe_class(label: str) -> str:
@@ -198,11 +218,7 @@ def write_labeled(
 ) -> Labeled:
     """Copy each labeled image of a Label Studio export into `out/<label>/`."""
     export_path, sample_dir, out = Path(export_path), Path(sample_dir), Path(out)
-    try:
-        export = json.loads(export_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise HohError(f"Label Studio export {export_path}: cannot read it ({exc})") from None
-    labeled, unlabeled = labels_from_export(export, from_name)
+    labeled, unlabeled = labels_from_export(read_export(export_path), from_name)
     try:
         copies, existing = _plan(labeled, sample_dir, out)
     except HohError as exc:

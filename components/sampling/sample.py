@@ -158,11 +158,15 @@ def sample_pool(
     exclude_ids: frozenset = frozenset(),
     echo: Echo = lambda line: None,
     progress: Optional[Callable[[int], None]] = None,
+    task_fields: Callable[[str], dict] = lambda source: {},
 ) -> dict:
     """Score `pool` with `predictor` (hoh.trainer.predictor.Predictor or anything
     with its `predict`, `class_names`, `has_embeddings`, `model_version`) and write the outputs
     listed in docs/ACTIVE_LEARNING.md into `out_dir`; returns the summary. `progress(scored)`
-    after each batch replaces the periodic "scored N images" lines (a bar on a terminal)."""
+    after each batch replaces the periodic "scored N images" lines (a bar on a terminal).
+    `task_fields(source)` adds data fields to an image's Label Studio task, which its export
+    keeps: what the pool knows of the image beyond its bytes (the monitor: the request it was
+    captured from, so labels come back to that request)."""
     notes: list[str] = []
     diversity = settings.diversity and predictor.has_embeddings
     if settings.diversity and not predictor.has_embeddings:
@@ -214,6 +218,7 @@ def sample_pool(
                     "hoh_file": file,
                     "source": source,
                     "hoh_score": row["score"],
+                    **task_fields(source),
                 },
             )
         )

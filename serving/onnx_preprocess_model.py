@@ -184,6 +184,7 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         from PIL import Image
 
+        common.keep_freed_memory()
         self._limits = read_limits(json.loads(args["model_config"]))
         if self._limits["image_size"] < 1:
             raise ValueError("config.pbtxt parameter image_size is missing")

@@ -204,6 +204,35 @@ def thread_counts(model_config: dict, cpu_count: int) -> tuple[int, int]:
 _TF_NOISE = ("Graph execution error", "Detected at node", "<stack traces unavailable>", "File ")
 
 
+# glibc malloc tuning for a stub process (see keep_freed_memory): memory freed below this much
+# at the heap's top stays in the process, and blocks below the second size come from the heap.
+KEEP_FREED_BYTES = 256 << 20
+HEAP_BLOCK_BYTES = 32 << 20
+
+
+def keep_freed_memory() -> bool:
+    """Stop glibc from handing every decoded image's memory back to the kernel.
+
+    A stub runs `execute` on a thread of its own, whose malloc arena is trimmed back to the
+    kernel as soon as its top chunk exceeds the default 128 KB threshold, so every request's
+    few-hundred-KB arrays (decoded pixels, resized floats) were fresh pages: a page fault and a
+    zeroed page each, 30% of the preprocessing stub's CPU (perf, docs/BENCHMARKS.md). Raising
+    the trim and mmap thresholds lets those blocks be reused; a burst larger than
+    KEEP_FREED_BYTES is still returned. False where the C library is not glibc (no `mallopt`).
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h> parameter numbers
+        return bool(
+            libc.mallopt(m_trim_threshold, KEEP_FREED_BYTES)
+            and libc.mallopt(m_mmap_threshold, HEAP_BLOCK_BYTES)
+        )
+    except (OSError, AttributeError):
+        return False
+
+
 def error_summary(message: str, limit: int = 300) -> str:
     """The line of a TensorFlow error that says what failed ("Invalid PNG ...").
 
@@ -224,6 +253,7 @@ class TritonPythonModel:
     """Runs `serving_default(image_bytes)` of the SavedModel next to this file."""
 
     def initialize(self, args: dict) -> None:
+        keep_freed_memory()
         os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import tensorflow as tf

@@ -13,8 +13,8 @@ RGB (alpha dropped, not composited; grey replicated), then `tf.image.resize(bili
 half-pixel centres, no antialiasing, float32, then /255. `resize_bilinear` below follows
 TensorFlow's kernel (tensorflow/core/kernels/image/resize_bilinear_op.cc) operation by
 operation in float32. PNG, BMP and GIF decoding is lossless, so those match to float rounding;
-JPEG is not exact: `decode_image` uses libjpeg's fast integer IDCT, Pillow the accurate one
-(up to 5 levels apart; measured in docs/BENCHMARKS.md).
+JPEGs match too because training decodes them with libjpeg's accurate integer IDCT, the one
+Pillow uses (`decode_and_resize`).
 Images are resized one by one, before they are batched: they differ in size.
 """
 

@@ -88,7 +88,7 @@ def _decode_and_resize(data: bytes, size: int) -> np.ndarray:
     return decode_and_resize(tf.constant([data]), size).numpy()[0]
 
 
-def _lossless_variants() -> dict[str, bytes]:
+def _exact_variants() -> dict[str, bytes]:
     rng = np.random.default_rng(3)
     rgb = rng.integers(0, 256, (21, 34, 3), np.uint8)
     rgba = np.dstack([rgb, rng.integers(0, 256, (21, 34), np.uint8)])
@@ -106,13 +106,16 @@ def _lossless_variants() -> dict[str, bytes]:
         "png-grey-alpha": buf_la.getvalue(),  # grey replicated, alpha dropped
         "png-palette": buf.getvalue(),
         "bmp": encode(rgb, "BMP"),
+        # Lossy, but decoded alike: training uses libjpeg's accurate IDCT, as Pillow does.
+        "jpeg": encode(rgb, "JPEG"),
+        "jpeg-grey": encode(grey, "JPEG"),
         "gif": make_image(4, size=(26, 19), fmt="GIF"),
     }
 
 
-@pytest.mark.parametrize("name", sorted(_lossless_variants()))
+@pytest.mark.parametrize("name", sorted(_exact_variants()))
 def test_preprocess_matches_decode_and_resize(name):
-    data = _lossless_variants()[name]
+    data = _exact_variants()[name]
     ours = pre.preprocess(data, 224)
     assert ours.dtype == np.float32 and ours.shape == (224, 224, 3)
     np.testing.assert_allclose(ours, _decode_and_resize(data, 224), rtol=0, atol=1e-6)

@@ -115,6 +115,55 @@ def test_three_class_variant(tmp_path_factory):
     assert sorted(labels.read_text().split()) == ["birds", "horses", "humans"]
 
 
+def test_onnx_flavour_from_pipeline_to_hoh_predict(tmp_path_factory):
+    """`push.flavor: onnx` end to end: the pipeline pushes the ensemble, the bundled Triton
+    serves it, `hoh predict` answers what the Trainer's own SavedModel answers (PNG and JPEG)."""
+    import io
+
+    from onnx_support import running_server
+    from PIL import Image
+    from tiny_model import predict_in_process
+
+    from hoh.pipeline.runners.local import run_local
+
+    root = tmp_path_factory.mktemp("onnx")
+    data = make_span_root(root, ("birds", "horses", "humans"), per_class=12, size=48)
+    cfg = _config(data, root / "out", "push.flavor=onnx")
+    summary = run_local(cfg, echo=lambda line: None)
+    assert summary.blessed is True and summary.pushed is True
+    repository = Path(cfg.model_repository)
+    ensemble = (repository / cfg.push.model_name / "config.pbtxt").read_text()
+    assert 'platform: "ensemble"' in ensemble
+    assert (repository / f"{cfg.push.model_name}_classifier" / "1" / "model.onnx").is_file()
+
+    png = sorted((root / "images").rglob("*.png"))[0]
+    jpeg = root / "photo.jpg"
+    with Image.open(png) as image:
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, "JPEG", quality=85)
+    jpeg.write_bytes(buffer.getvalue())
+    with running_server(repository, root / "triton.log") as server:
+        rows = json.loads(
+            subprocess.run(
+                [sys.executable, "-m", "hoh.cli", "predict", str(png), str(jpeg)]
+                + ["--url", server.http_url, "--json"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=True,
+            ).stdout
+        )
+    [model] = _mlmd(root / "out").get_artifacts_by_type("Model")
+    serving = Path(model.uri, "Format-Serving")
+    reference = predict_in_process(serving, [png.read_bytes(), jpeg.read_bytes()])
+    names = (serving / "assets.extra" / "labels.txt").read_text().split()
+    assert [r["label"] for r in rows] == [s.decode() for s in reference["label"].reshape(-1)]
+    for row, expected in zip(rows, reference["probabilities"]):
+        assert set(row["probabilities"]) == {"birds", "horses", "humans"}
+        served = [row["probabilities"][name] for name in names]
+        assert max(abs(a - b) for a, b in zip(served, expected)) < 1e-4
+
+
 def test_a_class_added_in_a_new_span_retrains_and_serves_beside_the_old_version(
     tmp_path, backbone_h5
 ):

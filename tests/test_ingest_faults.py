@@ -1,5 +1,6 @@
-"""`hoh ingest` under faults, on a real NATS JetStream: kills, a broker that goes away, a full disk,
-two consumers racing on one data root.
+"""`hoh ingest` under faults, on a real NATS JetStream and a Kafka-protocol broker (Tansu, see
+tests_support/ingest.py): kills, a full disk; and on NATS only, two consumers racing on one data
+root and a server that goes away and comes back (why not on Kafka: docs/INGESTION.md).
 
 The consumer runs as the real command in a subprocess (it is what gets killed); publishing goes
 on from this process meanwhile. Every test ends by sealing and reading every span back: each
@@ -33,6 +34,8 @@ from tests_support.ingest import (
     Target,
     cli_env,
     journal_images,
+    kafka_service,
+    kafka_target,
     read_spans,
     wait_for,
 )
@@ -45,10 +48,14 @@ pytestmark = pytest.mark.e2e
 NOW = dt.datetime(2026, 12, 4, 12, 0, tzinfo=dt.timezone.utc)
 
 
-@pytest.fixture()
-def target():
-    url, started = service("nats")
-    made = Target("nats", url, unique_name("hoh-test-faults"))
+@pytest.fixture(params=["nats", "kafka"])
+def target(request):
+    if request.param == "nats":
+        url, started = service("nats")
+        made = Target("nats", url, unique_name("hoh-test-faults"))
+    else:
+        servers, started = kafka_service()
+        made = kafka_target(servers)
     yield made
     made.cleanup()
     stop(started)
@@ -141,9 +148,17 @@ def start(command: list[str], log: Path, preexec=None) -> subprocess.Popen:
         )
 
 
+def idle(target: Target) -> str:
+    """Seconds without a message that mean drained: a Kafka consumer first joins its group
+    (Tansu answers a JoinGroup after half the 10 s session timeout)."""
+    return "6" if target.kind == "nats" else "15"
+
+
 def drain_and_seal(target: Target, out: Path, log: Path) -> None:
     """A last consumer that stops once the stream is idle and seals what it holds."""
-    proc = start(ingest_command(target, out, "--exit-when-idle", "6", "--seal-on-exit"), log)
+    proc = start(
+        ingest_command(target, out, "--exit-when-idle", idle(target), "--seal-on-exit"), log
+    )
     try:
         assert proc.wait(240) == 0, log.read_text()[-3000:]
     finally:
@@ -207,6 +222,9 @@ def test_sigkill_at_random_points_loses_nothing_and_stores_nothing_twice(target,
     assert target.pending("hoh-test") == (0, 0)
 
 
+# NATS only: on Tansu a consumer joining the group after these two left got no partition within
+# 15-30 s in 3 of 4 runs (docs/INGESTION.md, "Kafka: what was run").
+@pytest.mark.parametrize("target", ["nats"], indirect=True)
 def test_two_consumers_share_one_data_root_and_store_each_image_once(target, tmp_path):
     """Scale-out as docs/INGESTION.md describes it: consumers on one durable consumer, one root.
 
@@ -338,7 +356,7 @@ def test_an_unwritable_output_stops_with_a_clear_error_and_acknowledges_nothing(
     publisher.start()
     publisher.finish()
     out, log = tmp_path / "data", tmp_path / "ingest.log"
-    proc = start(ingest_command(target, out, "--exit-when-idle", "6"), log, _small_disk)
+    proc = start(ingest_command(target, out, "--exit-when-idle", idle(target)), log, _small_disk)
     try:
         code = proc.wait(180)
     finally:
@@ -366,7 +384,7 @@ def test_the_pipeline_sees_only_sealed_spans(target, tmp_path):
     Publisher(target, list(range(10))).run()
     drain_and_seal(target, out, log)  # span-1
     Publisher(target, list(range(10, 20))).run()
-    proc = start(ingest_command(target, out, "--exit-when-idle", "4"), log)
+    proc = start(ingest_command(target, out, "--exit-when-idle", idle(target)), log)
     assert proc.wait(240) == 0
     assert journal_images(out) == 10  # in the open span, not sealed
     # What a crash in the middle of a seal leaves: a complete-looking hidden span.

@@ -1,4 +1,4 @@
-"""Kafka behind hoh's broker interface (confluent-kafka). Not run where hoh is developed.
+"""Kafka behind hoh's broker interface (confluent-kafka). Tested on Tansu, not Apache Kafka.
 
 Offsets are committed by hand, synchronously, after the micro-batch holding the messages is
 durable: auto-commit would acknowledge messages that a crash then loses. A Kafka commit is a
@@ -60,6 +60,11 @@ class KafkaBroker(Broker):
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "enable.partition.eof": False,
+                # A consumer killed without leaving the group holds its partitions until this
+                # expires: 10 s instead of librdkafka's 45 s before a restarted consumer (or a
+                # peer) takes them over. Heartbeats come from the client's own thread, so a long
+                # shard write does not count against it.
+                "session.timeout.ms": 10_000,
                 # Backpressure: the client's own prefetch stays small next to ours.
                 "queued.max.messages.kbytes": 16384,
             }

@@ -26,8 +26,10 @@ file written is put back and every new version directory removed, as in `reposit
 The ensemble serves one version: its steps are pinned for all its versions at once, so two
 served ensemble versions would be the same model (and two class sets are never served at once
 under one ensemble: docs/MULTICLASS.md). Older versions of all three stay on disk
-(`versions_to_keep`) for a rollback by editing the configs. Pushing the other flavour into the
-same repository replaces `NAME/config.pbtxt` the same way, so a flavour switch is atomic too.
+(`versions_to_keep`) for a rollback (`rollback.republish` copies one push's three versions into
+new ones and publishes them with `publish_versions`, this push's own path). Pushing the other
+flavour into the same repository replaces `NAME/config.pbtxt` the same way, so a flavour switch
+is atomic too.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from hoh.components.triton_pusher.repository import (
     PUSH_INFO_FILE,
     WARMUP_FILE,
     PushResult,
+    ServingModelInfo,
     TritonPushSettings,
     clean_stale_temps,
     list_versions,
@@ -86,7 +89,9 @@ class _Push:
         staging = join(model_dir, repository._temp_name(repository._STAGING))
         try:
             write_sources(self.fs, staging, sources)
-            for name, data in files.items():
+            for name, data in files.items():  # names may hold a "/" (a copied __pycache__)
+                if "/" in name:
+                    self.fs.makedirs(join(staging, name.rsplit("/", 1)[0]))
                 self.fs.write_bytes(join(staging, name), data)
             self.fs.sync_tree(staging)
             repository._checkpoint(f"staged {model_dir}")
@@ -155,45 +160,81 @@ def push_onnx_model(
         return PushResult(ensemble_dir, version, join(ensemble_dir, str(version)), pushed=False)
 
     exported = export_onnx(saved_model_dir)  # may fail: before anything is written
-    meta = json.dumps(
+    meta = push_info(
         {
             "source": source,
             "saved_model_sha256": pb_sha,
-            "pushed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "class_names": list(info.class_names),
             "flavor": FLAVOR,
             "image_size": exported.image_size,
-            "pusher": repository._temp_name(""),
-        },
-        indent=2,
-    ).encode("utf-8")
-    labels_name, labels = onnx_config.labels_file(info)
+        }
+    )
+    labels = dict([onnx_config.labels_file(info)])
+    return publish_versions(
+        model_repository,
+        settings,
+        info,
+        exported.image_size,
+        VersionFiles(
+            preprocess=({PUSH_INFO_FILE: meta}, PREPROCESS_SOURCES),
+            classifier=(
+                {ONNX_FILE: exported.model, **labels, PUSH_INFO_FILE: meta},
+                CLASSIFIER_SOURCES,
+            ),
+            ensemble={**(extra_files or {}), **labels, PUSH_INFO_FILE: meta},
+        ),
+    )
+
+
+def push_info(facts: dict) -> bytes:
+    """One hoh_push.json for the three versions of a push: its `pusher` id ties them together
+    (`republish` finds an ensemble version's steps by it)."""
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    meta = {**facts, "pushed_at": now, "pusher": repository._temp_name("")}
+    return json.dumps(meta, indent=2).encode("utf-8")
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionFiles:
+    """The files of the three new versions: (files, package sources) per step, then the
+    ensemble's files. A push exports them; a republish copies them from an old version."""
+
+    preprocess: tuple[dict[str, bytes], dict]
+    classifier: tuple[dict[str, bytes], dict]
+    ensemble: dict[str, bytes]
+
+
+def publish_versions(
+    model_repository: str,
+    settings: TritonPushSettings,
+    info: ServingModelInfo,
+    image_size: int,
+    steps: VersionFiles,
+) -> PushResult:
+    """Publish the steps, then the ensemble pinning them (the one publishing write), then retire."""
+    fs = fs_for(model_repository)
+    ensemble_dir = join(model_repository, settings.model_name)
+    pre_dir = join(model_repository, onnx_config.preprocess_name(settings))
+    cls_dir = join(model_repository, onnx_config.classifier_name(settings))
     in_use = _steps_in_use(ensemble_dir)
     keep = settings.versions_to_serve
     push = _Push(fs)
     try:
-        pre_version = push.version(pre_dir, {PUSH_INFO_FILE: meta}, PREPROCESS_SOURCES)
+        pre_version = push.version(pre_dir, *steps.preprocess)
         if info.sample_image is not None:
             push.write(join(pre_dir, WARMUP_FILE), warmup_data(info.sample_image))
         pre_served = _step_versions(pre_dir, pre_version, keep, in_use)
-        push.write(
-            join(pre_dir, CONFIG_FILE), _preprocess_text(settings, info, exported, pre_served)
-        )
+        config = onnx_config.preprocess_config(settings, info, image_size, pre_served)
+        push.write(join(pre_dir, CONFIG_FILE), render_model_config(config).encode("utf-8"))
 
-        cls_version = push.version(
-            cls_dir,
-            {ONNX_FILE: exported.model, labels_name: labels, PUSH_INFO_FILE: meta},
-            CLASSIFIER_SOURCES,
-        )
+        cls_version = push.version(cls_dir, *steps.classifier)
         cls_served = _step_versions(cls_dir, cls_version, keep, in_use)
         for rel, data in onnx_config.classifier_files(
-            settings, info, exported.image_size, cls_served
+            settings, info, image_size, cls_served
         ).items():
             push.write(join(cls_dir, rel), data)
 
-        version = push.version(
-            ensemble_dir, {**(extra_files or {}), labels_name: labels, PUSH_INFO_FILE: meta}, {}
-        )
+        version = push.version(ensemble_dir, steps.ensemble, {})
         ensemble = onnx_config.ensemble_config(settings, info, [version], pre_version, cls_version)
         push.write(join(ensemble_dir, CONFIG_FILE), render_model_config(ensemble).encode("utf-8"))
     except BaseException:
@@ -208,8 +249,3 @@ def push_onnx_model(
     except OSError as exc:
         _log.warning("could not delete old versions in %s: %s", model_repository, exc)
     return PushResult(ensemble_dir, version, join(ensemble_dir, str(version)), True, removed)
-
-
-def _preprocess_text(settings, info, exported, served) -> bytes:
-    config = onnx_config.preprocess_config(settings, info, exported.image_size, served)
-    return render_model_config(config).encode("utf-8")

@@ -308,12 +308,13 @@ def serve_version(
 ) -> List[str]:
     """Rollback / promote: make Triton serve registry `version` and move `champion` to it.
 
-    The model is published again through the pusher's `push_model` (from its Triton directory,
-    or from the registered source for a challenger that was never pushed). The registry is read
+    The model is published again through the pusher's publishing path (`rollback.republish`
+    from its Triton directory, in the flavour it was pushed as; or `flavors.push_model` from the
+    registered source for a challenger that was never pushed). The registry is read
     before anything changes; if it cannot be updated afterwards, the previously served version
     is published again and the command fails saying so.
     """
-    from hoh.components.triton_pusher import repository, rollback
+    from hoh.components.triton_pusher import flavors, repository, rollback
     from hoh.components.triton_pusher.settings import TritonPushSettings
 
     mlflow_client = store.client(cfg)
@@ -340,7 +341,7 @@ def serve_version(
             f"use `hoh models promote {version}` to push it"
         )
     else:
-        result = repository.push_model(mv.source, cfg.model_repository, settings, source=mv.source)
+        result = flavors.push_model(mv.source, cfg.model_repository, settings, source=mv.source)
     tv = result.version
     when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     who = who or getpass.getuser()

@@ -81,7 +81,7 @@ def build_and_push(
     import tensorflow_transform as tft
 
     from hoh import features
-    from hoh.components.triton_pusher.repository import push_model
+    from hoh.components.triton_pusher.flavors import push_model  # settings.flavor decides
     from hoh.data.demo import make_demo_dataset
     from hoh.data.importer import import_images
     from hoh.trainer import export

@@ -96,7 +96,7 @@ def setup(workdir: Path, weights: str) -> dict:
 
     model = build_and_push(
         workdir,
-        TritonPushSettings(),
+        TritonPushSettings(flavor="tensorflow"),  # predict_split loads the version's SavedModel
         image_size=224,
         alpha=1.0,
         weights=weights,

@@ -285,7 +285,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             }.items()
             if v is not None
         }
-        settings = TritonPushSettings(**tuned)
+        settings = TritonPushSettings(flavor="tensorflow", **tuned)
         say("building MobileNetV2 224 the production way (Transform, export, TF-flavour push)")
         model = model_setup.build_and_push(
             workdir,

@@ -236,6 +236,7 @@ def _settings(args: argparse.Namespace) -> "TritonPushSettings":
     from hoh.components.triton_pusher.repository import TritonPushSettings
 
     return TritonPushSettings(
+        flavor="tensorflow",  # its knobs (TensorFlow threads in the stub) are this flavour's
         max_batch_size=args.max_batch_size,
         preferred_batch_sizes=tuple(args.preferred_batch_sizes),
         max_queue_delay_us=args.max_queue_delay_us,

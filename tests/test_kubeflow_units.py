@@ -288,3 +288,22 @@ def test_latest_pushed_model_is_the_newest_complete_version(tmp_path):
     _version(repo, 3, complete=False)  # interrupted copy on an object store
     assert latest_pushed_saved_model(str(repo), "hoh") == str(newest)
     assert latest_pushed_saved_model(str(repo), "other") is None
+
+
+def test_latest_pushed_model_of_the_onnx_flavour_is_the_model_it_was_exported_from(tmp_path):
+    import json
+
+    from hoh.components.latest_pushed_model.locate import latest_pushed_saved_model
+
+    repo = tmp_path / "repo"
+    tensorflow = _version(repo, 1)
+    trainer = tmp_path / "Trainer" / "model" / "Format-Serving"
+    trainer.mkdir(parents=True)
+    (trainer / "saved_model.pb").write_bytes(b"graph 2")
+    onnx = repo / "hoh" / "2"
+    onnx.mkdir()  # an ensemble version: labels and provenance, the network is in hoh_classifier
+    info = {"source": str(trainer), "flavor": "onnx"}
+    (onnx / "hoh_push.json").write_text(json.dumps(info))
+    assert latest_pushed_saved_model(str(repo), "hoh") == str(trainer)
+    (trainer / "saved_model.pb").unlink()  # the pipeline root was cleaned: no baseline there
+    assert latest_pushed_saved_model(str(repo), "hoh") == str(tensorflow)

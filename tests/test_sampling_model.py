@@ -128,3 +128,21 @@ def test_model_paths_that_are_not_hoh_models_are_refused(tmp_path, known_model):
     assert find_serving_dir(known_model / "Format-Serving") == known_model / "Format-Serving"
     with pytest.raises(HohError, match="no saved_model.pb"):
         Predictor(tmp_path)
+
+
+def test_an_onnx_version_directory_stands_for_the_model_it_was_pushed_from(tmp_path, known_model):
+    import json
+
+    from hoh.errors import HohError
+    from hoh.trainer.predictor import find_serving_dir, read_class_names
+
+    version = tmp_path / "repo" / "hoh" / "1"  # an ensemble version: no SavedModel inside
+    version.mkdir(parents=True)
+    info = {"source": str(known_model / "Format-Serving"), "flavor": "onnx"}
+    (version / "hoh_push.json").write_text(json.dumps(info))
+    assert find_serving_dir(version) == known_model / "Format-Serving"
+    assert read_class_names(version) == read_class_names(known_model)
+    info["source"] = str(tmp_path / "cleaned-up")
+    (version / "hoh_push.json").write_text(json.dumps(info))
+    with pytest.raises(HohError, match="cleaned-up, is gone"):
+        find_serving_dir(version)

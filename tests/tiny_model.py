@@ -41,6 +41,8 @@ def make_image(seed: int, size: tuple[int, int] = (40, 30), fmt: str = "PNG") ->
 def _build_module(class_names: Sequence[str], seed: int):
     import tensorflow as tf
 
+    from hoh.transforms.images import decode_and_resize
+
     rng = np.random.default_rng(seed)
     features = _GRID * _GRID * 3
     # Centred inputs and weights ~ N(0, 1/sqrt(features)): probabilities stay away from 0 and 1, so
@@ -58,18 +60,9 @@ def _build_module(class_names: Sequence[str], seed: int):
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
         def serve(self, image_bytes):
-            def decode(data):
-                image = tf.io.decode_image(data, channels=3, expand_animations=False)
-                image = tf.cast(image, tf.float32) / 255.0
-                image = tf.image.resize(image, [IMAGE_SIZE, IMAGE_SIZE])
-                image.set_shape([IMAGE_SIZE, IMAGE_SIZE, 3])
-                return image
-
-            images = tf.map_fn(
-                decode,
-                image_bytes,
-                fn_output_signature=tf.TensorSpec([IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32),
-            )
+            # The Trainer's own decoding (JPEG's accurate IDCT included), so that either
+            # flavour serves this model with the pixels it computes in process.
+            images = decode_and_resize(image_bytes, IMAGE_SIZE)
             pool = IMAGE_SIZE // _GRID
             pooled = tf.nn.avg_pool2d(images, ksize=pool, strides=pool, padding="VALID")
             centred = tf.reshape(pooled, [-1, features]) - 0.5
@@ -109,13 +102,19 @@ def build_tiny_model(
     return export_dir
 
 
+# The flavour that can push a `fake_saved_model` (push.flavor; the default, onnx, cannot).
+FAKE_MODEL_FLAVOR = "tensorflow"
+
+
 def fake_saved_model(
     path: str | Path,
     classes: Sequence[str] = ("human", "horse"),
     sample: bytes | None = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32,
     pb: bytes = b"graph",
 ) -> Path:
-    """A directory shaped like the Trainer's export (not loadable): for tests that never load it."""
+    """A directory shaped like the Trainer's export (not loadable): for tests that never load it.
+    Only the TensorFlow flavour pushes it (it copies the SavedModel; the ONNX flavour exports the
+    graph, which this one has not): push it with `FAKE_MODEL_FLAVOR`."""
     path = Path(path)
     extra = path / "assets.extra"
     extra.mkdir(parents=True)
@@ -185,3 +184,8 @@ def run_pusher_executor(
     }
     executor.Executor().Do(inputs, {"pushed_model": [pushed]}, properties)
     return pushed
+
+
+def push_fake_model(model_uri: str | Path, repository: str | Path, pushed_uri: str | Path, **kw):
+    """`run_pusher_executor` for a Model artifact holding a `fake_saved_model`."""
+    return run_pusher_executor(model_uri, repository, pushed_uri, flavor=FAKE_MODEL_FLAVOR, **kw)

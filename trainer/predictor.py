@@ -43,6 +43,7 @@ EXTRA_DIR = (
 )
 LABELS_FILE = "labels.txt"
 MODEL_INFO_FILE = "hoh_model.json"
+PUSH_INFO_FILE = "hoh_push.json"  # the pusher's, in a Triton version directory
 _TF_NOISE = re.compile(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]")
 
 
@@ -56,17 +57,38 @@ class Prediction:
 
 def find_serving_dir(path: str | Path) -> Path:
     """The SavedModel inside a model path: the SavedModel itself, a TFX Model artifact
-    (`Format-Serving/`), or a Triton version directory (`model.savedmodel/`)."""
+    (`Format-Serving/`), or a Triton version directory (`model.savedmodel/`). A version of the
+    ONNX flavour (the default push) holds no SavedModel: the model it was exported from, its
+    `hoh_push.json` `source`, stands for it, so `hoh monitor --model REPO/hoh/N` works there."""
     import tensorflow as tf
 
     for sub in SERVING_DIR_CANDIDATES:
         candidate = Path(path) / sub if sub else Path(path)
         if tf.io.gfile.exists(str(candidate / "saved_model.pb")):
             return candidate
+    source = _push_source(path)
+    if source and tf.io.gfile.exists(f"{source}/saved_model.pb"):
+        return Path(source)
+    gone = f"; the model it was pushed from, {source}, is gone" if source else ""
     raise HohError(
         f"model {path}: no saved_model.pb there nor in Format-Serving/ or model.savedmodel/ "
-        "(give a Trainer/pushed model directory)"
+        f"(give a Trainer/pushed model directory){gone}"
     )
+
+
+def _push_source(version_dir: str | Path) -> Optional[str]:
+    """The `source` a Triton version's hoh_push.json names (the pusher's provenance record,
+    read here as plain JSON: the trainer does not import the pusher)."""
+    import tensorflow as tf
+
+    info_path = str(Path(version_dir) / PUSH_INFO_FILE)
+    if not tf.io.gfile.exists(info_path):
+        return None
+    try:
+        info = json.loads(tf.io.gfile.GFile(info_path, "rb").read())
+    except ValueError:
+        return None
+    return info.get("source") if isinstance(info, dict) else None
 
 
 def _read_extra(serving_dir: Path, name: str) -> str:

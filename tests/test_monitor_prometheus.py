@@ -20,7 +20,7 @@ import pytest
 import services
 from test_gateway_e2e import png, start_gateway
 from test_gateway_e2e import triton as triton  # noqa: F401 (the module's Triton fixture)
-from test_monitor_service import DAY, END, day_of_traffic, write_audit
+from test_monitor_service import DAY, END, day_of_traffic, monitor_argv, write_audit
 
 from hoh.components.monitor import prometheus as promsrc
 from hoh.components.monitor.monitor import run_monitor, summary_lines
@@ -181,15 +181,7 @@ def test_prometheus_url_must_be_a_url_and_the_cli_takes_it(tmp_path, capsys):
     with pytest.raises(ValueError, match="prometheus_url"):
         MonitorConfig(prometheus_url="localhost:9090")
     assert MonitorConfig().prometheus_url is None
-    for name in ("captures", "reference", "model/hoh/3/model.savedmodel"):
-        (tmp_path / name).mkdir(parents=True)
-    base = [
-        "monitor",
-        "--capture", str(tmp_path / "captures"),
-        "--since", str(DAY), "--until", str(DAY),
-        "--model", str(tmp_path / "model" / "hoh" / "3"),
-        "--reference", str(tmp_path / "reference"),
-    ]  # fmt: skip
+    base = monitor_argv(tmp_path)
     code = main([*base, "--prometheus", "localhost:9090", "--out", str(tmp_path / "o1")])
     err = capsys.readouterr().err.strip()
     assert code == ExitCode.USAGE and "--prometheus 'localhost:9090' is not an http" in err

@@ -181,19 +181,23 @@ def test_a_window_still_running_counts_its_rate_over_the_elapsed_time(tmp_path):
     assert summary["verdict"] == "insufficient_data"
 
 
-def test_cli_audit_option_and_bad_dir(tmp_path, capsys):
-    from hoh.cli import main
-
-    (tmp_path / "captures").mkdir()
-    (tmp_path / "reference").mkdir()
-    (tmp_path / "model" / "hoh" / "3" / "model.savedmodel").mkdir(parents=True)
-    base = [
+def monitor_argv(tmp_path: Path) -> list[str]:
+    """`hoh monitor` over empty but existing inputs: what the option checks run against."""
+    for name in ("captures", "reference", "model/hoh/3/model.savedmodel"):
+        (tmp_path / name).mkdir(parents=True)
+    return [
         "monitor",
         "--capture", str(tmp_path / "captures"),
         "--since", str(DAY), "--until", str(DAY),
         "--model", str(tmp_path / "model" / "hoh" / "3"),
         "--reference", str(tmp_path / "reference"),
     ]  # fmt: skip
+
+
+def test_cli_audit_option_and_bad_dir(tmp_path, capsys):
+    from hoh.cli import main
+
+    base = monitor_argv(tmp_path)
     code = main([*base, "--audit", str(tmp_path / "nope"), "--out", str(tmp_path / "o1")])
     err = capsys.readouterr().err.strip()
     assert code == ExitCode.USAGE and "nope holds no audit" in err and "\n" not in err

@@ -21,6 +21,7 @@ import pytest
 from imagegen import encode, pattern, write, write_classes
 from services import free_port, service, stop, unique_name
 from tests_support.ingest import (
+    BROKERS,
     Target,
     ingest_config,
     kafka_service,
@@ -56,7 +57,7 @@ def kafka_servers():
     stop(started)
 
 
-@pytest.fixture(params=["nats", "kafka"])
+@pytest.fixture(params=BROKERS)
 def target(request):
     if request.param == "nats":
         made = Target("nats", request.getfixturevalue("nats_url"), unique_name("hoh-test-ingest"))

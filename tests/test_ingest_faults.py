@@ -29,6 +29,7 @@ import pytest
 from imagegen import encode, pattern
 from services import free_port, service, start_server, stop, unique_name
 from tests_support.ingest import (
+    BROKERS,
     HOH,
     KAFKA_ENV,
     REPO,
@@ -49,7 +50,7 @@ pytestmark = pytest.mark.e2e
 NOW = dt.datetime(2026, 12, 4, 12, 0, tzinfo=dt.timezone.utc)
 
 
-@pytest.fixture(params=["nats", "kafka"])
+@pytest.fixture(params=BROKERS)
 def target(request):
     if request.param == "nats":
         url, started = service("nats")

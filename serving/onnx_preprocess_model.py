@@ -117,12 +117,6 @@ def decode_for_rgb(data: bytes) -> tuple[np.ndarray, tuple]:
     return (pixels if pixels.ndim == 3 else pixels[:, :, None]), channels
 
 
-def decode_rgb(data: bytes) -> np.ndarray:
-    """The first frame as uint8 [H, W, 3], the way `tf.io.decode_image(channels=3)` returns it."""
-    pixels, channels = decode_for_rgb(data)
-    return pixels[:, :, list(channels)]
-
-
 def preprocess(data: bytes, size: int) -> np.ndarray:
     """Encoded bytes -> float32 [size, size, 3] in [0, 1], the classifier's input."""
     pixels, channels = decode_for_rgb(data)

@@ -15,22 +15,15 @@ def decode_and_resize(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
     `[batch]`: both are flattened. `channels=3` drops alpha (the real images are RGBA) and expands
     grayscale; `expand_animations=False` keeps a GIF's first frame so every file yields one image.
     `tf.map_fn` with a fixed signature is needed because images in one batch differ in size.
-    JPEGs are decoded with libjpeg's accurate integer IDCT, not `decode_image`'s fast one: the
-    accurate one is what Pillow (the ONNX flavour's preprocessing, a stock Triton) and most
-    decoders use, so a JPEG gets the same pixels in training, in either serving flavour and
-    in a client's own tools (the fast one differs by up to 5 levels, docs/BENCHMARKS.md).
+    Decoding is the importer's own (`hoh.data.images.decode_rgb`), so an accepted file decodes
+    here too, and JPEGs get the pixels Pillow and the ONNX flavour get.
     """
+    from hoh.data.images import decode_rgb
+
     flat = tf.reshape(encoded, [-1])
 
-    def _decode(data: tf.Tensor) -> tf.Tensor:
-        return tf.cond(
-            tf.io.is_jpeg(data),
-            lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
-            lambda: tf.io.decode_image(data, channels=3, expand_animations=False),
-        )
-
     def _one(data: tf.Tensor) -> tf.Tensor:
-        image = _decode(data)
+        image = decode_rgb(data)
         image = tf.image.resize(image, [image_size, image_size], method="bilinear")
         image.set_shape([image_size, image_size, 3])
         return image / 255.0

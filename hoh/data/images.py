@@ -108,6 +108,20 @@ def check_like_serving(data: bytes, max_pixels: int) -> None:
 _TF_NOISE = re.compile(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]")
 
 
+def decode_rgb(data):
+    """Encoded bytes (a scalar string tensor or bytes) -> uint8 [H, W, 3]: the one decode the
+    importer's check and the pipeline's Transform (`transforms/images.py`) both run. JPEGs use
+    libjpeg's accurate integer IDCT, the one Pillow (the ONNX flavour's preprocessing) and most
+    decoders use, not `decode_image`'s fast one (up to 5 levels apart, docs/BENCHMARKS.md)."""
+    import tensorflow as tf
+
+    return tf.cond(
+        tf.io.is_jpeg(data),
+        lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.io.decode_image(data, channels=3, expand_animations=False),
+    )
+
+
 class TfDecodeCheck:
     """Decodes with the pipeline's own call; one instance per import keeps TF imported once."""
 
@@ -120,7 +134,7 @@ class TfDecodeCheck:
         """(width, height) of the decoded first frame; raises ImageRejected if TF cannot decode."""
         tf = self._tf
         try:
-            pixels: Any = tf.io.decode_image(data, channels=3, expand_animations=False)
+            pixels: Any = decode_rgb(data)
         except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as exc:
             message = _TF_NOISE.sub("", exc.message).strip()
             raise ImageRejected("undecodable", f"TensorFlow cannot decode it: {message}") from None

@@ -214,6 +214,23 @@ class EvaluationConfig(_Section):
     )
 
 
+def served_versions_problem(flavor: str, versions_to_serve: int) -> Optional[str]:
+    """Why this flavour cannot serve that many versions, or None.
+
+    An ONNX ensemble's config pins one version of each step for all the ensemble's versions, so
+    it answers for one version only; accepting `versions_to_serve: 2` would leave requests for
+    the older version failing as "not ready" after a push that users expected to keep it.
+    """
+    if flavor == "onnx" and versions_to_serve > 1:
+        return (
+            f"versions_to_serve ({versions_to_serve}) needs flavor: tensorflow: the onnx "
+            "flavour's ensemble serves one version at a time (its steps are pinned for all its "
+            "versions); set push.flavor=tensorflow to serve old and new classes side by side "
+            "(docs/MULTICLASS.md)"
+        )
+    return None
+
+
 class PushConfig(_Section):
     enabled: bool = True
     model_repository: Optional[str] = Field(
@@ -262,11 +279,12 @@ class PushConfig(_Section):
         "responses and replays them to every client as empty successes (docs/SERVING.md).",
     )
     flavor: Literal["tensorflow", "onnx"] = Field(
-        "tensorflow",
-        description="What the pusher writes: `tensorflow` = one python-backend model running the "
-        "SavedModel (needs TensorFlow inside Triton); `onnx` = an ensemble of a numpy+Pillow "
+        "onnx",
+        description="What the pusher writes: `onnx` = an ensemble of a numpy+Pillow "
         "preprocessing model and the network as model.onnx, which a stock (GPU) Triton serves "
-        "natively (docs/SERVING.md#flavours).",
+        "natively, and the faster one on CPU too (docs/BENCHMARKS.md#onnx-flavour-issue-18); "
+        "`tensorflow` = one python-backend model running the SavedModel (needs TensorFlow "
+        "inside Triton; serves several versions at once, docs/SERVING.md#flavours).",
     )
     preprocess_instance_count: int = Field(
         2,
@@ -283,12 +301,24 @@ class PushConfig(_Section):
         "configs/stock.pbtxt and configs/gpu.pbtxt keep push.instance_count: the native "
         "backend spreads one instance over every core itself.",
     )
+    cpu_step_queue_delay_us: int = Field(
+        0,
+        ge=0,
+        description="onnx flavour: the batching wait of the steps that run on CPU (the "
+        "preprocessing model, and the classifier except in configs/gpu.pbtxt, which keeps "
+        "push.max_queue_delay_us). Preprocessing works image by image and onnxruntime's CPU "
+        "cost per image is flat in the batch size (7.3 ms at 1, 8.1 at 32 on one thread), so "
+        "a wait is pure latency: 0 won (docs/BENCHMARKS.md); queued requests still batch.",
+    )
     gpu_fp16: bool = Field(
         True, description="onnx flavour: TensorRT precision FP16 (else FP32) in configs/gpu.pbtxt."
     )
 
     @model_validator(mode="after")
     def _keep_what_is_served(self) -> "PushConfig":
+        problem = served_versions_problem(self.flavor, self.versions_to_serve)
+        if problem:
+            raise ValueError(f"push.{problem}")
         if self.versions_to_keep < self.versions_to_serve:
             raise ValueError(
                 f"push.versions_to_keep ({self.versions_to_keep}) must be >= "

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from onnx_support import running_server
 from tiny_model import (
+    FAKE_MODEL_FLAVOR,
     build_model_artifact_dir,
     fake_saved_model,
     make_image,
@@ -43,7 +44,9 @@ from hoh.serving.client import (
 from hoh.serving.server import TritonServer
 
 OLD, NEW = ("human", "horse"), ("human", "horse", "bird")
-SETTINGS = repo.TritonPushSettings(model_name="hoh", versions_to_serve=2, versions_to_keep=3)
+SETTINGS = repo.TritonPushSettings(
+    flavor=FAKE_MODEL_FLAVOR, model_name="hoh", versions_to_serve=2, versions_to_keep=3
+)
 
 
 def config_of(repository: Path, name: str = "hoh") -> mc.ModelConfig:
@@ -243,8 +246,9 @@ def two_versions(tmp_path_factory):
             root / f"pushed-{version}",
             max_batch_size=4,
             preferred_batch_sizes=[4],
-            versions_to_serve=2,
+            versions_to_serve=2,  # two class sets at once: the TensorFlow flavour's
             versions_to_keep=2,
+            flavor="tensorflow",
         )
     with running_server(root / "repository", root / "triton.log") as server:
         yield TwoVersions(server, models, root)

@@ -11,6 +11,7 @@ def test_defaults_are_the_documented_stack():
     cfg = load_config()
     assert (cfg.transform.image_size, cfg.model.alpha, cfg.model.weights) == (224, 1.0, "imagenet")
     assert cfg.evaluation.min_auc == 0.9 and cfg.beam.args == []
+    assert cfg.push.flavor == "onnx"  # chosen by docs/BENCHMARKS.md#onnx-flavour-issue-18
     assert cfg.pipeline_root.endswith("hoh-output/pipeline_root")
 
 
@@ -39,6 +40,7 @@ def test_overrides_parse_yaml_values_and_keyword_fields_win(tmp_path):
         (["push.model_name=../x"], "plain directory name"),
         (["epochs"], "expected section.key=value"),
         (["training.epochs=-1"], "training.epochs"),
+        (["push.versions_to_serve=2", "push.versions_to_keep=2"], "push.flavor=tensorflow"),
     ],
 )
 def test_bad_values_are_reported_with_their_key(overrides, needle):

@@ -610,3 +610,38 @@ def test_hoh_run_trains_on_a_span_sealed_from_the_stream(nats_url, tmp_path):
     }
     assert summary.example_counts == report["split_counts"]  # exactly the sealed span's images
     assert any(line.strip().startswith("epoch 1:") for line in lines)
+
+
+def test_a_lost_kafka_cluster_is_an_outage_until_a_broker_answers():
+    """librdkafka reports losing every broker once (error_cb) and then only times out, which the
+    consumer would read as a quiet topic: the broker stays unavailable (so `/healthz` says 503)
+    until the topic's metadata comes back. No broker needed: the client is replaced."""
+    from confluent_kafka import KafkaError
+
+    from hoh.config import IngestConfig
+    from hoh.data.stream.broker import BrokerUnavailable
+    from hoh.data.stream.kafka import KafkaBroker
+
+    class Client:
+        reachable, consumed = False, 0
+
+        def list_topics(self, topic, timeout):
+            if not self.reachable:
+                raise RuntimeError("Local: Timed out")
+
+        def consume(self, n, timeout):
+            self.consumed += 1
+            return []
+
+    broker = KafkaBroker("kafka://127.0.0.1:9", "images", IngestConfig())
+    broker._consumer = client = Client()
+    assert asyncio.run(broker.fetch(8, 0.01)) == [] and client.consumed == 1  # healthy: quiet
+    broker._client_error(KafkaError(KafkaError._TRANSPORT))  # one broker hiccup: not an outage
+    assert asyncio.run(broker.fetch(8, 0.01)) == []
+    broker._client_error(KafkaError(KafkaError._ALL_BROKERS_DOWN))
+    for _ in range(2):  # stays down while nothing answers, and nothing is consumed meanwhile
+        with pytest.raises(BrokerUnavailable, match=r"all brokers of kafka://127.0.0.1:9 down"):
+            asyncio.run(broker.fetch(8, 0.01))
+    assert client.consumed == 2
+    client.reachable = True
+    assert asyncio.run(broker.fetch(8, 0.01)) == [] and client.consumed == 3

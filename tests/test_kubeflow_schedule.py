@@ -108,7 +108,9 @@ def test_a_new_drifted_span_is_trained_compared_with_production_and_pushed(sched
     first, second = schedule[0], schedule[1]
     assert second["spans"] == [1, 2] and len(second["models"]) == 2
     assert second["baselines"][-1]["hoh_pushed_baseline"] == 1
-    assert second["baselines"][-1]["hoh_baseline_source"].endswith("/hoh/1/model.savedmodel")
+    # Production's model: an ONNX version (the default flavour) holds no SavedModel, so the
+    # baseline is the one it was pushed from, as its hoh_push.json says.
+    assert second["baselines"][-1]["hoh_baseline_source"] == first["sources"][0]
     assert second["versions"] == [1, 2]
     assert second["sources"][1] == second["models"][1] + "/Format-Serving" != first["sources"][0]
     assert second["pushed"][-1]["pushed"] == 1 and second["pushed"][-1]["pushed_version"] == "2"

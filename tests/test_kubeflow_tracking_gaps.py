@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from test_tracking import HELD_DRIFT, make_cfg, summary
-from tiny_model import fake_saved_model, run_pusher_executor
+from tiny_model import fake_saved_model, push_fake_model
 
 from hoh.components.triton_pusher import repository, rollback
 from hoh.pipeline.tracking import facts as facts_mod
@@ -35,7 +35,7 @@ def pushed_repo(tmp_path):
     repo = tmp_path / "repo"
     models = {n: _model(tmp_path, n, f"graph-{n}".encode()) for n in "ABC"}
     for n in "AB":
-        run_pusher_executor(models[n], repo, tmp_path / f"pushed-{n}", model_name="clf")
+        push_fake_model(models[n], repo, tmp_path / f"pushed-{n}", model_name="clf")
     return repo, models
 
 
@@ -97,7 +97,7 @@ def test_the_node_waits_for_the_pusher_it_runs_beside_and_then_says_it_gave_up(p
     pushed_c = []
 
     def sleep(_seconds):  # the pusher finishes while the node waits
-        run_pusher_executor(models["C"], repo, repo.parent / "pushed-C", model_name="clf")
+        push_fake_model(models["C"], repo, repo.parent / "pushed-C", model_name="clf")
         pushed_c.append(True)
 
     s = _gated(cfg, models["C"])
@@ -209,7 +209,7 @@ def test_a_measuring_executor_stamps_its_outputs_and_pushes_as_before(tmp_path, 
     assert issubclass(cls, executor.Executor) and pickle.loads(pickle.dumps(cls)) is cls
     monkeypatch.setattr(executor, "Executor", cls)  # what the pod's launcher instantiates
     model = _model(tmp_path, "M", b"graph-M")
-    pushed = run_pusher_executor(model, tmp_path / "repo", tmp_path / "pushed", model_name="clf")
+    pushed = push_fake_model(model, tmp_path / "repo", tmp_path / "pushed", model_name="clf")
     assert pushed.get_string_custom_property("pushed_version") == "1"
     assert (tmp_path / "repo" / "clf" / "1" / "hoh_push.json").is_file()
     assert pushed.get_string_custom_property(measured.COMPONENT) == "TritonPusher"
@@ -270,7 +270,7 @@ def test_the_track_run_executor_in_a_kubeflow_pod(tmp_path):
     run = tmp_path / "root" / "hoh"
     model = _model(run / "run-1" / "Trainer", "model", b"graph-M")
     repo = tmp_path / "repo"
-    run_pusher_executor(model, repo, run / "run-2" / "TritonPusher" / "pushed_model")
+    push_fake_model(model, repo, run / "run-2" / "TritonPusher" / "pushed_model")
     m, blessing, drift = _artifacts(model, 1, run / "run-2" / "DriftCheck" / "drift_report")
     blessing.uri = str(run / "run-2" / "Evaluator" / "blessing")
     for a, node, seconds in ((m, "Trainer", 42.0), (blessing, "Evaluator", 7.0)):

@@ -69,7 +69,7 @@ def test_a_push_without_examples_writes_no_record(tmp_path):
     build_model_artifact_dir(tmp_path / "model", class_names=CLASSES)
     run_pusher_executor(tmp_path / "model", tmp_path / "repo", tmp_path / "pushed")
     version_dir = tmp_path / "repo" / "hoh" / "1"
-    assert (version_dir / "model.savedmodel" / "saved_model.pb").is_file()
+    assert json.loads((version_dir / "hoh_push.json").read_text())["flavor"] == "onnx"  # default
     assert not (version_dir / eval_predictions.RECORD_FILE).exists()
 
 

@@ -21,6 +21,7 @@ from tiny_model import (
     IMAGE_SIZE,
     build_model_artifact_dir,
     build_tiny_model,
+    fake_saved_model,
     make_image,
     predict_in_process,
     run_pusher_executor,
@@ -184,6 +185,12 @@ def test_export_refuses_a_model_without_the_image_map(tmp_path):
         export_onnx(str(tmp_path))
 
 
+def test_export_names_a_model_that_does_not_load(tmp_path):
+    model = fake_saved_model(tmp_path / "m", pb=b"not a SavedModel")
+    with pytest.raises(repository.PushError, match=f"cannot load the SavedModel {model}: "):
+        export_onnx(str(model))
+
+
 # ====================================================================== repository
 
 
@@ -193,7 +200,14 @@ def push(tmp_path, model: Path, repo: Path, **settings):
 
 
 def test_push_writes_an_ensemble_and_every_config_parses(tmp_path, tiny, exported):
-    result = push(tmp_path, tiny, tmp_path / "repo", gpu_fp16=True)
+    result = push(
+        tmp_path,
+        tiny,
+        tmp_path / "repo",
+        gpu_fp16=True,
+        cpu_step_queue_delay_us=300,
+        max_queue_delay_us=7000,
+    )
     repo = tmp_path / "repo"
     ensemble = parse_model_config((repo / "hoh" / "config.pbtxt").read_text())
     assert ensemble.platform == "ensemble" and result.version == 1
@@ -218,6 +232,9 @@ def test_push_writes_an_ensemble_and_every_config_parses(tmp_path, tiny, exporte
     assert [g.kind for g in gpu.instance_group] == [gpu.instance_group[0].KIND_GPU]
     (trt,) = gpu.optimization.execution_accelerators.gpu_execution_accelerator
     assert trt.name == "tensorrt" and trt.parameters["precision_mode"] == "FP16"
+    # The CPU steps' batching wait is their own setting; a GPU batches for push.max_queue_delay_us.
+    waits = [c.dynamic_batching.max_queue_delay_microseconds for c in (preprocess, local, stock)]
+    assert waits == [300, 300, 300] and gpu.dynamic_batching.max_queue_delay_microseconds == 7000
     for config in (local, stock, gpu):
         assert list(config.version_policy.specific.versions) == [1]
         assert config.output[0].label_filename == "1/labels.txt"

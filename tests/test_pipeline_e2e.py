@@ -164,6 +164,10 @@ def test_onnx_flavour_from_pipeline_to_hoh_predict(tmp_path_factory):
         assert max(abs(a - b) for a, b in zip(served, expected)) < 1e-4
 
 
+# Old and new classes served side by side: the TensorFlow flavour (docs/MULTICLASS.md).
+TWO_VERSIONS = ("push.flavor=tensorflow", "push.versions_to_serve=2")
+
+
 def test_a_class_added_in_a_new_span_retrains_and_serves_beside_the_old_version(
     tmp_path, backbone_h5
 ):
@@ -183,7 +187,8 @@ def test_a_class_added_in_a_new_span_retrains_and_serves_beside_the_old_version(
     make_demo_dataset(tmp_path / "v1", per_class=12, size=48, classes=("horses", "humans"))
     import_images(tmp_path / "v1", data)
     first = run_local(
-        _config(data, out, "data.classes=horses,humans", frozen), echo=lambda line: None
+        _config(data, out, "data.classes=horses,humans", *TWO_VERSIONS, frozen),
+        echo=lambda line: None,
     )
     assert first.blessed and first.pushed_version == "1"
     span_ids = lambda n: set(read_ids_labels([str(data / f"span-{n}" / "*" / "*.gz")])[0])  # noqa: E731
@@ -197,11 +202,14 @@ def test_a_class_added_in_a_new_span_retrains_and_serves_beside_the_old_version(
     make_demo_dataset(tmp_path / "v2", per_class=12, size=48, classes=("horses", "humans", "birds"))
     import_images(tmp_path / "v2", data)
     with pytest.raises(HohError, match=r"class\(es\) \['birds'\] that data.classes"):
-        run_local(_config(data, out, "data.classes=horses,humans", frozen), echo=lambda line: None)
+        run_local(
+            _config(data, out, "data.classes=horses,humans", *TWO_VERSIONS, frozen),
+            echo=lambda line: None,
+        )
 
     lines = []
     second = run_local(
-        _config(data, out, "data.classes=horses,humans,birds", "push.versions_to_serve=2", frozen),
+        _config(data, out, "data.classes=horses,humans,birds", *TWO_VERSIONS, frozen),
         echo=lines.append,
     )
     # Each new image went through the backbone once in the whole run: the DriftCheck (which runs

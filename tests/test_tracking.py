@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from services import free_port, postgres_url
-from tiny_model import fake_saved_model
+from tiny_model import FAKE_MODEL_FLAVOR, fake_saved_model
 
 from hoh.cli import main
 from hoh.components.triton_pusher import repository, rollback
@@ -40,7 +40,10 @@ HELD_DRIFT = {
 
 
 def make_cfg(output: Path, *overrides: str):
-    return load_config(None, list(overrides), output_dir=str(output))
+    # The models pushed here are `fake_saved_model`s, which only the TensorFlow flavour copies.
+    return load_config(
+        None, [f"push.flavor={FAKE_MODEL_FLAVOR}", *overrides], output_dir=str(output)
+    )
 
 
 def push(cfg, root: Path, name: str, pb: bytes) -> tuple[int, str, Path]:
@@ -250,7 +253,7 @@ def test_cli_lists_shows_and_compares(lifecycle, capsys):
 def test_rollback_promote_and_refusals(lifecycle, capsys):
     cfg, _, _, (v1, v2) = lifecycle
     model_dir = Path(cfg.model_repository) / "hoh"
-    out = ["--output", cfg.output_dir]
+    out = ["--output", cfg.output_dir, "--set", f"push.flavor={FAKE_MODEL_FLAVOR}"]
     code, text = cli(capsys, "models", "rollback", "9", *out)
     assert code == 2 and "unknown version '9' of registered model 'hoh' (known: 1, 2, 3)" in text
     code, text = cli(capsys, "models", "rollback", "3", *out)

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
-from tiny_model import fake_saved_model, run_pusher_executor
+from tiny_model import fake_saved_model, push_fake_model
 
 import hoh  # noqa: F401
 
@@ -35,7 +35,7 @@ def _props(artifact) -> dict:
 
 
 def test_blessed_model_is_pushed_and_recorded(tmp_path, model_uri):
-    pushed = run_pusher_executor(
+    pushed = push_fake_model(
         model_uri,
         tmp_path / "repo",
         tmp_path / "pushed",
@@ -62,29 +62,29 @@ def test_blessed_model_is_pushed_and_recorded(tmp_path, model_uri):
 
 
 def test_second_push_is_version_two(tmp_path, model_uri):
-    run_pusher_executor(model_uri, tmp_path / "repo", tmp_path / "p1")
+    push_fake_model(model_uri, tmp_path / "repo", tmp_path / "p1")
     other = tmp_path / "other"
     fake_saved_model(other / "Format-Serving", pb=b"v2")
-    pushed = run_pusher_executor(other, tmp_path / "repo", tmp_path / "p2")
+    pushed = push_fake_model(other, tmp_path / "repo", tmp_path / "p2")
     assert pushed.get_string_custom_property("pushed_version") == "2"
 
 
 def test_unblessed_model_is_not_pushed(tmp_path, model_uri):
-    pushed = run_pusher_executor(model_uri, tmp_path / "repo", tmp_path / "pushed", blessed=0)
+    pushed = push_fake_model(model_uri, tmp_path / "repo", tmp_path / "pushed", blessed=0)
     assert _props(pushed) == {"pushed": 0}
     assert not (tmp_path / "repo").exists()
     assert not (tmp_path / "pushed").exists()
 
 
 def test_unblessed_model_leaves_an_existing_repository_untouched(tmp_path, model_uri):
-    run_pusher_executor(model_uri, tmp_path / "repo", tmp_path / "p1")
+    push_fake_model(model_uri, tmp_path / "repo", tmp_path / "p1")
     before = sorted(
         (p.relative_to(tmp_path / "repo"), p.stat().st_mtime_ns)
         for p in (tmp_path / "repo").rglob("*")
     )
     other = tmp_path / "other"
     fake_saved_model(other / "Format-Serving", classes=("a", "b", "c"))
-    pushed = run_pusher_executor(other, tmp_path / "repo", tmp_path / "p2", blessed=0)
+    pushed = push_fake_model(other, tmp_path / "repo", tmp_path / "p2", blessed=0)
     assert pushed.get_int_custom_property("pushed") == 0
     after = sorted(
         (p.relative_to(tmp_path / "repo"), p.stat().st_mtime_ns)
@@ -111,7 +111,7 @@ def test_infra_blessing_is_checked_too(tmp_path, model_uri):
 
 def test_bad_settings_fail_the_execution_before_writing(tmp_path, model_uri):
     with pytest.raises(repository.PushError, match="preferred_batch_sizes"):
-        run_pusher_executor(
+        push_fake_model(
             model_uri,
             tmp_path / "repo",
             tmp_path / "pushed",
@@ -159,6 +159,7 @@ def test_every_push_setting_reaches_the_executor():
         preferred_batch_sizes=[16],
         max_queue_delay_us=7,
         instance_count=2,
+        flavor="tensorflow",
         versions_to_serve=2,
         versions_to_keep=3,
         max_image_bytes=1000,
@@ -210,7 +211,7 @@ def test_component_refuses_bad_settings_when_the_pipeline_is_built():
         TritonPusher(
             model_repository="/m",
             model=_channel(standard_artifacts.Model),
-            push_config={"versions_to_serve": 3, "versions_to_keep": 2},
+            push_config={"flavor": "tensorflow", "versions_to_serve": 3, "versions_to_keep": 2},
         )
     with pytest.raises(repository.PushError, match="preferred_batch_sizes"):
         TritonPusher(

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tiny_model import fake_saved_model
+from tiny_model import FAKE_MODEL_FLAVOR, fake_saved_model
 from tritonclient.grpc import model_config_pb2 as mc
 
 from hoh.components.triton_pusher import repository as repo
@@ -31,6 +31,7 @@ def tree(root: Path) -> dict[str, bytes]:
 
 
 SETTINGS = repo.TritonPushSettings(
+    flavor=FAKE_MODEL_FLAVOR,
     model_name="hoh",
     max_batch_size=16,
     preferred_batch_sizes=(4, 8),
@@ -184,7 +185,9 @@ def test_next_version_follows_the_highest_existing_one(tmp_path):
     (model_dir / "configs").mkdir()
     model = fake_saved_model(tmp_path / "m")
     result = repo.push_model(
-        str(model), str(tmp_path / "repo"), repo.TritonPushSettings(versions_to_keep=5)
+        str(model),
+        str(tmp_path / "repo"),
+        repo.TritonPushSettings(flavor=FAKE_MODEL_FLAVOR, versions_to_keep=5),
     )
     assert result.version == 8
 
@@ -329,10 +332,14 @@ def test_is_stale_temp_rules():
         ({"preferred_batch_sizes": (8, 64)}, r"preferred_batch_sizes \[64\]"),
         ({"versions_to_keep": 1, "versions_to_serve": 2}, "versions_to_keep"),
         ({"max_queue_delay_us": -1}, "max_queue_delay_us"),
+        (
+            {"flavor": "onnx", "versions_to_serve": 2, "versions_to_keep": 2},
+            r"versions_to_serve \(2\) needs flavor: tensorflow",
+        ),
     ],
 )
 def test_invalid_settings_are_refused_before_writing(tmp_path, changes, message):
-    settings = repo.TritonPushSettings(**changes)
+    settings = repo.TritonPushSettings(**{"flavor": FAKE_MODEL_FLAVOR, **changes})
     with pytest.raises(repo.PushError, match=message):
         repo.push_model(str(fake_saved_model(tmp_path / "m")), str(tmp_path / "repo"), settings)
     assert not (tmp_path / "repo").exists()
@@ -363,7 +370,8 @@ OLD_CLASSES, NEW_CLASSES = ("human", "horse"), ("cat", "dog", "horse")
 _PUSH_SCRIPT = """
 import sys
 from hoh.components.triton_pusher import repository as repo
-repo.push_model(sys.argv[1], sys.argv[2], repo.TritonPushSettings(versions_to_keep=2),
+settings = repo.TritonPushSettings(flavor="tensorflow", versions_to_keep=2)
+repo.push_model(sys.argv[1], sys.argv[2], settings,
                 source="uri://new")
 """
 
@@ -406,7 +414,11 @@ def test_a_push_killed_at_any_step_leaves_the_old_model_or_the_new_one(tmp_path)
     template = tmp_path / "template"
     for i in (1, 2):  # keep=2, so the new push also deletes version 1
         model = fake_saved_model(tmp_path / f"old{i}", OLD_CLASSES, pb=f"old{i}".encode())
-        repo.push_model(str(model), str(template), repo.TritonPushSettings(versions_to_keep=2))
+        repo.push_model(
+            str(model),
+            str(template),
+            repo.TritonPushSettings(flavor=FAKE_MODEL_FLAVOR, versions_to_keep=2),
+        )
     sample = b"GIF89a" + b"new sample"  # another warmup file: that write is a step too
     new_model = fake_saved_model(tmp_path / "new", NEW_CLASSES, sample=sample, pb=b"new")
     outcomes = []
@@ -438,7 +450,7 @@ def test_a_push_killed_at_any_step_leaves_the_old_model_or_the_new_one(tmp_path)
         result = repo.push_model(
             str(new_model),
             str(repository),
-            repo.TritonPushSettings(versions_to_keep=2),
+            repo.TritonPushSettings(flavor=FAKE_MODEL_FLAVOR, versions_to_keep=2),
             source="uri://new",
         )
         assert served_model(model_dir, "config.pbtxt")[0] == NEW_CLASSES

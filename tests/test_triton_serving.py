@@ -48,6 +48,9 @@ FORMATS = ("PNG", "JPEG", "BMP", "GIF")
 MAX_BATCH = 8
 MAX_IMAGES = 6  # per request: below MAX_BATCH, so hoh's own check answers, not Triton's
 MAX_REQUEST_BYTES = 20 * 1024 * 1024  # above the 16 MiB per image (the push default)
+# These tests read the TensorFlow flavour's files (hoh/N/model.savedmodel, its one config);
+# the ONNX flavour (the default) has its own in test_onnx_flavor.py and test_pipeline_e2e.py.
+FLAVOR = "tensorflow"
 
 
 def huge_png(width: int = 30000, height: int = 30000) -> bytes:
@@ -294,6 +297,7 @@ def served(tmp_path_factory):
         max_queue_delay_us=50_000,  # wide enough that concurrent test requests share a batch
         versions_to_serve=1,
         versions_to_keep=2,
+        flavor=FLAVOR,
         max_images_per_request=MAX_IMAGES,
         max_request_bytes=MAX_REQUEST_BYTES,
     )
@@ -675,7 +679,9 @@ def test_interrupted_pushes_leave_the_repository_servable(served, monkeypatch):
 
     monkeypatch.setattr(repository.LocalFS, "rename_dir", staticmethod(rename_fails))
     with pytest.raises(repository.PushError, match="could not publish version 2"):
-        run_pusher_executor(model_uri, served.repository, served.root / "pushed-broken")
+        run_pusher_executor(
+            model_uri, served.repository, served.root / "pushed-broken", flavor=FLAVOR
+        )
     monkeypatch.undo()
     assert repository.list_versions(str(model_dir)) == [1]
     assert repository.served_versions(str(model_dir)) == [1]  # config.pbtxt restored
@@ -702,6 +708,7 @@ def push_version(served: Served, name: str, classes, seed: int):
         preferred_batch_sizes=[4, 8],
         max_queue_delay_us=50_000,
         versions_to_keep=2,
+        flavor=FLAVOR,
     )
     return model_uri / "Format-Serving", pushed.get_string_custom_property("pushed_version")
 

@@ -41,12 +41,6 @@ CLASSIFIER_SUFFIX = "_classifier"
 _PREPROCESS_ONLY = ("max_image_bytes", "max_image_pixels", "max_gif_frames", "max_request_pixels")
 # TensorRT builds an engine per batch-size profile on first use; 1 GiB is TRT's usual default.
 TRT_WORKSPACE_BYTES = 1 << 30
-# Steps that run on the CPU gain nothing from waiting for a fuller batch: preprocessing works
-# image by image, and onnxruntime's CPU cost per image is flat in the batch size (7.3 ms at 1,
-# 8.1 at 32 on one thread), so a wait is pure latency (4 ms of ~20 at concurrency 1,
-# docs/BENCHMARKS.md). They still batch whatever is queued. On a GPU batching pays:
-# gpu.pbtxt keeps push.max_queue_delay_us.
-CPU_STEP_QUEUE_DELAY_US = 0
 
 
 def preprocess_name(settings: TritonPushSettings) -> str:
@@ -106,7 +100,7 @@ def preprocess_config(
     config.ClearField("output")
     config.output.append(_image_io(image_size, mc.ModelOutput))
     config.instance_group[0].count = settings.preprocess_instance_count
-    config.dynamic_batching.max_queue_delay_microseconds = CPU_STEP_QUEUE_DELAY_US
+    config.dynamic_batching.max_queue_delay_microseconds = settings.cpu_step_queue_delay_us
     config.response_cache.enable = False  # the ensemble caches whole answers
     _drop_class_names(config)
     del config.parameters["intra_op_threads"]
@@ -139,7 +133,7 @@ def classifier_config(
     )
     config.parameters["cpu_instances_beside"].string_value = str(settings.preprocess_instance_count)
     if variant != "gpu":
-        config.dynamic_batching.max_queue_delay_microseconds = CPU_STEP_QUEUE_DELAY_US
+        config.dynamic_batching.max_queue_delay_microseconds = settings.cpu_step_queue_delay_us
     if variant == "local":
         config.instance_group[0].count = settings.classifier_instance_count
         return config

@@ -109,7 +109,10 @@ def export_onnx(saved_model_dir: str, image_size: Optional[int] = None) -> OnnxE
         convert_variables_to_constants_v2,
     )
 
-    loaded = tf.saved_model.load(saved_model_dir)
+    try:
+        loaded = tf.saved_model.load(saved_model_dir)
+    except Exception as exc:  # noqa: BLE001 - TF raises OSError, ValueError, ...: name the model
+        raise PushError(f"cannot load the SavedModel {saved_model_dir}: {exc}") from exc
     if SIGNATURE not in loaded.signatures:
         raise PushError(f"{saved_model_dir} has no {SIGNATURE} signature")
     signature = loaded.signatures[SIGNATURE]

@@ -11,7 +11,7 @@ import re
 from typing import Optional
 
 from hoh.components.triton_pusher.filesystem import fs_for, join
-from hoh.config import PushConfig
+from hoh.config import PushConfig, served_versions_problem
 from hoh.errors import RunFailed
 
 ASSETS_EXTRA = "assets.extra"
@@ -47,6 +47,7 @@ class TritonPushSettings:
     flavor: str = _PUSH_DEFAULTS["flavor"].default
     preprocess_instance_count: int = _PUSH_DEFAULTS["preprocess_instance_count"].default
     classifier_instance_count: int = _PUSH_DEFAULTS["classifier_instance_count"].default
+    cpu_step_queue_delay_us: int = _PUSH_DEFAULTS["cpu_step_queue_delay_us"].default
     gpu_fp16: bool = _PUSH_DEFAULTS["gpu_fp16"].default
 
     @classmethod
@@ -93,8 +94,9 @@ class TritonPushSettings:
                 f"max_image_bytes ({self.max_image_bytes}) must be <= max_request_bytes "
                 f"({self.max_request_bytes}): an image that fits no request cannot be served"
             )
-        if self.max_queue_delay_us < 0:
-            problems.append(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
+        for name in ("max_queue_delay_us", "cpu_step_queue_delay_us"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
         if bad:
             problems.append(
@@ -107,6 +109,9 @@ class TritonPushSettings:
             )
         if self.flavor not in ("tensorflow", "onnx"):
             problems.append(f"flavor must be 'tensorflow' or 'onnx', got {self.flavor!r}")
+        served = served_versions_problem(self.flavor, self.versions_to_serve)
+        if served:
+            problems.append(served)
         if problems:
             raise PushError("invalid Triton push settings: " + "; ".join(problems))
         return self

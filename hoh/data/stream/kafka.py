@@ -34,6 +34,7 @@ class KafkaBroker(Broker):
         self._lag: Optional[int] = None
         self._open: dict[tuple[str, int], set[int]] = {}  # delivered, not acknowledged
         self._next: dict[tuple[str, int], int] = {}  # one past the highest offset delivered
+        self._down: Optional[str] = None  # why the client lost every broker, until one answers
 
     async def connect(self) -> None:
         from confluent_kafka import Producer
@@ -67,13 +68,31 @@ class KafkaBroker(Broker):
                 "session.timeout.ms": 10_000,
                 # Backpressure: the client's own prefetch stays small next to ours.
                 "queued.max.messages.kbytes": 16384,
+                "error_cb": self._client_error,
             }
         )
         self._consumer.subscribe([self.stream])
 
+    def _client_error(self, error) -> None:
+        """librdkafka reports a lost cluster here and then only times out: remember it."""
+        from confluent_kafka import KafkaError
+
+        if error.code() == KafkaError._ALL_BROKERS_DOWN:
+            self._down = f"all brokers of {self.url} down: {error.str()}"
+
+    def _probe(self) -> None:
+        """While down, ask for the topic's metadata: an answer means a broker is back."""
+        try:
+            self._consumer.list_topics(self.stream, timeout=1)
+        except Exception as exc:
+            raise BrokerUnavailable(f"{self._down} ({exc})") from None
+        self._down = None
+
     async def fetch(self, max_messages: int, timeout: float) -> list[Delivery]:
         if self._consumer is None:
             self._subscribe()
+        if self._down is not None:  # an empty consume would otherwise look like a quiet topic
+            await asyncio.to_thread(self._probe)
         try:
             msgs = await asyncio.to_thread(self._consumer.consume, max_messages, timeout)
         except Exception as exc:

@@ -13,8 +13,13 @@ once per flavour into two repositories; then, on the same real PNGs:
    alone (decode + resize, one thread), `serving_default` at batch 32 (decoding included);
 3. each flavour served by the real bundled Triton (one server at a time, free 127.0.0.1 ports,
    stopped by PID), closed loop, one image per request, at each concurrency; per-step server
-   times (queue, compute) show where the time goes.
-Every request is byte-unique (bench/payload.py), so no cache answers.
+   times (queue, compute) show where the time goes;
+4. with `--perf-analyzer C,...`, the same servers again under Triton's own C++ load generator
+   (the bundled perf_analyzer, hoh's input data from the first 64 images): hoh's Python client
+   shares the 2 cores with the server (the in-process baseline has no client), perf_analyzer
+   costs far less CPU per request, so its figures are closer to what the server can do.
+Every request is byte-unique (bench/payload.py), so no cache answers (perf_analyzer repeats its
+64 images; the response cache is off in both flavours).
 """
 
 from __future__ import annotations
@@ -77,9 +82,16 @@ def _flags(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--weights", default="auto")
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--json-out", type=Path, default=None)
+    p.add_argument(
+        "--perf-analyzer",
+        default="",
+        metavar="C,...",
+        help="also measure each flavour with perf_analyzer at these concurrencies",
+    )
     p.add_argument("--quick", action="store_true", help="few images and requests: a smoke run")
     args = p.parse_args(argv)
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    args.perf_analyzer = [int(c) for c in args.perf_analyzer.split(",") if c]
     args.flavors = [f for f in args.flavors.split(",") if f]
     if args.quick:
         args.max_images, args.lossy_images = args.max_images or 32, min(args.lossy_images, 8)
@@ -231,9 +243,61 @@ def serve_flavor(flavor: str, repository: Path, images: list[bytes], args, log: 
                 f"{flavor} c={concurrency}: {summary['images_per_s']} images/s, "
                 f"p95 {summary['latency_ms'].get('p95')} ms, errors {summary['errors']}"
             )
+        for concurrency in args.perf_analyzer:
+            row = perf_analyzer(server.http_url, images, concurrency, log.parent, models, server)
+            rows.append({"flavor": flavor, "load": "perf_analyzer", **row})
+            say(f"{flavor} perf_analyzer c={concurrency}: {row}")
     finally:
         server.stop()
     return rows
+
+
+def perf_analyzer(
+    url: str, images: list[bytes], concurrency: int, workdir: Path, models, server
+) -> dict:
+    """One perf_analyzer measurement (count windows of 320 requests, up to 6 trials): images/s,
+    p50/p95 ms, and the server's CPU seconds per image over it; `error` if it gave none."""
+    import csv
+    import os
+    import subprocess
+
+    from hoh.serving.installation import find_installation
+    from hoh.serving.perf_data import link_missing_libraries, perf_input_data
+
+    data = workdir / "perf-data.json"
+    if not data.exists():
+        data.write_text(json.dumps(perf_input_data(images[:64])))
+    libs = find_installation().libs
+    links = link_missing_libraries(libs, workdir / "perf-libs")
+    report = workdir / f"perf-{concurrency}.csv"
+    report.unlink(missing_ok=True)
+    observe = _observer(server, models)()
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("perf_analyzer")),
+            *("-m", MODEL, "-u", url.split("://", 1)[-1], "--input-data", str(data)),
+            *("--concurrency-range", str(concurrency), "-f", str(report)),
+            *("--measurement-mode", "count_windows", "--measurement-request-count", "320"),
+            *("--stability-percentage", "20", "--max-trials", "6", "--percentile", "95"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "LD_LIBRARY_PATH": f"{links}:{libs}"},
+    )
+    observed = observe()
+    if done.returncode != 0 or not report.exists():
+        return {"concurrency": concurrency, "error": (done.stdout + done.stderr)[-500:]}
+    with report.open() as f:
+        (row,) = list(csv.DictReader(f))[:1]
+    rate = float(row["Inferences/Second"])
+    return {
+        "concurrency": concurrency,
+        "images_per_s": round(rate, 1),
+        "latency_ms": {q: round(float(row[f"{q} latency"]) / 1000, 1) for q in ("p50", "p95")},
+        "server_cpu_s": observed.get("server_cpu_s"),
+        "server": observed.get("server"),
+    }
 
 
 def _set_threads(config_path: Path, threads: int) -> None:
@@ -252,11 +316,15 @@ def markdown(result: dict) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for row in result["served"]:
+        if "error" in row:
+            lines.append(f"| {row['flavor']} | {row['concurrency']} | failed | | | | |")
+            continue
         lat = row["latency_ms"]
+        load = " (perf_analyzer)" if row.get("load") == "perf_analyzer" else ""
         lines.append(
-            f"| {row['flavor']} | {row['concurrency']} | {row['images_per_s']:.1f} | "
+            f"| {row['flavor']}{load} | {row['concurrency']} | {row['images_per_s']:.1f} | "
             f"{row['images_per_s'] / base:.2f} | {lat.get('p50')} | {lat.get('p95')} | "
-            f"{row['errors']} |"
+            f"{row.get('errors', '')} |"
         )
     lines.append(f"| in-process TF serving_default | batch 32 | {base:.1f} | 1.00 | | | |")
     return "\n".join(lines)

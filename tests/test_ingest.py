@@ -645,3 +645,44 @@ def test_a_lost_kafka_cluster_is_an_outage_until_a_broker_answers():
     assert client.consumed == 2
     client.reachable = True
     assert asyncio.run(broker.fetch(8, 0.01)) == [] and client.consumed == 3
+
+
+def test_kafka_commits_never_go_back_when_old_offsets_come_again():
+    """A fetch position reset below the last commit (a rebalance after a lost commit) redelivers
+    old offsets: acknowledging them must not commit the old point again, or the next consumer of
+    the partition re-reads everything after it. No broker needed: the client is replaced."""
+    from types import SimpleNamespace
+
+    from hoh.config import IngestConfig
+    from hoh.data.stream.kafka import KafkaBroker
+
+    class Client:
+        def __init__(self):
+            self.commits = []
+
+        def commit(self, offsets, asynchronous):
+            self.commits.append([(tp.partition, tp.offset) for tp in offsets])
+
+    def delivered(*offsets, partition=0):
+        out = []
+        for offset in offsets:
+            msg = SimpleNamespace(
+                topic=lambda: "images", partition=lambda p=partition: p, offset=lambda o=offset: o
+            )
+            out.append(Delivery(b"", {}, f"images:{partition}:{offset}", msg))
+            part = ("images", partition)
+            broker._open.setdefault(part, set()).add(offset)
+            broker._next[part] = max(broker._next.get(part, 0), offset + 1)
+        return out
+
+    broker = KafkaBroker("kafka://127.0.0.1:9", "images", IngestConfig())
+    broker._consumer = client = Client()
+    first, in_flight = delivered(0, 1, 2, 3), delivered(4, 5)
+    asyncio.run(broker.ack(first))
+    assert client.commits == [[(0, 4)]]  # 4 and 5 are not stored yet
+    again = delivered(2, 3)  # the position went back to 2 while 4 and 5 were in flight
+    asyncio.run(broker.ack(in_flight))
+    asyncio.run(broker.ack(again))
+    assert client.commits == [[(0, 4)], [(0, 6)]]  # 2 is not committed again
+    asyncio.run(broker.ack(delivered(6, partition=0) + delivered(0, partition=1)))
+    assert client.commits[-1] == [(0, 7), (1, 1)]

@@ -35,6 +35,7 @@ class KafkaBroker(Broker):
         self._open: dict[tuple[str, int], set[int]] = {}  # delivered, not acknowledged
         self._next: dict[tuple[str, int], int] = {}  # one past the highest offset delivered
         self._down: Optional[str] = None  # why the client lost every broker, until one answers
+        self._committed: dict[tuple[str, int], int] = {}  # the last offset this client committed
 
     async def connect(self) -> None:
         from confluent_kafka import Producer
@@ -133,10 +134,9 @@ class KafkaBroker(Broker):
             self._open.get(part, set()).discard(d.handle.offset())
             parts.add(part)
         offsets = [
-            TopicPartition(
-                t, p, min(self._open[(t, p)]) if self._open.get((t, p)) else self._next[(t, p)]
-            )
+            TopicPartition(t, p, offset)
             for t, p in sorted(parts)
+            if (offset := self._commit_point((t, p))) > self._committed.get((t, p), -1)
         ]
         if not offsets:
             return
@@ -144,6 +144,21 @@ class KafkaBroker(Broker):
             await asyncio.to_thread(self._consumer.commit, offsets=offsets, asynchronous=False)
         except Exception as exc:
             raise BrokerUnavailable(f"offsets not committed: {exc}") from None
+        for tp in offsets:
+            self._committed[(tp.topic, tp.partition)] = tp.offset
+
+    def _commit_point(self, part: tuple[str, int]) -> int:
+        """The partition's lowest offset delivered and not acknowledged, else one past the last.
+
+        Never used to go back: Kafka accepts a commit below an earlier one, and a consumer
+        started after it would get everything after it again. Offsets below this client's last
+        commit come back when the partition's fetch position is reset below it (a rebalance
+        hands the partition back at the broker's committed offset, older if a commit was lost
+        on the way); acknowledging those refetched messages would commit the old point again.
+        A commit means everything before it is stored, so staying at the highest one is always
+        safe (`ack` skips lower ones).
+        """
+        return min(self._open[part]) if self._open.get(part) else self._next[part]
 
     async def release(self, deliveries: list[Delivery], delay: float = 0.0) -> None:
         # Kafka has no delayed redelivery: the seek is immediate, `delay` is not applied.

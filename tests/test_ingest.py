@@ -650,30 +650,50 @@ def test_a_lost_kafka_cluster_is_an_outage_until_a_broker_answers():
 def test_kafka_commits_never_go_back_when_old_offsets_come_again():
     """A fetch position reset below the last commit (a rebalance after a lost commit) redelivers
     old offsets: acknowledging them must not commit the old point again, or the next consumer of
-    the partition re-reads everything after it. No broker needed: the client is replaced."""
-    from types import SimpleNamespace
-
+    the partition re-reads everything after it. No broker needed: the client is replaced, and
+    messages arrive through the consumer's own `fetch`."""
     from hoh.config import IngestConfig
     from hoh.data.stream.kafka import KafkaBroker
 
+    class Message:
+        def __init__(self, partition, offset):
+            self._partition, self._offset = partition, offset
+
+        def error(self):
+            return None
+
+        def headers(self):
+            return []
+
+        def value(self):
+            return b"image"
+
+        def topic(self):
+            return "images"
+
+        def partition(self):
+            return self._partition
+
+        def offset(self):
+            return self._offset
+
     class Client:
         def __init__(self):
-            self.commits = []
+            self.commits, self.pending = [], []
+
+        def consume(self, n, timeout):
+            out, self.pending = self.pending, []
+            return out
+
+        def get_watermark_offsets(self, partition, timeout, cached):
+            return 0, 100
 
         def commit(self, offsets, asynchronous):
             self.commits.append([(tp.partition, tp.offset) for tp in offsets])
 
     def delivered(*offsets, partition=0):
-        out = []
-        for offset in offsets:
-            msg = SimpleNamespace(
-                topic=lambda: "images", partition=lambda p=partition: p, offset=lambda o=offset: o
-            )
-            out.append(Delivery(b"", {}, f"images:{partition}:{offset}", msg))
-            part = ("images", partition)
-            broker._open.setdefault(part, set()).add(offset)
-            broker._next[part] = max(broker._next.get(part, 0), offset + 1)
-        return out
+        client.pending = [Message(partition, o) for o in offsets]
+        return asyncio.run(broker.fetch(len(offsets), 0.01))
 
     broker = KafkaBroker("kafka://127.0.0.1:9", "images", IngestConfig())
     broker._consumer = client = Client()

@@ -332,6 +332,7 @@ def test_is_stale_temp_rules():
         ({"preferred_batch_sizes": (8, 64)}, r"preferred_batch_sizes \[64\]"),
         ({"versions_to_keep": 1, "versions_to_serve": 2}, "versions_to_keep"),
         ({"max_queue_delay_us": -1}, "max_queue_delay_us"),
+        ({"cpu_step_queue_delay_us": -1}, "cpu_step_queue_delay_us must be >= 0, got -1"),
         (
             {"flavor": "onnx", "versions_to_serve": 2, "versions_to_keep": 2},
             r"versions_to_serve \(2\) needs flavor: tensorflow",

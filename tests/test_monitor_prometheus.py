@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import services
-from test_gateway_e2e import png, start_gateway
+from test_gateway_e2e import png, start_gateway, triton_count
 from test_gateway_e2e import triton as triton  # noqa: F401 (the module's Triton fixture)
 from test_monitor_service import DAY, END, day_of_traffic, monitor_argv, write_audit
 
@@ -277,9 +277,15 @@ def test_service_health_from_a_real_prometheus_equals_the_traffic_sent(
             for i in range(down):
                 r = c.post("/v1/models/hoh/predict", content=png(300 + i), headers=headers)
                 assert r.status_code == 503, r.text
-        selector = promsrc.selectors("hoh")["requests"]
+        # The two jobs are scraped independently: wait until Prometheus holds both the gateways'
+        # counts and Triton's count after this traffic, or the window ends before Triton's scrape.
+        sel = promsrc.selectors("hoh")
+        served_by_triton = triton_count(triton, "nv_inference_request_success")
         deadline = time.monotonic() + 60
-        while _sum_now(url, selector) < ok + bad + down:  # scraped every second
+        while (
+            _sum_now(url, sel["requests"]) < ok + bad + down
+            or _sum_now(url, sel["successes"]) < served_by_triton
+        ):  # scraped every second
             assert time.monotonic() < deadline, "Prometheus never saw all the requests"
             time.sleep(0.5)
         end = time.time()

@@ -31,6 +31,7 @@ from tests_support.ingest import (
     wait_for,
 )
 
+from hoh import features
 from hoh.data.images import DEFAULT_MAX_PIXELS, ImageRejected, TfDecodeCheck
 from hoh.data.importer import import_images
 from hoh.data.report import Rejected
@@ -39,6 +40,7 @@ from hoh.data.stream.broker import Delivery
 from hoh.data.stream.consumer import Ingestor, check_message
 from hoh.data.stream.openspan import OpenSpan
 from hoh.data.stream.publisher import publish_folder
+from hoh.errors import RunFailed
 
 NOW = dt.datetime(2026, 12, 4, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -647,56 +649,77 @@ def test_a_lost_kafka_cluster_is_an_outage_until_a_broker_answers():
     assert asyncio.run(broker.fetch(8, 0.01)) == [] and client.consumed == 3
 
 
+class _KafkaMessage:
+    """What confluent-kafka's consumer hands out, for a stand-in client."""
+
+    def __init__(self, partition: int, offset: int, body: bytes = b"image", headers=None):
+        self._partition, self._offset, self._body = partition, offset, body
+        self._headers = [(k, v.encode()) for k, v in (headers or {}).items()]
+
+    def error(self):
+        return None
+
+    def headers(self):
+        return self._headers
+
+    def value(self):
+        return self._body
+
+    def topic(self):
+        return "images"
+
+    def partition(self):
+        return self._partition
+
+    def offset(self):
+        return self._offset
+
+
+class _KafkaClient:
+    """A confluent-kafka consumer stand-in: hands out `pending` in order, records commits."""
+
+    def __init__(self, ends: dict[int, int] | None = None):
+        self.commits, self.pending, self.lose_commits = [], [], False
+        self.ends = ends or {}  # partition -> end offset, else 100
+
+    def consume(self, n, timeout):
+        out, self.pending = self.pending[:n], self.pending[n:]
+        if not out:
+            threading.Event().wait(min(timeout, 0.05))
+        return out
+
+    def get_watermark_offsets(self, partition, timeout=None, cached=False):
+        return 0, self.ends.get(partition.partition, 100)
+
+    def commit(self, offsets, asynchronous):
+        if self.lose_commits:  # the process dies before its commit reaches the broker
+            raise RuntimeError("Local: Broker transport failure")
+        self.commits.append([(tp.partition, tp.offset) for tp in offsets])
+
+    def close(self):
+        pass
+
+
+def _stand_in_kafka(client: _KafkaClient):
+    from hoh.config import IngestConfig
+    from hoh.data.stream.kafka import KafkaBroker
+
+    broker = KafkaBroker("kafka://127.0.0.1:9", "images", IngestConfig())
+    broker._consumer = client
+    return broker
+
+
 def test_kafka_commits_never_go_back_when_old_offsets_come_again():
     """A fetch position reset below the last commit (a rebalance after a lost commit) redelivers
     old offsets: acknowledging them must not commit the old point again, or the next consumer of
     the partition re-reads everything after it. No broker needed: the client is replaced, and
     messages arrive through the consumer's own `fetch`."""
-    from hoh.config import IngestConfig
-    from hoh.data.stream.kafka import KafkaBroker
-
-    class Message:
-        def __init__(self, partition, offset):
-            self._partition, self._offset = partition, offset
-
-        def error(self):
-            return None
-
-        def headers(self):
-            return []
-
-        def value(self):
-            return b"image"
-
-        def topic(self):
-            return "images"
-
-        def partition(self):
-            return self._partition
-
-        def offset(self):
-            return self._offset
-
-    class Client:
-        def __init__(self):
-            self.commits, self.pending = [], []
-
-        def consume(self, n, timeout):
-            out, self.pending = self.pending, []
-            return out
-
-        def get_watermark_offsets(self, partition, timeout, cached):
-            return 0, 100
-
-        def commit(self, offsets, asynchronous):
-            self.commits.append([(tp.partition, tp.offset) for tp in offsets])
 
     def delivered(*offsets, partition=0):
-        client.pending = [Message(partition, o) for o in offsets]
+        client.pending = [_KafkaMessage(partition, o) for o in offsets]
         return asyncio.run(broker.fetch(len(offsets), 0.01))
 
-    broker = KafkaBroker("kafka://127.0.0.1:9", "images", IngestConfig())
-    broker._consumer = client = Client()
+    broker = _stand_in_kafka(client := _KafkaClient())
     first, in_flight = delivered(0, 1, 2, 3), delivered(4, 5)
     asyncio.run(broker.ack(first))
     assert client.commits == [[(0, 4)]]  # 4 and 5 are not stored yet
@@ -706,3 +729,54 @@ def test_kafka_commits_never_go_back_when_old_offsets_come_again():
     assert client.commits == [[(0, 4)], [(0, 6)]]  # 2 is not committed again
     asyncio.run(broker.ack(delivered(6, partition=0) + delivered(0, partition=1)))
     assert client.commits[-1] == [(0, 7), (1, 1)]
+
+
+def test_a_kafka_message_re_read_seals_later_is_still_known_as_stored(tmp_path):
+    """The attack: a consumer stores a batch and dies before its offset commit; the partition's
+    next reader reaches it only after other partitions filled several spans, beyond both the
+    open span's keys and the `dedup_spans` content window. The positions each batch records
+    (kept across seals) still know it. No broker needed: the client is replaced, the consumer,
+    open span and seals are the real ones."""
+
+    def messages(partition: int, seeds: range) -> list[_KafkaMessage]:
+        return [
+            _KafkaMessage(
+                partition,
+                offset,
+                body := encode(pattern(seed), "PNG"),
+                contract.headers_for(body, f"cam-{partition}/{seed}.png", NOW, "cd"[seed % 2]),
+            )
+            for offset, seed in enumerate(seeds)
+        ]
+
+    out = tmp_path / "data"
+    config = ingest_config(batch_size=4, seal_count=4, dedup_spans=1)
+
+    def run(client: _KafkaClient):
+        broker = _stand_in_kafka(client)
+        broker.connect = lambda: asyncio.sleep(0)  # no Producer: nothing is published
+        stand_in = Target("kafka", broker.url, broker.stream)
+        stand_in.broker = lambda _config: broker
+        return ingest(stand_in, out, config, idle=0.5)
+
+    dying = _KafkaClient()
+    dying.pending, dying.lose_commits = messages(0, range(4)), True
+    stats, log = run(dying)
+    assert stats.written == 4 and "acknowledgement(s) lost" in log
+    later = _KafkaClient()
+    later.pending = messages(1, range(100, 112)) + messages(0, range(4))  # p0 from its old commit
+    stats, _ = run(later)
+    assert (stats.written, stats.redelivered, stats.duplicates) == (12, 4, 0)
+    assert features.list_spans(out) == [1, 2, 3]  # the copy in span 1, two seals before the re-read
+    copies = read_spans(out)
+    assert len(copies) == 16 and all(len(c) == 1 for c in copies.values()), copies
+    assert [0, 4] in [list(c) for commit in later.commits for c in commit]  # moved past them
+    assert json.loads((out / ".open-span" / "positions.json").read_text()) == {
+        "images:0": 4,
+        "images:1": 12,
+    }
+    # The topic deleted and made again: offsets restart, and its new messages are not stored ones.
+    remade = _KafkaClient(ends={0: 2})
+    remade.pending = messages(0, range(200, 202))
+    with pytest.raises(RunFailed, match=r"images:0 on kafka://127.0.0.1:9 ends at offset 2, but"):
+        run(remade)

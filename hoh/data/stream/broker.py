@@ -28,6 +28,9 @@ class Delivery:
     headers: dict[str, str]
     key: str  # the message's identity at the broker (not its content)
     handle: Any = None  # the client's own message object, for ack
+    position: Optional[tuple[str, int]] = (
+        None  # (partition, offset) where redelivery is by position
+    )
 
 
 class Broker(abc.ABC):
@@ -46,6 +49,18 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def ack(self, deliveries: list[Delivery]) -> None:
         """Acknowledge (commit) these; only called once they are durably written."""
+
+    def positions_after(self, deliveries: list[Delivery]) -> dict[str, int]:
+        """{partition: offset below which all is stored} once `deliveries` are acknowledged.
+
+        Only for brokers that redeliver by position (Kafka); written with the batch, so a
+        message re-read after a lost commit is known however late it comes (OpenSpan).
+        """
+        return {}
+
+    async def check_positions(self, positions: dict[str, int]) -> None:
+        """Refuse (RunFailed) positions the stream cannot have: it was made again."""
+        return None
 
     async def release(self, deliveries: list[Delivery], delay: float = 0.0) -> None:
         """Hand back messages that will not be acknowledged, redelivered after `delay` s."""

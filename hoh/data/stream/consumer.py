@@ -203,6 +203,7 @@ class Ingestor:
         print(f"ingest: {text}", file=self.out, flush=True)
 
     async def run(self) -> Stats:
+        await self.broker.check_positions(self.span.positions)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
@@ -357,7 +358,9 @@ class Ingestor:
 
         return await asyncio.gather(
             *(
-                none() if self.span.known_key(d.key) else loop.run_in_executor(pool, check, d)
+                none()
+                if self.span.known(d.key, d.position)
+                else loop.run_in_executor(pool, check, d)
                 for d in deliveries
             )
         )
@@ -368,7 +371,7 @@ class Ingestor:
         fresh: list[tuple[Delivery, Union[Accepted, Rejected]]] = []
         redelivered: list[Delivery] = []
         for delivery, verdict in zip(deliveries, verdicts):
-            if verdict is None or span.known_key(delivery.key):
+            if verdict is None or span.known(delivery.key, delivery.position):
                 redelivered.append(delivery)
             else:
                 fresh.append((delivery, verdict))
@@ -407,6 +410,7 @@ class Ingestor:
             batch.keys.append(delivery.key)
             acks.append(delivery)
         if batch.keys:
+            batch.positions = self.broker.positions_after(acks)
             started = time.monotonic()
             try:
                 await asyncio.to_thread(span.commit, batch)

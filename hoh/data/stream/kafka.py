@@ -106,7 +106,8 @@ class KafkaBroker(Broker):
                 continue  # transient (e.g. broker down): the client retries by itself
             headers = {k: (v or b"").decode("utf-8", "replace") for k, v in msg.headers() or []}
             key = f"{msg.topic()}:{msg.partition()}:{msg.offset()}"
-            out.append(Delivery(msg.value() or b"", headers, key, msg))
+            at = (f"{msg.topic()}:{msg.partition()}", msg.offset())
+            out.append(Delivery(msg.value() or b"", headers, key, msg, at))
             part = (msg.topic(), msg.partition())
             self._open.setdefault(part, set()).add(msg.offset())
             self._next[part] = max(self._next.get(part, 0), msg.offset() + 1)
@@ -124,6 +125,41 @@ class KafkaBroker(Broker):
             self._lag = max(0, high - msg.offset() - 1)
         except Exception:
             self._lag = None
+
+    async def check_positions(self, positions: dict[str, int]) -> None:
+        """A recorded position past a partition's end means the topic was deleted and made
+        again (offsets restart at 0): its new messages would all look stored. Refuse to start."""
+        from confluent_kafka import TopicPartition
+
+        mine = {p: o for p, o in positions.items() if p.rsplit(":", 1)[0] == self.stream}
+        if not mine:
+            return
+        if self._consumer is None:
+            self._subscribe()
+        for part, stored in sorted(mine.items()):
+            tp = TopicPartition(self.stream, int(part.rsplit(":", 1)[1]))
+            try:
+                _, end = await asyncio.to_thread(self._consumer.get_watermark_offsets, tp, 10)
+            except Exception as exc:
+                raise RunFailed(f"cannot read the end of {part} on {self.url}: {exc}") from None
+            if end < stored:
+                raise RunFailed(
+                    f"{part} on {self.url} ends at offset {end}, but this data root stored its "
+                    f"messages up to offset {stored}: the topic was deleted and created again, "
+                    "so its new messages would be taken for stored ones. Ingest it into a new "
+                    "data root, or remove the topic's entries from .open-span/positions.json"
+                )
+
+    def positions_after(self, deliveries: list[Delivery]) -> dict[str, int]:
+        done: dict[tuple[str, int], set[int]] = {}
+        for d in deliveries:
+            done.setdefault((d.handle.topic(), d.handle.partition()), set()).add(d.handle.offset())
+        return {
+            f"{t}:{p}": max(
+                self._commit_point((t, p), frozenset(o)), self._committed.get((t, p), -1)
+            )
+            for (t, p), o in done.items()
+        }
 
     async def ack(self, deliveries: list[Delivery]) -> None:
         from confluent_kafka import TopicPartition
@@ -147,7 +183,7 @@ class KafkaBroker(Broker):
         for tp in offsets:
             self._committed[(tp.topic, tp.partition)] = tp.offset
 
-    def _commit_point(self, part: tuple[str, int]) -> int:
+    def _commit_point(self, part: tuple[str, int], acked: frozenset[int] = frozenset()) -> int:
         """The partition's lowest offset delivered and not acknowledged, else one past the last.
 
         Never used to go back: Kafka accepts a commit below an earlier one, and a consumer
@@ -156,9 +192,10 @@ class KafkaBroker(Broker):
         hands the partition back at the broker's committed offset, older if a commit was lost
         on the way); acknowledging those refetched messages would commit the old point again.
         A commit means everything before it is stored, so staying at the highest one is always
-        safe (`ack` skips lower ones).
+        safe (`ack` skips lower ones). `acked`: offsets to count as acknowledged already.
         """
-        return min(self._open[part]) if self._open.get(part) else self._next[part]
+        open_ = self._open.get(part, set()) - acked
+        return min(open_) if open_ else self._next[part]
 
     async def release(self, deliveries: list[Delivery], delay: float = 0.0) -> None:
         # Kafka has no delayed redelivery: the seek is immediate, `delay` is not applied.

@@ -9,6 +9,8 @@ never see any of it):
     DATA/.open-span/.tmp/WRITER/           shards being written (never read); WRITER.lock is
                                            flocked while its writer lives
     DATA/.open-span/.sealing.json          present only while a seal is being published
+    DATA/.open-span/positions.json         per Kafka partition, the offset below which every
+                                           message is in the data (kept across seals)
 
 A batch is committed by renaming its journal into `journal/` after its shards were fsynced and
 renamed into `shards/` (file, then directory): a journal names only data that is on disk, and a
@@ -28,6 +30,13 @@ consumers, redelivery) are resolved at seal too: the first committed copy is kep
 A marker written before the rename lists the batches the span took; recovery after a crash
 finishes the seal (deletes those batches) if the span was published, else forgets it, so no
 image is sealed twice and none is lost.
+
+Positions are for brokers that redeliver by position (Kafka): a consumer killed between a
+durable batch and its offset commit makes the partition's next owner re-read from the older
+commit, and it may come to that partition only after several seals, when neither the broker keys
+nor the `dedup_spans` content window remember the batch. Each journal records the commit point
+its batch makes, and a seal folds them into `positions.json` before the journals go, so a
+message below a recorded position is known to be stored however late it comes again.
 """
 
 from __future__ import annotations
@@ -66,6 +75,7 @@ from hoh.errors import HohError, RunFailed
 OPEN_DIR = ".open-span"
 LOCK_NAME = ".ingest.lock"
 SEALING = ".sealing.json"
+POSITIONS = "positions.json"
 _SHARD_SUFFIX = features.TFRECORD_SUFFIX
 _ONE_SHARD = 1 << 62  # a micro-batch is one shard per split
 
@@ -100,6 +110,8 @@ class Batch:
     rejected: list[Rejected] = field(default_factory=list)
     duplicates: list[Duplicate] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)  # every message of the batch, by broker key
+    # partition -> offset below which all is stored once this batch is (Kafka's commit points)
+    positions: dict[str, int] = field(default_factory=dict)
     redelivered: int = 0  # messages already in the open span (not counted as seen)
 
 
@@ -172,6 +184,7 @@ class OpenSpan:
         self._journals: dict[str, dict[str, Any]] = {}
         self._ids: dict[str, tuple[str, Optional[str]]] = {}  # id -> (source, label) kept
         self._keys: set[str] = set()
+        self._positions: dict[str, int] = {}
         self._sealed_ids: dict[str, tuple[str, Optional[str]]] = {}
         self._sealed_spans: tuple[int, ...] = ()
 
@@ -189,8 +202,15 @@ class OpenSpan:
         first = min(j["committed_unix"] for j in list(self._journals.values()))
         return max(0.0, (now or time.time()) - first)
 
-    def known_key(self, key: str) -> bool:
-        return key in self._keys
+    def known(self, key: str, position: Optional[tuple[str, int]] = None) -> bool:
+        """Whether the message with this broker key (and partition position) is already stored."""
+        if key in self._keys:
+            return True
+        return position is not None and position[1] < self._positions.get(position[0], -1)
+
+    @property
+    def positions(self) -> dict[str, int]:
+        return dict(self._positions)
 
     def kept_copy(self, image_id: str) -> Optional[tuple[str, Optional[str]]]:
         """(source, label) of the copy already stored, in the open span or a recent sealed span."""
@@ -321,10 +341,11 @@ class OpenSpan:
                 self._index(self._journals[name])
         if gone:
             self._rebuild()
+        self._merge_positions(self._saved_positions())  # another writer's seal may have grown it
         self._load_sealed_ids()
 
     def _rebuild(self) -> None:
-        self._ids, self._keys = {}, set()
+        self._ids, self._keys, self._positions = {}, set(), self._saved_positions()
         for name in sorted(self._journals):
             self._index(self._journals[name])
 
@@ -332,6 +353,28 @@ class OpenSpan:
         for image in journal["images"]:
             self._ids.setdefault(image["id"], (image["source"], image["label"]))
         self._keys.update(journal["keys"])
+        self._merge_positions(journal.get("positions", {}))  # journals from before positions
+
+    def _merge_positions(self, positions: dict[str, int]) -> None:
+        for part, offset in positions.items():  # a position only ever grows
+            self._positions[part] = max(offset, self._positions.get(part, -1))
+
+    def _saved_positions(self) -> dict[str, int]:
+        path = self.dir / POSITIONS
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except ValueError as exc:  # written by rename, so only a hand edit gets here
+            raise RunFailed(
+                f"{path} is not valid JSON ({exc}); it records which Kafka messages are already "
+                "stored. Restore it, or delete it to let the broker's committed offsets decide."
+            ) from None
+
+    def _save_positions(self) -> None:
+        """Before a seal drops the journals: their commit points must outlive them."""
+        staged = write_hidden_temp(self.dir, POSITIONS, json.dumps(self._positions, sort_keys=True))
+        os.replace(staged, self.dir / POSITIONS)
 
     def _load_sealed_ids(self) -> None:
         """Ids of the last `dedup_spans` sealed spans, re-read only when the spans change."""
@@ -396,6 +439,7 @@ class OpenSpan:
                 "rejected": [asdict(r) for r in batch.rejected],
                 "duplicates": [asdict(d) for d in batch.duplicates],
                 "keys": batch.keys,
+                "positions": batch.positions,
                 "redelivered": batch.redelivered,
             }
             staged = write_hidden_temp(work, "journal", json.dumps(journal))
@@ -520,6 +564,8 @@ class OpenSpan:
             assert report.adds_up
             (tmp / REPORT_NAME).write_text(report.to_json(), encoding="utf-8")
             sync_tree(tmp)
+            if self._positions:
+                self._save_positions()
             marker = {"seal_id": seal_id, "span": span, "tmp": str(tmp), "batches": names}
             staged = write_hidden_temp(self.dir, SEALING, json.dumps(marker))
             os.replace(staged, self.dir / SEALING)

@@ -4,8 +4,10 @@ Labels come from class folders exactly as `hoh data import` reads them (hoh.data
 each file's path relative to the folder is its source, so ingesting the messages gives the same
 examples an import of the folder gives. Nothing is validated here: the consumer does that, with
 the import's checks, so a bad file is dead-lettered with its reason instead of vanishing. The
-producer id (sha256 of source and bytes) lets the broker drop a re-sent copy (JetStream's
-duplicate window, Kafka's idempotent producer).
+producer id (sha256 of source and bytes) lets JetStream drop a re-sent copy within its duplicate
+window. Kafka has no such key: its idempotent producer only covers the client's own retries, so
+a file sent again is a second message, and the consumer drops it by content hash if it comes
+within the open span or the last `ingest.dedup_spans` sealed spans.
 """
 
 from __future__ import annotations

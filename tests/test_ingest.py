@@ -780,3 +780,8 @@ def test_a_kafka_message_re_read_seals_later_is_still_known_as_stored(tmp_path):
     remade.pending = messages(0, range(200, 202))
     with pytest.raises(RunFailed, match=r"images:0 on kafka://127.0.0.1:9 ends at offset 2, but"):
         run(remade)
+    # A hand-edited record of positions stops the consumer by name instead of guessing.
+    for garbage in ("{not json", '{"images:0": "4"}', "[4]"):
+        (out / ".open-span" / "positions.json").write_text(garbage)
+        with pytest.raises(RunFailed, match=r"positions.json is not a JSON object of partition"):
+            OpenSpan(out).open()

@@ -28,9 +28,8 @@ class Delivery:
     headers: dict[str, str]
     key: str  # the message's identity at the broker (not its content)
     handle: Any = None  # the client's own message object, for ack
-    position: Optional[tuple[str, int]] = (
-        None  # (partition, offset) where redelivery is by position
-    )
+    # (partition, offset), for brokers that redeliver by position (Kafka)
+    position: Optional[tuple[str, int]] = None
 
 
 class Broker(abc.ABC):

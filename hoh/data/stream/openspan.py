@@ -362,14 +362,20 @@ class OpenSpan:
     def _saved_positions(self) -> dict[str, int]:
         path = self.dir / POSITIONS
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            saved = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return {}
         except ValueError as exc:  # written by rename, so only a hand edit gets here
+            saved = exc
+        if not isinstance(saved, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in saved.values()
+        ):
             raise RunFailed(
-                f"{path} is not valid JSON ({exc}); it records which Kafka messages are already "
-                "stored. Restore it, or delete it to let the broker's committed offsets decide."
-            ) from None
+                f"{path} is not a JSON object of partition: offset ({saved}); it records which "
+                "Kafka messages are already stored. Restore it, or delete it to let the broker's "
+                "committed offsets decide."
+            )
+        return saved
 
     def _save_positions(self) -> None:
         """Before a seal drops the journals: their commit points must outlive them."""

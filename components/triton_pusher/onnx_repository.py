@@ -217,6 +217,10 @@ def publish_versions(
     pre_dir = join(model_repository, onnx_config.preprocess_name(settings))
     cls_dir = join(model_repository, onnx_config.classifier_name(settings))
     in_use = _steps_in_use(ensemble_dir)
+    # Listed until this push: a polling Triton may have read that config and be loading them
+    # now. Deleting one then failed its load and left the server loading nothing more (seen in
+    # a rollback e2e run), so they go at the next push, when no config has named them.
+    listed = {d: repository.served_versions(d) or [] for d in (pre_dir, cls_dir)}
     keep = settings.versions_to_serve
     push = _Push(fs)
     try:
@@ -243,8 +247,8 @@ def publish_versions(
     # Published. Retiring old versions only limits the disk: a failure is a warning.
     removed: tuple[int, ...] = ()
     try:
-        repository._retire(fs, pre_dir, settings.versions_to_keep, pre_served)
-        repository._retire(fs, cls_dir, settings.versions_to_keep, cls_served)
+        repository._retire(fs, pre_dir, settings.versions_to_keep, pre_served + listed[pre_dir])
+        repository._retire(fs, cls_dir, settings.versions_to_keep, cls_served + listed[cls_dir])
         removed = repository._retire(fs, ensemble_dir, settings.versions_to_keep, [version])
     except OSError as exc:
         _log.warning("could not delete old versions in %s: %s", model_repository, exc)

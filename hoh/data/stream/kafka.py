@@ -105,9 +105,8 @@ class KafkaBroker(Broker):
                     raise RunFailed(f"Kafka consumer failed: {msg.error()}")
                 continue  # transient (e.g. broker down): the client retries by itself
             headers = {k: (v or b"").decode("utf-8", "replace") for k, v in msg.headers() or []}
-            key = f"{msg.topic()}:{msg.partition()}:{msg.offset()}"
             at = (f"{msg.topic()}:{msg.partition()}", msg.offset())
-            out.append(Delivery(msg.value() or b"", headers, key, msg, at))
+            out.append(Delivery(msg.value() or b"", headers, f"{at[0]}:{at[1]}", msg, at))
             part = (msg.topic(), msg.partition())
             self._open.setdefault(part, set()).add(msg.offset())
             self._next[part] = max(self._next.get(part, 0), msg.offset() + 1)

@@ -340,8 +340,9 @@ class OpenSpan:
             if not gone:
                 self._index(self._journals[name])
         if gone:
-            self._rebuild()
-        self._merge_positions(self._saved_positions())  # another writer's seal may have grown it
+            self._rebuild()  # reads the saved positions too
+        else:  # another writer may have committed and sealed batches this one never saw
+            self._merge_positions(self._saved_positions())
         self._load_sealed_ids()
 
     def _rebuild(self) -> None:

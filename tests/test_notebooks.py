@@ -117,9 +117,10 @@ def execute(path: Path, parameters: dict, tmp_path: Path):
 
     nb = nbformat.read(path, as_version=4)
     _inject(nb, parameters)
+    km = _kernel_manager(tmp_path)
     client = NotebookClient(
         nb,
-        km=_kernel_manager(tmp_path),
+        km=km,
         timeout=CELL_TIMEOUT,
         resources={"metadata": {"path": str(NOTEBOOKS_DIR)}},
     )
@@ -135,6 +136,9 @@ def execute(path: Path, parameters: dict, tmp_path: Path):
                 except Exception as exc:  # noqa: BLE001 - a cell error or its timeout
                     failure = failure or exc
     finally:
+        # nbclient leaves a kernel it was handed running (1-2 GB for the rest of the session)
+        if km.has_kernel:
+            km.shutdown_kernel(now=True)
         executed = tmp_path / f"{path.stem}.executed.ipynb"
         nbformat.write(nb, executed)
         print(f"{path.name}: {time.monotonic() - started:.0f} s, executed copy {executed}")

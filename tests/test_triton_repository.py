@@ -179,6 +179,20 @@ def test_versions_increase_and_old_ones_are_deleted(tmp_path):
     assert not [p for p in (repository / "hoh").iterdir() if p.name.startswith(".")]
 
 
+def test_a_version_dropped_from_the_config_is_deleted_at_the_next_push(tmp_path):
+    """With keep == serve, the version a push stops serving is the one Triton may still be
+    loading from the config it read just before: it goes one push later."""
+    repository = tmp_path / "repo"
+    settings = repo.TritonPushSettings(flavor=FAKE_MODEL_FLAVOR, versions_to_keep=1)
+    pushed = []
+    for i in range(3):
+        model = fake_saved_model(tmp_path / f"m{i}", pb=f"graph{i}".encode())
+        pushed.append(repo.push_model(str(model), str(repository), settings))
+    assert [r.removed_versions for r in pushed] == [(), (), (1,)]
+    assert repo.served_versions(str(repository / "hoh")) == [3]
+    assert sorted(p.name for p in (repository / "hoh").iterdir() if p.name.isdigit()) == ["2", "3"]
+
+
 def test_next_version_follows_the_highest_existing_one(tmp_path):
     model_dir = tmp_path / "repo" / "hoh"
     (model_dir / "7").mkdir(parents=True)

@@ -785,3 +785,55 @@ def test_a_kafka_message_re_read_seals_later_is_still_known_as_stored(tmp_path):
         (out / ".open-span" / "positions.json").write_text(garbage)
         with pytest.raises(RunFailed, match=r"positions.json is not a JSON object of partition"):
             OpenSpan(out).open()
+
+
+class _KafkaProducer:
+    """A confluent-kafka producer stand-in that places messages the way librdkafka's default
+    partitioner does: by a hash of the key, and without a key wherever it likes (here in turn)."""
+
+    def __init__(self, partitions: int):
+        self.logs: list[list[tuple[bytes, dict]]] = [[] for _ in range(partitions)]
+        self._turn = 0
+
+    def produce(self, topic, value, key=None, headers=(), on_delivery=None):
+        import zlib
+
+        if key is None:
+            partition, self._turn = self._turn % len(self.logs), self._turn + 1
+        else:
+            partition = zlib.crc32(key.encode()) % len(self.logs)
+        self.logs[partition].append((value, dict(headers)))
+
+    def flush(self, timeout):
+        return 0
+
+
+def test_the_first_copy_of_an_image_is_kept_whichever_kafka_partition_is_read_first(tmp_path):
+    """Kafka orders messages within a partition only. An image published twice under two names
+    must be kept under the first, as an import keeps it, whatever order the consumer reads the
+    partitions in; published without a key, the copies land in different partitions and the
+    later name won when its partition was read first (seen on Tansu)."""
+    src = tmp_path / "src"
+    write_classes(src, {"cats": 6, "dogs": 5})
+    write(src / "cats" / "zz-copy.png", (src / "cats" / "3.png").read_bytes())
+    import_images(src, tmp_path / "imported", unlabeled=True)
+    broker = _stand_in_kafka(_KafkaClient())
+    broker._producer = producer = _KafkaProducer(partitions=4)
+    assert asyncio.run(publish_folder(broker, src, unlabeled=True)).messages == 12
+
+    for order in ([0, 1, 2, 3], [3, 2, 1, 0]):
+        client = _KafkaClient()
+        client.pending = [
+            _KafkaMessage(p, offset, body, headers)
+            for p in order
+            for offset, (body, headers) in enumerate(producer.logs[p])
+        ]
+        consumer = _stand_in_kafka(client)
+        consumer.connect = lambda: asyncio.sleep(0)
+        stand_in = Target("kafka", consumer.url, consumer.stream)
+        stand_in.broker = lambda _config, broker=consumer: broker
+        out = tmp_path / f"read-{order[0]}"
+        stats, _ = ingest(stand_in, out, unlabeled=True, idle=0.5)
+        assert (stats.written, stats.duplicates) == (11, 1), order
+        assert OpenSpan(out, unlabeled=True).seal() is not None
+        assert _records(out) == _records(tmp_path / "imported"), order

@@ -85,14 +85,14 @@ def _colours() -> np.ndarray:
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
     """pool/c_XX.png, a truncated PNG and a text file; returns the folder and colour per file."""
-    from hoh.data.sources import _sha256
+    from hoh.data.images import content_id
 
     root = tmp_path_factory.mktemp("pool")
     by_id = {}
     for i, colour in enumerate(_colours()):
         data = solid_png(colour)
         (root / f"c_{i:02d}.png").write_bytes(data)
-        by_id[_sha256(data)] = colour
+        by_id[content_id(data)] = colour
     (root / "broken.png").write_bytes(solid_png((1, 2, 3))[:30])
     (root / "notes.txt").write_text("not an image")
     return root, by_id

@@ -149,6 +149,12 @@ class CheckedImage:
     height: int
 
 
+def content_id(data: bytes) -> str:
+    """An image's id: its content, so a copy under another name or from another camera is the
+    same example (deduplication, split assignment, a Kafka partition key)."""
+    return hashlib.sha256(data).hexdigest()
+
+
 def check_image_bytes(data: bytes, max_pixels: int, decode: TfDecodeCheck) -> CheckedImage:
     """Every check an image gets before it may enter a span, on its bytes alone.
 
@@ -159,4 +165,4 @@ def check_image_bytes(data: bytes, max_pixels: int, decode: TfDecodeCheck) -> Ch
         raise ImageRejected("empty_file", "empty file (0 bytes)")
     read_header(data, max_pixels)
     width, height = decode(data)
-    return CheckedImage(hashlib.sha256(data).hexdigest(), width, height)
+    return CheckedImage(content_id(data), width, height)

@@ -29,7 +29,6 @@ An existing span is never overwritten: a span is immutable once the pipeline may
 
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
 import shutil
@@ -46,6 +45,7 @@ from hoh.data.images import (
     ImageRejected,
     TfDecodeCheck,
     check_image_bytes,
+    content_id,
     read_header,
 )
 from hoh.data.layout import SourceFile, scan_source
@@ -78,10 +78,6 @@ def next_span(out_dir: str | Path) -> int:
     """The span an import appends by default: one after the latest, FIRST_SPAN in a new DIR."""
     spans = features.list_spans(out_dir)
     return spans[-1] + 1 if spans else FIRST_SPAN
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _check_arguments(
@@ -351,7 +347,7 @@ def _write_span(
                         f"{g.file.path} became unreadable while importing: "
                         f"{describe_os_error(exc)}; nothing was published, re-run"
                     ) from None
-                if _sha256(data) != g.id:
+                if content_id(data) != g.id:
                     raise HohError(
                         f"{g.file.path} changed while importing; nothing was published, re-run"
                     )

@@ -12,13 +12,13 @@ of a hundred thousand, but it must show up in the report.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 from hoh import features
+from hoh.data.images import content_id
 from hoh.errors import HohError
 
 # ExampleGen writes `data_tfrecord-*.gz`, `hoh data import` writes `*.tfrecord.gz`: both gzip.
@@ -100,7 +100,7 @@ def _iter_tfrecords(files: Sequence[str]) -> Iterator[ImageRecord]:
     for raw in tf.data.TFRecordDataset(list(files), compression_type="GZIP").as_numpy_iterator():
         example = tf.train.Example.FromString(raw)
         data = _bytes(example, features.IMAGE_KEY) or b""
-        image_id = (_bytes(example, features.ID_KEY) or b"").decode("ascii") or _sha256(data)
+        image_id = (_bytes(example, features.ID_KEY) or b"").decode("ascii") or content_id(data)
         source = (_bytes(example, features.SOURCE_KEY) or b"").decode(
             "utf-8", "replace"
         ) or image_id
@@ -109,10 +109,6 @@ def _iter_tfrecords(files: Sequence[str]) -> Iterator[ImageRecord]:
         yield ImageRecord(
             image_id, source, label.decode("utf-8") if label is not None else None, data, problem
         )
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _iter_folder(root: Path) -> Iterator[ImageRecord]:
@@ -131,7 +127,7 @@ def _iter_folder(root: Path) -> Iterator[ImageRecord]:
         except OSError as exc:
             yield ImageRecord("", file.source, label, b"", f"cannot read it: {exc.strerror or exc}")
             continue
-        yield ImageRecord(_sha256(data), str(file.path), label, data)
+        yield ImageRecord(content_id(data), str(file.path), label, data)
 
 
 def _has_tfrecords(directory: Path) -> bool:

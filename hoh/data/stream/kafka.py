@@ -18,6 +18,7 @@ from typing import Optional
 from urllib.parse import urlsplit
 
 from hoh.config import IngestConfig
+from hoh.data.images import content_id
 from hoh.data.stream.broker import Broker, BrokerUnavailable, Delivery
 from hoh.errors import RunFailed
 
@@ -212,7 +213,9 @@ class KafkaBroker(Broker):
             except Exception:  # partition revoked meanwhile: its new owner starts at the commit
                 pass
 
-    async def _produce(self, topic: str, body: bytes, headers: dict[str, str]) -> None:
+    async def _produce(
+        self, topic: str, body: bytes, headers: dict[str, str], key: Optional[str] = None
+    ) -> None:
         errors: list = []
 
         def delivered(err, _msg) -> None:
@@ -221,7 +224,7 @@ class KafkaBroker(Broker):
 
         def send() -> int:
             self._producer.produce(
-                topic, value=body, headers=list(headers.items()), on_delivery=delivered
+                topic, value=body, key=key, headers=list(headers.items()), on_delivery=delivered
             )
             return self._producer.flush(30)
 
@@ -236,7 +239,10 @@ class KafkaBroker(Broker):
         await self._produce(self.dead_topic, delivery.body, {**delivery.headers, **headers})
 
     async def publish(self, body: bytes, headers: dict[str, str]) -> None:
-        await self._produce(self.stream, body, headers)
+        # Kafka orders messages within a partition only. Keyed by content, every copy of an image
+        # lands in one partition in the order it was sent, so the consumer keeps the first copy
+        # (the name an import of the folder keeps), not whichever partition it reads first.
+        await self._produce(self.stream, body, headers, key=content_id(body))
 
     async def lag(self) -> Optional[int]:
         return self._lag

@@ -7,7 +7,8 @@ the import's checks, so a bad file is dead-lettered with its reason instead of v
 producer id (sha256 of source and bytes) lets JetStream drop a re-sent copy within its duplicate
 window. Kafka has no such key: its idempotent producer only covers the client's own retries, so
 a file sent again is a second message, and the consumer drops it by content hash if it comes
-within the open span or the last `ingest.dedup_spans` sealed spans.
+within the open span or the last `ingest.dedup_spans` sealed spans (the Kafka message key, the
+content hash too, keeps the copies in one partition, in the order they were sent).
 """
 
 from __future__ import annotations

@@ -154,12 +154,7 @@ class KafkaBroker(Broker):
         done: dict[tuple[str, int], set[int]] = {}
         for d in deliveries:
             done.setdefault((d.handle.topic(), d.handle.partition()), set()).add(d.handle.offset())
-        return {
-            f"{t}:{p}": max(
-                self._commit_point((t, p), frozenset(o)), self._committed.get((t, p), -1)
-            )
-            for (t, p), o in done.items()
-        }
+        return {f"{t}:{p}": self._commit_point((t, p), frozenset(o)) for (t, p), o in done.items()}
 
     async def ack(self, deliveries: list[Delivery]) -> None:
         from confluent_kafka import TopicPartition
@@ -184,18 +179,20 @@ class KafkaBroker(Broker):
             self._committed[(tp.topic, tp.partition)] = tp.offset
 
     def _commit_point(self, part: tuple[str, int], acked: frozenset[int] = frozenset()) -> int:
-        """The partition's lowest offset delivered and not acknowledged, else one past the last.
+        """The partition's lowest offset delivered and not acknowledged, else one past the last,
+        but never below this client's last commit.
 
-        Never used to go back: Kafka accepts a commit below an earlier one, and a consumer
-        started after it would get everything after it again. Offsets below this client's last
-        commit come back when the partition's fetch position is reset below it (a rebalance
-        hands the partition back at the broker's committed offset, older if a commit was lost
-        on the way); acknowledging those refetched messages would commit the old point again.
-        A commit means everything before it is stored, so staying at the highest one is always
-        safe (`ack` skips lower ones). `acked`: offsets to count as acknowledged already.
+        Kafka accepts a commit below an earlier one, and a consumer started after it would get
+        everything after it again. Offsets below this client's last commit come back when the
+        partition's fetch position is reset below it (a rebalance hands the partition back at
+        the broker's committed offset, older if a commit was lost on the way); acknowledging
+        those refetched messages would commit the old point again. A commit means everything
+        before it is stored, so staying at the highest one is always safe (`ack` then commits
+        nothing). `acked`: offsets to count as acknowledged already.
         """
         open_ = self._open.get(part, set()) - acked
-        return min(open_) if open_ else self._next[part]
+        point = min(open_) if open_ else self._next[part]
+        return max(point, self._committed.get(part, -1))
 
     async def release(self, deliveries: list[Delivery], delay: float = 0.0) -> None:
         # Kafka has no delayed redelivery: the seek is immediate, `delay` is not applied.

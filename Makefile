@@ -84,8 +84,11 @@ tansu: | $(UV)
 # Two pytest-xdist workers, whole files per worker (module fixtures such as a pipeline run stay
 # in one process): the suite spends much of its time in one-threaded work (Beam, a Triton load,
 # a service round trip), so two workers halve it on 2 cores (docs/BENCHMARKS.md, "make test").
-# Each worker peaks near 5 GB; TEST_WORKERS=0 runs everything in one process.
-TEST_WORKERS ?= 2
+# Each worker peaks near 5 GB, so two only with 2+ cores and 16+ GiB of memory; otherwise, or
+# with TEST_WORKERS=0, everything runs in one process.
+TEST_WORKERS ?= $(shell cpus=$$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1); \
+  gib=$$(( $$(getconf _PHYS_PAGES 2>/dev/null || echo 0) * $$(getconf PAGESIZE 2>/dev/null || echo 0) >> 30 )); \
+  [ "$$cpus" -ge 2 ] && [ "$$gib" -ge 16 ] && echo 2 || echo 0)
 PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test: setup lint prometheus

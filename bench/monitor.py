@@ -21,7 +21,6 @@ the two cores.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import os
@@ -51,6 +50,7 @@ def write_window(root: Path, size: int, model: dict, shifted: bool) -> None:
     from PIL import ImageEnhance
 
     from hoh.data.demo import render_image
+    from hoh.data.images import content_id
     from hoh.serving.gateway.capture import Capture, Capturer
 
     rng = random.Random(size)
@@ -75,7 +75,7 @@ def write_window(root: Path, size: int, model: dict, shifted: bool) -> None:
                 name,
                 version,
                 data,
-                hashlib.sha256(data).hexdigest(),
+                content_id(data),
                 result,
                 when,
             )

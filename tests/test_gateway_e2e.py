@@ -488,7 +488,8 @@ def test_a_bad_image_is_named_by_its_place_and_nothing_of_the_failure_is_cached(
 ):
     import redis
 
-    from hoh.serving.gateway.cache import cache_key, image_sha256
+    from hoh.data.images import content_id
+    from hoh.serving.gateway.cache import cache_key
 
     files = [("images", (f"{i}.png", png(80 + i), "image/png")) for i in range(2)]
     files.append(("images", ("bad.png", png(60)[:90], "image/png")))
@@ -500,7 +501,7 @@ def test_a_bad_image_is_named_by_its_place_and_nothing_of_the_failure_is_cached(
     assert_error(again, 400, "invalid_image", "image 2: could not be decoded")  # not replayed
     assert good.json()["cache_hit"] is False  # the failed request stored nothing, not even 0, 1
     client = redis.Redis.from_url(redis_url)
-    bad_key = cache_key(image_sha256(files[2][1][1]), "hoh", "1")
+    bad_key = cache_key(content_id(files[2][1][1]), "hoh", "1")
     assert client.get(gateway.prefix + bad_key) is None
     client.close()
 
@@ -583,9 +584,9 @@ def test_audit_log_chain_records_and_no_secrets(gateway, keys):
     assert record["outcome"] == "allowed" and record["status"] == 200
     assert record["route"] == "predict" and record["model"] == "hoh" and record["version"] == "1"
     assert record["client"] == "127.0.0.1" and record["latency_ms"] > 0
-    from hoh.serving.gateway.cache import image_sha256
+    from hoh.data.images import content_id
 
-    assert record["images"] == [{"sha256": image_sha256(image), "bytes": len(image)}]
+    assert record["images"] == [{"sha256": content_id(image), "bytes": len(image)}]
     assert denied and denied[-1]["outcome"] == "denied" and denied[-1]["status"] == 401
     assert verify(gateway.audit_dir).ok
     everything = b"".join(f.read_bytes() for f in audit_files(gateway.audit_dir))

@@ -20,6 +20,7 @@ from gateway_support import (
 )
 from tiny_model import make_image
 
+from hoh.data.images import content_id
 from hoh.errors import UsageError
 from hoh.serving.gateway import audit, auth, bodies, cache, capture, settings, tls
 from hoh.serving.gateway.errors import ApiError
@@ -191,7 +192,7 @@ def test_rate_limiter_memory_is_bounded():
 
 
 def test_cache_key_depends_on_bytes_model_version_and_preprocessing(monkeypatch):
-    d = cache.image_sha256(b"img")
+    d = content_id(b"img")
     base = cache.cache_key(d, "hoh", "1")
     assert base == cache.cache_key(d, "hoh", "1") and len(base) == 64
     assert (
@@ -200,7 +201,7 @@ def test_cache_key_depends_on_bytes_model_version_and_preprocessing(monkeypatch)
                 base,
                 cache.cache_key(d, "hoh", "2"),
                 cache.cache_key(d, "other", "1"),
-                cache.cache_key(cache.image_sha256(b"img2"), "hoh", "1"),
+                cache.cache_key(content_id(b"img2"), "hoh", "1"),
             }
         )
         == 4
@@ -390,7 +391,7 @@ def _capture(i: int, data: bytes) -> capture.Capture:
         "hoh",
         "3",
         data,
-        cache.image_sha256(data),
+        content_id(data),
         {"class": "horse", "probability": 0.9, "probabilities": {"horse": 0.9, "human": 0.1}},
         datetime(2026, 5, 1, 12, tzinfo=timezone.utc),
     )
@@ -417,7 +418,7 @@ def test_captures_are_an_image_folder_the_importer_and_drift_read(tmp_path):
         ("req-0.png", "horse", "3"),
         ("req-1.jpg", "horse", "3"),
     ]
-    assert results[0]["sha256"] == cache.image_sha256(images[0])
+    assert results[0]["sha256"] == content_id(images[0])
     scan = scan_source(tmp_path, unlabeled=True)
     assert len(scan.files) == 2 and scan.rejected == []
     records = list(resolve_path(tmp_path, ["train"], "capture"))

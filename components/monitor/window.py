@@ -14,7 +14,6 @@ day folder is a bad line, not a file read.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -23,6 +22,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Iterator, Optional
 
+from hoh.data.images import content_id
 from hoh.data.sources import ImageRecord
 from hoh.errors import UsageError
 from hoh.serving.gateway.capture import RESULTS_DIR
@@ -94,7 +94,7 @@ class Window:
             except OSError as exc:
                 yield ImageRecord("", str(item.path), None, b"", f"cannot read it: {exc}")
                 continue
-            yield ImageRecord(hashlib.sha256(data).hexdigest(), str(item.path), None, data)
+            yield ImageRecord(content_id(data), str(item.path), None, data)
 
     def task_fields(self, source: str) -> dict:
         """Label Studio task data naming the captured image read from `source` (an image of

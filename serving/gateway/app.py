@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
 from hoh.config import GatewayConfig
+from hoh.data.images import content_id
 from hoh.serving.client import ClassNamesMissing, plan_requests, predictions_from_outputs
 from hoh.serving.gateway import auth, bodies
 from hoh.serving.gateway import cache as cache_mod
@@ -309,7 +310,8 @@ class Gateway:
         images = await bodies.images_from_body(
             request.headers.get("content-type", ""), body, s.max_images
         )
-        digests = [cache_mod.image_sha256(x) for x in images]
+        # the example id an import gives these bytes: captures and feedback join training data
+        digests = [content_id(x) for x in images]
         outcome.images = [{"sha256": d, "bytes": len(x)} for d, x in zip(digests, images)]
         served = await self.backend.served(model, version)
         outcome.version = served.version

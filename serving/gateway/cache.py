@@ -29,10 +29,6 @@ log = logging.getLogger("hoh.gateway")
 PREPROCESSING_VERSION = "raw-bytes-1"
 
 
-def image_sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def cache_key(image_digest: str, model: str, version: str) -> str:
     """SHA-256 over (preprocessing version, model, version, image SHA-256): fixed length, and no
     name can make two different tuples collide (the parts are length-prefixed)."""

@@ -709,6 +709,15 @@ def _stand_in_kafka(client: _KafkaClient):
     return broker
 
 
+def _ingest_from(client: _KafkaClient, out: Path, config=None, **kw):
+    """The real consumer, open span and seals, fed by a stand-in Kafka client until idle."""
+    broker = _stand_in_kafka(client)
+    broker.connect = lambda: asyncio.sleep(0)  # no Producer: nothing is published
+    stand_in = Target("kafka", broker.url, broker.stream)
+    stand_in.broker = lambda _config: broker
+    return ingest(stand_in, out, config, idle=0.5, **kw)
+
+
 def test_kafka_commits_never_go_back_when_old_offsets_come_again():
     """A fetch position reset below the last commit (a rebalance after a lost commit) redelivers
     old offsets: acknowledging them must not commit the old point again, or the next consumer of
@@ -753,11 +762,7 @@ def test_a_kafka_message_re_read_seals_later_is_still_known_as_stored(tmp_path):
     config = ingest_config(batch_size=4, seal_count=4, dedup_spans=1)
 
     def run(client: _KafkaClient):
-        broker = _stand_in_kafka(client)
-        broker.connect = lambda: asyncio.sleep(0)  # no Producer: nothing is published
-        stand_in = Target("kafka", broker.url, broker.stream)
-        stand_in.broker = lambda _config: broker
-        return ingest(stand_in, out, config, idle=0.5)
+        return _ingest_from(client, out, config)
 
     dying = _KafkaClient()
     dying.pending, dying.lose_commits = messages(0, range(4)), True
@@ -828,12 +833,8 @@ def test_the_first_copy_of_an_image_is_kept_whichever_kafka_partition_is_read_fi
             for p in order
             for offset, (body, headers) in enumerate(producer.logs[p])
         ]
-        consumer = _stand_in_kafka(client)
-        consumer.connect = lambda: asyncio.sleep(0)
-        stand_in = Target("kafka", consumer.url, consumer.stream)
-        stand_in.broker = lambda _config, broker=consumer: broker
         out = tmp_path / f"read-{order[0]}"
-        stats, _ = ingest(stand_in, out, unlabeled=True, idle=0.5)
+        stats, _ = _ingest_from(client, out, unlabeled=True)
         assert (stats.written, stats.duplicates) == (11, 1), order
         assert OpenSpan(out, unlabeled=True).seal() is not None
         assert _records(out) == _records(tmp_path / "imported"), order

@@ -401,13 +401,13 @@ def push_model(
     source = source or saved_model_dir
     pb_sha = file_sha256(fs_for(saved_model_dir), join(saved_model_dir, "saved_model.pb"))
     versions = list_versions(model_dir)
+    if _latest_push_matches(fs, model_dir, versions, source, pb_sha):
+        version = versions[-1]
+        return PushResult(model_dir, version, join(model_dir, str(version)), pushed=False)
     # A polling Triton may have read the old config just before and still be loading one of its
     # versions: deleting that one now fails the load (the ONNX steps did, docs/SERVING.md), so
     # a version leaves the disk at the push after the one that drops it from the config.
     listed = served_versions(model_dir) or []
-    if _latest_push_matches(fs, model_dir, versions, source, pb_sha):
-        version = versions[-1]
-        return PushResult(model_dir, version, join(model_dir, str(version)), pushed=False)
 
     meta = {
         "source": source,
